@@ -1,0 +1,28 @@
+"""tunelab: instruction fine-tuning of seq2seq and causal language models, and measuring what it buys.
+
+The Python API mirrors the CLI:
+
+    import tunelab
+    cfg = tunelab.load_config("configs/dialogsum_lora.yaml", ["training.max_steps=20"])
+    result = tunelab.finetune(cfg)            # tunelab train
+    out, metrics = tunelab.evaluate(result.run_dir)   # tunelab eval RUN_DIR
+    session = tunelab.open_for_generation(run=result.run_dir)
+    print(tunelab.summarize(session, ["#Person1#: Hi ..."]))  # tunelab generate
+"""
+
+import logging as _logging
+
+# bitsandbytes warns at import on CPUs with AVX512-BF16 that an optional hub-downloaded kernel is missing;
+# its own fallback kernel is used and the warning only adds noise to every command.
+_logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(_logging.ERROR)
+
+from tunelab.config import ExperimentConfig, build_config, load_config
+from tunelab.errors import ConfigError, DataError, ModelError, RunDirError, TrainingError, TunelabError
+from tunelab.models import pull_model
+from tunelab.recipes import evaluate, finetune, open_for_generation, summarize
+
+__version__ = "0.1.0"
+__all__ = [
+    "ConfigError", "DataError", "ExperimentConfig", "ModelError", "RunDirError", "TrainingError", "TunelabError",
+    "build_config", "evaluate", "finetune", "load_config", "open_for_generation", "pull_model", "summarize",
+]

@@ -1,0 +1,144 @@
+"""The `tunelab` command line. Each command is a thin wrapper around a documented Python function."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from tunelab.errors import TunelabError
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    for name in ("bitsandbytes", "transformers", "accelerate", "peft"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from tunelab.config import load_config
+    from tunelab.recipes import finetune
+
+    cfg = load_config(args.config, args.set)
+    finetune(cfg, run_path=args.run_dir)
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from tunelab.recipes import evaluate
+    from tunelab.reporting import before_after_table
+
+    out, metrics = evaluate(args.target, split=args.split, max_samples=args.max_samples, overrides=tuple(args.set))
+    print(before_after_table(None, metrics))
+    print(f"\nresults: {out}")
+    return 0
+
+
+def _read_text(path: str | None) -> str:
+    try:
+        text = open(path, encoding="utf-8").read() if path else sys.stdin.read()
+    except OSError as e:
+        raise TunelabError(f"cannot read {path}: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise TunelabError(f"{path or 'stdin'}: not UTF-8 text ({e})") from None
+    if not text.strip():
+        raise TunelabError(f"nothing to summarize: {path or 'stdin'} is empty")
+    return text
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from tunelab.recipes import open_for_generation, summarize
+
+    session = open_for_generation(model=args.model, run=args.run, adapter=args.adapter, overrides=args.set)
+    text = _read_text(args.file)
+    print(summarize(session, [text], max_new_tokens=args.max_new_tokens)[0])
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from tunelab.models import ALIASES, alias_dir, is_pulled, pull_model
+
+    if args.action == "list":
+        for a in ALIASES.values():
+            state = f"pulled: {alias_dir(a.name)}" if is_pulled(a.name) else "not pulled"
+            print(f"{a.name:24} {a.description} [{a.licence}; {state}]")
+        return 0
+    for name in args.names:
+        print(pull_model(name, force=args.force))
+    return 0
+
+
+def cmd_templates(args: argparse.Namespace) -> int:
+    from tunelab.data.templates import TEMPLATES
+
+    for task, phrasings in TEMPLATES.items():
+        print(f"{task}:")
+        for i, t in enumerate(phrasings):
+            print(f"  [{i}] {json.dumps(t.prompt)}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tunelab", description="Instruction fine-tuning and evaluation of language models.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def add_set(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key, e.g. --set training.lr=1e-4 (repeatable)")
+
+    t = sub.add_parser("train", help="fine-tune: evaluate before, train, evaluate after")
+    t.add_argument("config", nargs="?", help="experiment YAML (default: the built-in demo config)")
+    t.add_argument("--run-dir", help="run directory (default: <output_dir>/<name>)")
+    add_set(t)
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("eval", help="evaluate a config's base model or a finished run directory")
+    e.add_argument("target", help="experiment YAML or run directory")
+    e.add_argument("--split")
+    e.add_argument("--max-samples", type=int)
+    add_set(e)
+    e.set_defaults(func=cmd_eval)
+
+    g = sub.add_parser("generate", help="summarize a dialogue from a file or stdin")
+    src = g.add_mutually_exclusive_group()
+    src.add_argument("--model", help="base model: alias, folder, .gguf or hub id")
+    src.add_argument("--run", help="a finished run directory")
+    g.add_argument("--adapter", help="a PEFT adapter folder to apply to --model")
+    g.add_argument("--file", help="read the text from this file (default: stdin)")
+    g.add_argument("--max-new-tokens", type=int)
+    add_set(g)
+    g.set_defaults(func=cmd_generate)
+
+    m = sub.add_parser("models", help="built-in offline models")
+    m.add_argument("action", choices=["list", "pull"])
+    m.add_argument("names", nargs="*", default=["smollm2-135m-instruct"])
+    m.add_argument("--force", action="store_true", help="pull again even if cached")
+    m.set_defaults(func=cmd_models)
+
+    tp = sub.add_parser("templates", help="list the instruction templates")
+    tp.add_argument("action", choices=["list"], nargs="?", default="list")
+    tp.set_defaults(func=cmd_templates)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _quiet_libraries()
+    try:
+        return args.func(args)
+    except TunelabError as e:
+        print(f"tunelab: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("tunelab: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,78 @@
+"""Dynamic padding: each batch is padded to its own longest sequence."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator, Sequence
+
+import torch
+
+from tunelab.data.encoding import IGNORE_INDEX, Arch, Encoded
+
+
+def _pad(seqs: Sequence[list[int]], value: int, left: bool = False) -> torch.Tensor:
+    width = max(len(s) for s in seqs)
+    rows = [([value] * (width - len(s)) + s) if left else (s + [value] * (width - len(s))) for s in seqs]
+    return torch.tensor(rows, dtype=torch.long)
+
+
+def _mask(seqs: Sequence[list[int]], left: bool = False) -> torch.Tensor:
+    return _pad([[1] * len(s) for s in seqs], 0, left)
+
+
+class TrainCollator:
+    """Right-pads input ids (pad id), attention mask (0) and labels (-100)."""
+
+    def __init__(self, pad_token_id: int, arch: Arch):
+        self.pad = pad_token_id
+        self.arch = arch
+
+    def __call__(self, batch: Sequence[Encoded]) -> dict[str, torch.Tensor]:
+        ids = [e.input_ids for e in batch]
+        return {"input_ids": _pad(ids, self.pad), "attention_mask": _mask(ids),
+                "labels": _pad([e.labels for e in batch], IGNORE_INDEX)}
+
+
+def generation_batch(batch: Sequence[Encoded], pad_token_id: int, arch: Arch) -> dict[str, torch.Tensor]:
+    """Prompt-only batch; causal models are left-padded so every row's generation starts at the same column."""
+    left = arch == "causal"
+    ids = [e.input_ids for e in batch]
+    return {"input_ids": _pad(ids, pad_token_id, left), "attention_mask": _mask(ids, left)}
+
+
+class LengthGroupedBatches:
+    """Batches of similar-length examples (less padding), in a seeded random order each epoch.
+
+    Examples are shuffled, cut into windows of `batch_size * window_batches`, sorted by length inside
+    each window, split into batches, and the batches shuffled; like `group_by_length` in transformers.
+    """
+
+    def __init__(self, lengths: Sequence[int], batch_size: int, seed: int, group_by_length: bool = True,
+                 window_batches: int = 50):
+        self.lengths = list(lengths)
+        self.batch_size = batch_size
+        self.seed = seed
+        self.group = group_by_length
+        self.window = batch_size * window_batches
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def batches(self) -> list[list[int]]:
+        rng = random.Random(self.seed + self.epoch)
+        order = list(range(len(self.lengths)))
+        rng.shuffle(order)
+        if self.group:
+            windows = [order[i:i + self.window] for i in range(0, len(order), self.window)]
+            order = [i for w in windows for i in sorted(w, key=lambda j: -self.lengths[j])]
+        out = [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        if self.group:
+            rng.shuffle(out)
+        return out
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self.batches())
+
+    def __len__(self) -> int:
+        return (len(self.lengths) + self.batch_size - 1) // self.batch_size

@@ -1,0 +1,52 @@
+"""The one record type every dataset is turned into."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tunelab.data.readers import Row
+from tunelab.errors import DataError
+
+
+@dataclass(frozen=True)
+class Example:
+    id: str
+    input: str
+    references: tuple[str, ...]  # first one is the training target; all are used for evaluation
+    meta: dict = field(default_factory=dict, compare=False)
+
+    @property
+    def target(self) -> str:
+        return self.references[0]
+
+
+def rows_to_examples(rows: Sequence[tuple[int, Row]], *, source: str | Path, input_column: str,
+                     target_columns: Sequence[str], id_column: str | None, require_targets: bool = True) -> list[Example]:
+    """Map raw rows to Examples; a missing column or an empty text names the file, line and column."""
+    if not rows:
+        raise DataError(f"{source}: no records")
+    wanted = [input_column, *(target_columns if require_targets else []), *([id_column] if id_column else [])]
+    first_line, first = rows[0]
+    missing = [c for c in wanted if c not in first]
+    if missing:
+        raise DataError(f"{source}: column(s) {', '.join(map(repr, missing))} not found; "
+                        f"columns present: {', '.join(map(repr, first.keys()))}")
+    examples = []
+    for lineno, row in rows:
+        for c in wanted:
+            if c not in row:
+                raise DataError(f"{source}:{lineno}: column {c!r} missing in this record")
+        text = row[input_column]
+        if not isinstance(text, str) or not text.strip():
+            raise DataError(f"{source}:{lineno}: column {input_column!r} is empty or not text")
+        refs = []
+        for c in target_columns if require_targets else ():
+            ref = row[c]
+            if not isinstance(ref, str) or not ref.strip():
+                raise DataError(f"{source}:{lineno}: column {c!r} is empty or not text")
+            refs.append(ref.strip())
+        ex_id = str(row[id_column]) if id_column else str(lineno)
+        examples.append(Example(id=ex_id, input=text.strip(), references=tuple(refs)))
+    return examples

@@ -1,0 +1,38 @@
+"""Batched generation: prompts sorted by length (less padding), left-padded for causal models,
+greedy by default, outputs returned in input order."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from tunelab.data.collate import generation_batch
+from tunelab.data.encoding import Arch, Encoded
+
+
+@torch.no_grad()
+def generate_texts(model: torch.nn.Module, tokenizer, prompts: Sequence[Encoded], arch: Arch, *, batch_size: int = 16,
+                   max_new_tokens: int = 96, num_beams: int = 1, desc: str = "generate",
+                   show_progress: bool = True) -> list[str]:
+    device = next(p for p in model.parameters()).device
+    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i].input_ids))
+    outputs: list[str] = [""] * len(prompts)
+    was_training = model.training
+    model.eval()
+    try:
+        with tqdm(total=len(prompts), desc=desc, unit="ex", disable=not show_progress, leave=False) as bar:
+            for start in range(0, len(order), batch_size):
+                idx = order[start:start + batch_size]
+                batch = {k: v.to(device) for k, v in
+                         generation_batch([prompts[i] for i in idx], tokenizer.pad_token_id, arch).items()}
+                out = model.generate(**batch, max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=False,
+                                     pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+                new_tokens = out if arch == "seq2seq" else out[:, batch["input_ids"].shape[1]:]
+                for i, row in zip(idx, new_tokens, strict=True):
+                    outputs[i] = tokenizer.decode(row, skip_special_tokens=True).strip()
+                bar.update(len(idx))
+    finally:
+        model.train(was_training)
+    return outputs

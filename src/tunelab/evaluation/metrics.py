@@ -1,0 +1,104 @@
+"""ROUGE and BLEU, computed by the reference libraries (`rouge-score`, `sacrebleu`).
+
+Protocol (also written into every metrics.json):
+- ROUGE-1/2/L/Lsum from `rouge_score.RougeScorer(use_stemmer=True)`; scores x100.
+- For ROUGE-Lsum, sentences go one per line: text is split after `.`, `!` or `?` followed by
+  whitespace, and existing line breaks are kept. The same prepared strings feed every ROUGE type.
+- Several references: per example and per ROUGE type, the reference with the highest F1
+  (`RougeScorer.score_multi`); the corpus score is the mean over examples of precision, recall and F1.
+  ROUGE-1 recall is thus matched unigrams / reference unigrams of the best-matching reference.
+- 95% confidence intervals: percentile bootstrap over examples (seeded).
+- BLEU: `sacrebleu.metrics.BLEU` corpus score with all references (variable counts allowed); its
+  signature is recorded.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+ROUGE_TYPES = ("rouge1", "rouge2", "rougeL", "rougeLsum")
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+ROUGE_PROTOCOL = ("rouge-score {version}, use_stemmer=True, sentence-per-line for rougeLsum "
+                  "(regex split after .!?), multi-reference: max F1 per example and type (score_multi), "
+                  "mean over examples, x100, 95% percentile bootstrap CI")
+
+
+def sentence_per_line(text: str) -> str:
+    lines = []
+    for line in text.strip().splitlines():
+        lines.extend(s.strip() for s in _SENTENCE_END.split(line) if s.strip())
+    return "\n".join(lines)
+
+
+def _scorer():
+    from rouge_score import rouge_scorer
+
+    return rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=True)
+
+
+def rouge_per_example(predictions: Sequence[str], references: Sequence[Sequence[str]]) -> list[dict[str, dict[str, float]]]:
+    """Per example: {rouge type: {precision, recall, f1}} in 0-100, best reference per type."""
+    if len(predictions) != len(references):
+        raise ValueError(f"{len(predictions)} predictions but {len(references)} reference lists")
+    scorer = _scorer()
+    out = []
+    for pred, refs in zip(predictions, references, strict=True):
+        if not refs:
+            raise ValueError("an example has no reference")
+        scores = scorer.score_multi([sentence_per_line(r) for r in refs], sentence_per_line(pred))
+        out.append({k: {"precision": 100 * s.precision, "recall": 100 * s.recall, "f1": 100 * s.fmeasure}
+                    for k, s in scores.items()})
+    return out
+
+
+def bootstrap_ci(values: Sequence[float], samples: int = 1000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    vals = np.asarray(values, dtype=float)
+    if samples <= 0 or len(vals) < 2:
+        m = float(vals.mean()) if len(vals) else float("nan")
+        return m, m
+    rng = np.random.default_rng(seed)
+    means = vals[rng.integers(0, len(vals), size=(samples, len(vals)))].mean(axis=1)
+    lo, hi = np.quantile(means, [(1 - level) / 2, 1 - (1 - level) / 2])
+    return float(lo), float(hi)
+
+
+def rouge(predictions: Sequence[str], references: Sequence[Sequence[str]], bootstrap_samples: int = 1000,
+          seed: int = 0) -> dict[str, dict[str, Any]]:
+    return aggregate_rouge(rouge_per_example(predictions, references), bootstrap_samples, seed)
+
+
+def aggregate_rouge(per: Sequence[dict[str, dict[str, float]]], bootstrap_samples: int = 1000,
+                    seed: int = 0) -> dict[str, dict[str, Any]]:
+    """Corpus ROUGE from `rouge_per_example` scores: means of P/R/F1 and a bootstrap CI of F1."""
+    result: dict[str, dict[str, Any]] = {}
+    for k in ROUGE_TYPES:
+        f1 = [p[k]["f1"] for p in per]
+        result[k] = {
+            "precision": float(np.mean([p[k]["precision"] for p in per])),
+            "recall": float(np.mean([p[k]["recall"] for p in per])),
+            "f1": float(np.mean(f1)),
+            "f1_ci95": list(bootstrap_ci(f1, bootstrap_samples, seed)),
+        }
+    return result
+
+
+def bleu(predictions: Sequence[str], references: Sequence[Sequence[str]]) -> dict[str, Any]:
+    from sacrebleu.metrics import BLEU
+
+    n_refs = max(len(r) for r in references)
+    streams = [[refs[i] if i < len(refs) else None for refs in references] for i in range(n_refs)]
+    metric = BLEU()
+    score = metric.corpus_score(list(predictions), streams)
+    return {"score": float(score.score), "precisions": [float(p) for p in score.precisions],
+            "brevity_penalty": float(score.bp), "signature": str(metric.get_signature())}
+
+
+def rouge_protocol() -> str:
+    from importlib.metadata import version
+
+    return ROUGE_PROTOCOL.format(version=version("rouge-score"))

@@ -1,0 +1,46 @@
+"""The shape every fine-tuning method has: a pydantic config and a function that prepares the model.
+
+Adding a method is one new module in this package that defines a `*Config` (with a `name` literal)
+and a `METHOD = Method(...)`, plus one line in `methods/__init__.py`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict
+
+Arch = Literal["causal", "seq2seq"]
+
+
+class MethodConfigBase(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+
+
+@dataclass(frozen=True)
+class ModelContext:
+    """What a method needs to know about the model it adapts."""
+
+    arch: Arch
+    model_path: str  # local folder or hub id of the base (used e.g. to initialise soft prompts from text)
+    instruction: str = ""  # the task instruction, for text-initialised soft prompts
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    config_cls: type[MethodConfigBase]
+    prepare: Callable[[torch.nn.Module, Any, ModelContext], torch.nn.Module]
+    is_peft: bool
+    # Extra keyword arguments for `from_pretrained` (e.g. 4-bit quantization for QLoRA).
+    load_kwargs: Callable[[Any], dict[str, Any]] = field(default=lambda cfg: {})
+
+
+def peft_task_type(arch: Arch):
+    from peft import TaskType
+
+    return TaskType.CAUSAL_LM if arch == "causal" else TaskType.SEQ_2_SEQ_LM

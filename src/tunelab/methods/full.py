@@ -1,0 +1,25 @@
+"""Full fine-tuning: every weight of the base model is trained."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+
+from tunelab.methods.base import Method, MethodConfigBase, ModelContext
+
+
+class FullConfig(MethodConfigBase):
+    name: Literal["full"] = "full"
+    gradient_checkpointing: bool = False
+
+
+def prepare(model: torch.nn.Module, cfg: FullConfig, ctx: ModelContext) -> torch.nn.Module:
+    for p in model.parameters():
+        p.requires_grad_(True)
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    return model
+
+
+METHOD = Method(name="full", config_cls=FullConfig, prepare=prepare, is_peft=False)

@@ -1,0 +1,37 @@
+"""Prompt tuning / soft prompts (Lester et al., 2021) through PEFT: N trainable virtual-token embeddings.
+
+`init: text` starts the virtual tokens from the embedding of a text (the task instruction by default),
+`sample_vocab` from random vocabulary embeddings, `random` from noise.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from peft import PromptTuningConfig, PromptTuningInit, get_peft_model
+from pydantic import Field
+
+from tunelab.methods.base import Method, MethodConfigBase, ModelContext, peft_task_type
+
+
+class PromptTuningMethodConfig(MethodConfigBase):
+    name: Literal["prompt_tuning"] = "prompt_tuning"
+    num_virtual_tokens: int = Field(20, gt=0)
+    init: Literal["text", "sample_vocab", "random"] = "text"
+    init_text: str | None = None  # default: the task instruction
+
+
+def prepare(model: torch.nn.Module, cfg: PromptTuningMethodConfig, ctx: ModelContext) -> torch.nn.Module:
+    init = {"text": PromptTuningInit.TEXT, "sample_vocab": PromptTuningInit.SAMPLE_VOCAB,
+            "random": PromptTuningInit.RANDOM}[cfg.init]
+    kwargs = {}
+    if cfg.init == "text":
+        kwargs = {"prompt_tuning_init_text": cfg.init_text or ctx.instruction or "Summarize the dialogue.",
+                  "tokenizer_name_or_path": ctx.model_path}
+    peft_cfg = PromptTuningConfig(task_type=peft_task_type(ctx.arch), num_virtual_tokens=cfg.num_virtual_tokens,
+                                  prompt_tuning_init=init, **kwargs)
+    return get_peft_model(model, peft_cfg)
+
+
+METHOD = Method(name="prompt_tuning", config_cls=PromptTuningMethodConfig, prepare=prepare, is_peft=True)

@@ -1,0 +1,44 @@
+"""QLoRA (Dettmers et al., 2023): LoRA on a base whose linear layers are stored in 4-bit NF4.
+
+The base is quantized at load time by bitsandbytes (CUDA or CPU backend). Matmuls run in
+`compute_dtype` (bfloat16 by default, as in the paper; float32 on request); LoRA weights stay float32.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+from peft import get_peft_model, prepare_model_for_kbit_training
+
+from tunelab.methods.base import Method, ModelContext
+from tunelab.methods.lora import LoraSettings, peft_lora_config
+
+
+class QLoraConfig(LoraSettings):
+    name: Literal["qlora"] = "qlora"
+    quant_type: Literal["nf4", "fp4"] = "nf4"
+    double_quant: bool = True
+    compute_dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
+    gradient_checkpointing: bool = False
+
+
+def load_kwargs(cfg: QLoraConfig) -> dict[str, Any]:
+    from transformers import BitsAndBytesConfig
+
+    return {
+        "quantization_config": BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type=cfg.quant_type,
+            bnb_4bit_use_double_quant=cfg.double_quant,
+            bnb_4bit_compute_dtype=getattr(torch, cfg.compute_dtype),
+        )
+    }
+
+
+def prepare(model: torch.nn.Module, cfg: QLoraConfig, ctx: ModelContext) -> torch.nn.Module:
+    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
+    return get_peft_model(model, peft_lora_config(cfg, ctx))
+
+
+METHOD = Method(name="qlora", config_cls=QLoraConfig, prepare=prepare, is_peft=True, load_kwargs=load_kwargs)

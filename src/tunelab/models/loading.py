@@ -1,0 +1,119 @@
+"""Loading a base model and its tokenizer from an alias, a local folder, a `.gguf` file or a hub id."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+
+from tunelab.config.schema import ModelConfig
+from tunelab.errors import ModelError
+from tunelab.models.registry import ALIASES, pull_model
+
+Arch = Literal["causal", "seq2seq"]
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    path: str  # local folder or hub id
+    gguf_file: str | None = None
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        return {"gguf_file": self.gguf_file} if self.gguf_file else {}
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module
+    tokenizer: Any
+    arch: Arch
+    source: ModelSource
+    use_chat_template: bool
+
+
+def _looks_like_path(name: str) -> bool:
+    return name.startswith((".", "/", "~")) or name.endswith(".gguf") or Path(name).exists()
+
+
+def resolve_source(name: str, pull: bool = True) -> ModelSource:
+    if name in ALIASES:
+        return ModelSource(str(pull_model(name)) if pull else name)
+    if _looks_like_path(name):
+        p = Path(name).expanduser()
+        if not p.exists():
+            raise ModelError(f"model path {p} does not exist")
+        if p.is_file():
+            if p.suffix != ".gguf":
+                raise ModelError(f"model path {p} is a file but not a .gguf; give a model folder or a .gguf file")
+            return ModelSource(str(p.parent.resolve()), p.name)
+        if not (p / "config.json").is_file():
+            raise ModelError(f"model folder {p} has no config.json (is it a Hugging Face model folder?)")
+        return ModelSource(str(p.resolve()))
+    return ModelSource(name)  # a hub id
+
+
+def detect_arch(config) -> Arch:
+    return "seq2seq" if getattr(config, "is_encoder_decoder", False) else "causal"
+
+
+def pick_device(requested: str = "auto") -> torch.device:
+    if requested == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("cpu")
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise ModelError("training.device is 'cuda' but no CUDA device is available")
+    return torch.device(requested)
+
+
+def pick_dtype(requested: str, device: torch.device) -> torch.dtype:
+    if requested != "auto":
+        return getattr(torch, requested)
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def load_tokenizer(source: ModelSource, cfg: ModelConfig):
+    try:
+        tok = AutoTokenizer.from_pretrained(source.path, revision=cfg.revision,
+                                            trust_remote_code=cfg.trust_remote_code, **source.kwargs)
+    except (OSError, ValueError) as e:
+        raise ModelError(f"could not load a tokenizer from {source.path!r}: {e}") from None
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(cfg: ModelConfig, device: torch.device | None = None, extra_kwargs: dict[str, Any] | None = None,
+               dtype: torch.dtype | None = None) -> LoadedModel:
+    """Load the base model named by `cfg` (tokenizer included), ready for a method to adapt."""
+    source = resolve_source(cfg.name)
+    try:
+        hf_config = AutoConfig.from_pretrained(source.path, revision=cfg.revision,
+                                               trust_remote_code=cfg.trust_remote_code, **source.kwargs)
+    except (OSError, ValueError) as e:
+        raise ModelError(f"could not load a model config from {source.path!r}: {e}") from None
+    arch: Arch = detect_arch(hf_config) if cfg.arch == "auto" else cfg.arch
+    device = device or pick_device()
+    dtype = dtype or pick_dtype(cfg.dtype, device)
+    auto_cls = AutoModelForSeq2SeqLM if arch == "seq2seq" else AutoModelForCausalLM
+    kwargs = dict(extra_kwargs or {})
+    if "quantization_config" in kwargs:
+        kwargs["device_map"] = {"": device.index if device.type == "cuda" else device.type}
+    model = auto_cls.from_pretrained(source.path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code,
+                                     dtype=dtype, **source.kwargs, **kwargs)
+    if "quantization_config" not in kwargs:
+        model.to(device)
+    tok = load_tokenizer(source, cfg)
+    has_chat = bool(getattr(tok, "chat_template", None))
+    if cfg.chat_template == "on" and not has_chat:
+        raise ModelError(f"model.chat_template is 'on' but the tokenizer of {cfg.name!r} has no chat template")
+    use_chat = arch == "causal" and (cfg.chat_template == "on" or (cfg.chat_template == "auto" and has_chat))
+    if model.generation_config is not None and model.generation_config.pad_token_id is None:
+        model.generation_config.pad_token_id = tok.pad_token_id
+    return LoadedModel(model=model, tokenizer=tok, arch=arch, source=source, use_chat_template=use_chat)

@@ -1,0 +1,120 @@
+"""Reusable pieces the recipes are assembled from: model + method, data, templates, artefacts."""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tunelab.config.schema import ExperimentConfig
+from tunelab.data.encoding import PromptEncoder
+from tunelab.data.records import Example
+from tunelab.data.sources import load_split
+from tunelab.data.templates import TemplateSet
+from tunelab.errors import ModelError
+from tunelab.io import atomic_replace_dir, atomic_write_json, staging_dir
+from tunelab.methods import Method, ModelContext, get_method
+from tunelab.models.loading import LoadedModel, load_model, pick_device
+
+ADAPTER_META = "tunelab.json"
+
+
+@dataclass
+class Session:
+    """A loaded base model with the templates and prompt encoder of one experiment."""
+
+    cfg: ExperimentConfig
+    method: Method
+    loaded: LoadedModel
+    templates: TemplateSet
+    encoder: PromptEncoder
+    device: torch.device
+
+    @property
+    def model(self) -> torch.nn.Module:
+        return self.loaded.model
+
+    @property
+    def context(self) -> ModelContext:
+        return ModelContext(arch=self.loaded.arch, model_path=self.loaded.source.path,
+                            instruction=self.templates.eval.instruction)
+
+
+def open_session(cfg: ExperimentConfig, quantize_for_method: bool = True) -> Session:
+    method = get_method(cfg.method.name)
+    device = pick_device(cfg.training.device)
+    extra = method.load_kwargs(cfg.method) if quantize_for_method else {}
+    loaded = load_model(cfg.model, device=device, extra_kwargs=extra)
+    templates = TemplateSet(cfg.template.task, cfg.template.train_phrasings, cfg.template.eval_phrasing,
+                            cfg.template.custom)
+    encoder = PromptEncoder(loaded.tokenizer, loaded.arch, loaded.use_chat_template, cfg.template.max_input_tokens,
+                            cfg.template.max_target_tokens)
+    return Session(cfg=cfg, method=method, loaded=loaded, templates=templates, encoder=encoder, device=device)
+
+
+def first_n(examples: Sequence[Example], n: int | None) -> list[Example]:
+    """Evaluation subsets are the first n examples, so every run scores the same ones."""
+    return list(examples[:n] if n else examples)
+
+
+def seeded_sample(examples: Sequence[Example], n: int | None, seed: int) -> list[Example]:
+    if not n or n >= len(examples):
+        return list(examples)
+    return random.Random(seed).sample(list(examples), n)
+
+
+def load_eval_examples(cfg: ExperimentConfig, split: str | None = None, max_samples: int | None = None) -> list[Example]:
+    return first_n(load_split(cfg.data, split or cfg.evaluation.split), max_samples or cfg.evaluation.max_samples)
+
+
+def save_artefact(model: torch.nn.Module, tokenizer, cfg: ExperimentConfig, is_peft: bool, run_path: Path,
+                  base_path: str) -> Path:
+    """Save the trained adapter (PEFT format) or full model, written to a temp folder and renamed."""
+    final = run_path / ("adapter" if is_peft else "model")
+    stage = staging_dir(final)
+    try:
+        model.save_pretrained(stage)
+        if is_peft:
+            atomic_write_json(stage / ADAPTER_META, {
+                "base_model": cfg.model.name, "base_model_path": base_path, "method": cfg.method.name,
+                "task": cfg.template.task, "dataset": cfg.data.source,
+            })
+        else:
+            tokenizer.save_pretrained(stage)
+        atomic_replace_dir(stage, final)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    return final
+
+
+def read_adapter_meta(adapter_dir: Path) -> dict[str, Any]:
+    meta = adapter_dir / ADAPTER_META
+    return json.loads(meta.read_text()) if meta.is_file() else {}
+
+
+def attach_adapter(model: torch.nn.Module, adapter_dir: Path, base_name: str, adapter_name: str = "default"):
+    """Load a PEFT adapter onto `model`; a wrong base model gives an error naming both."""
+    from peft import PeftModel
+
+    adapter_dir = Path(adapter_dir)
+    if not (adapter_dir / "adapter_config.json").is_file():
+        raise ModelError(f"{adapter_dir} is not a PEFT adapter folder (no adapter_config.json)")
+    meta = read_adapter_meta(adapter_dir)
+    trained_on = meta.get("base_model")
+    if trained_on and trained_on != base_name:
+        raise ModelError(f"adapter {adapter_dir} was trained on base model {trained_on!r}, not {base_name!r}")
+    try:
+        if hasattr(model, "load_adapter") and hasattr(model, "peft_config"):
+            model.load_adapter(str(adapter_dir), adapter_name=adapter_name)
+            return model
+        return PeftModel.from_pretrained(model, str(adapter_dir), adapter_name=adapter_name)
+    except (RuntimeError, ValueError, KeyError) as e:
+        raise ModelError(f"adapter {adapter_dir} (trained on {trained_on or 'an unrecorded base'}) does not fit "
+                         f"base model {base_name!r}: {str(e).splitlines()[0]}") from None

@@ -1,0 +1,65 @@
+"""The evaluation recipe: score a base model (from a config) or a finished run (its adapter or model)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from tunelab.config.loader import load_config
+from tunelab.config.schema import ExperimentConfig
+from tunelab.errors import RunDirError
+from tunelab.evaluation.metrics import rouge_protocol
+from tunelab.evaluation.summarization import evaluate_summaries
+from tunelab.io import atomic_write_json, atomic_write_jsonl
+from tunelab.recipes.components import Session, attach_adapter, load_eval_examples, open_session
+from tunelab.runs import RunDir
+
+
+def open_run(run_path: str | Path) -> Session:
+    """A session whose model is the run's trained artefact (base + adapter, or the full model)."""
+    run = RunDir.open(run_path)
+    cfg = load_config(run.config_path)
+    if run.adapter_dir.is_dir():
+        session = open_session(cfg)
+        session.loaded.model = attach_adapter(session.model, run.adapter_dir, cfg.model.name)
+        return session
+    if run.model_dir.is_dir():
+        full_cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"name": str(run.model_dir)})})
+        return open_session(full_cfg, quantize_for_method=False)
+    raise RunDirError(f"{run.path} holds no trained artefact (adapter/ or model/); did training finish?")
+
+
+def evaluate_session(session: Session, split: str | None = None, max_samples: int | None = None,
+                     desc: str = "evaluate") -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    cfg = session.cfg
+    examples = load_eval_examples(cfg, split, max_samples)
+    res = evaluate_summaries(session.model, session.loaded.tokenizer, session.loaded.arch, session.encoder,
+                             session.templates.eval, examples, cfg.evaluation, cfg.seed, desc)
+    metrics = {"model": cfg.model.name, "split": split or cfg.evaluation.split, **res.metrics,
+               "protocol": {"rouge": rouge_protocol(), "eval_template": session.templates.eval.prompt,
+                            "max_new_tokens": cfg.evaluation.max_new_tokens, "num_beams": cfg.evaluation.num_beams}}
+    return metrics, res.predictions
+
+
+def evaluate(target: str | Path | ExperimentConfig, split: str | None = None, max_samples: int | None = None,
+             overrides: tuple[str, ...] = ()) -> tuple[Path, dict[str, Any]]:
+    """Evaluate a run directory (results under RUN/eval-<split>/) or a config's base model (a new run dir).
+
+    Returns the folder holding metrics.json and predictions.jsonl, and the metrics.
+    """
+    if isinstance(target, ExperimentConfig) or Path(target).is_file():
+        cfg = target if isinstance(target, ExperimentConfig) else load_config(target, overrides)
+        run = RunDir.create(cfg)
+        session = open_session(cfg, quantize_for_method=False)
+        metrics, preds = evaluate_session(session, split, max_samples, "eval base")
+        out = run.path
+        run.write_predictions(preds)
+        run.write_metrics({"base": metrics})
+        run.mark_complete()
+        return out, metrics
+    session = open_run(target)
+    metrics, preds = evaluate_session(session, split, max_samples, "eval run")
+    out = Path(target) / f"eval-{metrics['split']}"
+    atomic_write_jsonl(out / "predictions.jsonl", preds)
+    atomic_write_json(out / "metrics.json", metrics)
+    return out, metrics

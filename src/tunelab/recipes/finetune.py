@@ -1,0 +1,95 @@
+"""The fine-tuning recipe: evaluate the base model, train with the configured method, evaluate again.
+
+Reads like the README's description of a run; every step is a component from `components.py` or a
+function of the data, methods, training and evaluation packages.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from accelerate.utils import set_seed
+
+from tunelab.config.schema import ExperimentConfig
+from tunelab.data.encoding import encode_training_set
+from tunelab.data.sources import load_split
+from tunelab.evaluation.costs import full_checkpoint_bytes, parameter_counts, weight_file_bytes
+from tunelab.evaluation.metrics import rouge_protocol
+from tunelab.evaluation.summarization import evaluate_summaries
+from tunelab.recipes.components import load_eval_examples, open_session, save_artefact, seeded_sample
+from tunelab.reporting.tables import before_after_table, cost_table
+from tunelab.runs import RunDir
+from tunelab.training.loop import train_model
+
+
+@dataclass
+class FinetuneResult:
+    run_dir: Path
+    metrics: dict[str, Any]
+
+
+def finetune(cfg: ExperimentConfig, run_path: str | Path | None = None, show_progress: bool = True,
+             echo=print) -> FinetuneResult:
+    run = RunDir.create(cfg, run_path)
+    set_seed(cfg.seed)
+    session = open_session(cfg)
+    eval_examples = load_eval_examples(cfg)
+    metrics: dict[str, Any] = {"name": cfg.name, "model": cfg.model.name, "arch": session.loaded.arch,
+                               "method": cfg.method.name, "dataset": cfg.data.source,
+                               "evaluation_split": cfg.evaluation.split,
+                               "chat_template": session.loaded.use_chat_template,
+                               "protocol": {"rouge": rouge_protocol(), "decoding":
+                                            "greedy" if cfg.evaluation.num_beams == 1 else
+                                            f"beam search, {cfg.evaluation.num_beams} beams",
+                                            "max_new_tokens": cfg.evaluation.max_new_tokens,
+                                            "eval_template": session.templates.eval.prompt}}
+
+    if cfg.evaluation.before:
+        before = evaluate_summaries(session.model, session.loaded.tokenizer, session.loaded.arch, session.encoder,
+                                    session.templates.eval, eval_examples, cfg.evaluation, cfg.seed, "eval before")
+        metrics["before"] = before.metrics
+        run.write_predictions(before.predictions, "predictions_before.jsonl")
+        run.write_metrics(metrics)
+
+    train_examples = seeded_sample(load_split(cfg.data, cfg.data.train_split), cfg.data.max_train_samples, cfg.seed)
+    session.encoder.stats.__init__()
+    train_set = encode_training_set(session.encoder, train_examples,
+                                    session.templates.for_training(len(train_examples), cfg.seed))
+    train_truncation = session.encoder.stats.as_dict()
+    eval_set = None
+    if cfg.data.eval_split:
+        val = load_split(cfg.data, cfg.data.eval_split)[: cfg.data.max_eval_samples]
+        eval_set = encode_training_set(session.encoder, val, [session.templates.eval] * len(val))
+
+    set_seed(cfg.seed)
+    model = session.method.prepare(session.model, cfg.method, session.context)
+    counts = parameter_counts(model)
+    training = train_model(model, session.loaded.tokenizer, session.loaded.arch, train_set, eval_set, cfg.training,
+                           seed=cfg.seed, device=session.device, log_dir=run.path / "tensorboard",
+                           show_progress=show_progress)
+    artefact = save_artefact(model, session.loaded.tokenizer, cfg, session.method.is_peft, run.path,
+                             session.loaded.source.path)
+    metrics["training"] = {**training.as_dict(), "examples": len(train_set), "truncation": train_truncation}
+    metrics["cost"] = {**counts, "artefact": artefact.name, "artefact_bytes": weight_file_bytes(artefact),
+                       "full_checkpoint_bytes": full_checkpoint_bytes(model, counts, session.method.is_peft)}
+
+    after = evaluate_summaries(model, session.loaded.tokenizer, session.loaded.arch, session.encoder,
+                               session.templates.eval, eval_examples, cfg.evaluation, cfg.seed, "eval after")
+    metrics["after"] = after.metrics
+    run.write_predictions(after.predictions)
+    run.write_metrics(metrics)
+    run.mark_complete()
+    if echo:
+        echo(f"\nrun: {run.path}  ({cfg.method.name} on {cfg.model.name}, {len(eval_examples)} "
+             f"{cfg.evaluation.split} examples)\n")
+        echo(before_after_table(metrics.get("before"), metrics["after"]))
+        echo("")
+        echo(cost_table(metrics["cost"], metrics["training"]))
+        trunc = after.metrics["truncation"]
+        if trunc["inputs_truncated"] or train_truncation["inputs_truncated"]:
+            echo(f"\nnote: inputs cut at {cfg.template.max_input_tokens} tokens: "
+                 f"{train_truncation['inputs_truncated']}/{train_truncation['examples']} training, "
+                 f"{trunc['inputs_truncated']}/{trunc['examples']} evaluation examples")
+    return FinetuneResult(run.path, metrics)

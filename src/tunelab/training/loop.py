@@ -1,0 +1,171 @@
+"""The training loop, on `accelerate`.
+
+Why an accelerate loop rather than `transformers.Trainer`: tunelab needs a few things inside the step
+(length-grouped batches over pre-tokenized examples, token counts for throughput, peak-memory samples,
+a hard stop on a non-finite loss) and stays small enough to read in one sitting; accelerate still
+supplies device placement, mixed precision, gradient accumulation and DDP/FSDP.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+from transformers import get_scheduler
+
+from tunelab.config.schema import TrainingConfig
+from tunelab.data.collate import LengthGroupedBatches, TrainCollator
+from tunelab.data.encoding import IGNORE_INDEX, Arch, Encoded
+from tunelab.errors import TrainingError
+from tunelab.training.memory import PeakMemory
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    epochs: float
+    seconds: float
+    train_loss: list[tuple[int, float]] = field(default_factory=list)  # (step, mean loss since last log)
+    eval_loss: list[tuple[int, float]] = field(default_factory=list)
+    completion_tokens: int = 0
+    padded_tokens: int = 0
+    memory: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.completion_tokens / self.seconds if self.seconds else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["completion_tokens_per_second"] = self.tokens_per_second
+        d["padded_tokens_per_second"] = self.padded_tokens / self.seconds if self.seconds else 0.0
+        d["seconds_per_step"] = self.seconds / self.steps if self.steps else None
+        return d
+
+
+def mixed_precision(cfg: TrainingConfig, device: torch.device) -> str:
+    if cfg.precision == "auto":
+        return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "no"
+    return {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[cfg.precision]
+
+
+def total_optimizer_steps(cfg: TrainingConfig, batches_per_epoch: int) -> int:
+    if cfg.max_steps:
+        return cfg.max_steps
+    return max(1, math.ceil(cfg.epochs * batches_per_epoch / cfg.grad_accum))
+
+
+@torch.no_grad()
+def evaluation_loss(model: torch.nn.Module, loader: DataLoader, accelerator: Accelerator) -> float:
+    """Mean token-level loss over a data set (each token weighs the same, whatever its batch)."""
+    was_training = model.training
+    model.eval()
+    total, tokens = 0.0, 0
+    for batch in loader:
+        n = int((batch["labels"] != IGNORE_INDEX).sum())
+        total += float(model(**batch).loss) * n
+        tokens += n
+    model.train(was_training)
+    return total / max(tokens, 1)
+
+
+def train_model(model: torch.nn.Module, tokenizer, arch: Arch, train_set: Sequence[Encoded],
+                eval_set: Sequence[Encoded] | None, cfg: TrainingConfig, *, seed: int, device: torch.device,
+                log_dir: Path | None = None,
+                save_checkpoint: Callable[[Accelerator, int], None] | None = None,
+                show_progress: bool = True) -> TrainResult:
+    if not train_set:
+        raise TrainingError("the training set is empty")
+    set_seed(seed)
+    accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum, mixed_precision=mixed_precision(cfg, device),
+                              cpu=device.type == "cpu")
+    collator = TrainCollator(tokenizer.pad_token_id, arch)
+    batches = LengthGroupedBatches([e.length for e in train_set], cfg.batch_size, seed, cfg.group_by_length)
+    loader = DataLoader(list(train_set), batch_sampler=batches, collate_fn=collator)
+    eval_loader = (DataLoader(list(eval_set), batch_size=cfg.batch_size, collate_fn=collator) if eval_set else None)
+
+    total_steps = total_optimizer_steps(cfg, len(loader))
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise TrainingError("the model has no trainable parameters")
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = get_scheduler(cfg.scheduler, optimizer, num_warmup_steps=math.ceil(cfg.warmup_ratio * total_steps),
+                              num_training_steps=total_steps)
+    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    if eval_loader is not None:
+        eval_loader = accelerator.prepare(eval_loader)
+
+    writer = None
+    if log_dir is not None and accelerator.is_main_process:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(log_dir))
+    memory = PeakMemory(device)
+    result = TrainResult(steps=0, epochs=0.0, seconds=0.0)
+    step, epoch, window_loss, window_n = 0, 0, 0.0, 0
+    model.train()
+    bar = tqdm(total=total_steps, desc="train", unit="step", disable=not show_progress or not accelerator.is_main_process)
+    t0 = time.perf_counter()
+    while step < total_steps:
+        batches.set_epoch(epoch)
+        for batch in loader:
+            with accelerator.accumulate(model):
+                loss = model(**batch).loss
+                memory.sample()
+                if not torch.isfinite(loss):
+                    raise TrainingError(f"non-finite training loss ({loss.item()}) at optimizer step {step + 1}; "
+                                        "training stopped; checkpoints written before this step are intact")
+                accelerator.backward(loss)
+                memory.sample()
+                if accelerator.sync_gradients and cfg.max_grad_norm:
+                    accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            result.completion_tokens += int((batch["labels"] != IGNORE_INDEX).sum())
+            result.padded_tokens += int(batch["input_ids"].numel() + (batch["labels"].numel() if arch == "seq2seq" else 0))
+            window_loss += float(loss.detach())
+            window_n += 1
+            if not accelerator.sync_gradients:
+                continue
+            step += 1
+            bar.update(1)
+            if step % cfg.log_every == 0 or step == total_steps:
+                mean = window_loss / window_n
+                result.train_loss.append((step, mean))
+                bar.set_postfix(loss=f"{mean:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
+                if writer:
+                    writer.add_scalar("train/loss", mean, step)
+                    writer.add_scalar("train/lr", scheduler.get_last_lr()[0], step)
+                window_loss, window_n = 0.0, 0
+            if eval_loader is not None and cfg.eval_every and step % cfg.eval_every == 0 and step < total_steps:
+                result.eval_loss.append((step, evaluation_loss(model, eval_loader, accelerator)))
+                if writer:
+                    writer.add_scalar("eval/loss", result.eval_loss[-1][1], step)
+            if save_checkpoint and cfg.save_every and step % cfg.save_every == 0 and step < total_steps:
+                save_checkpoint(accelerator, step)
+            if step >= total_steps:
+                break
+        epoch += 1
+    result.seconds = time.perf_counter() - t0
+    bar.close()
+    if eval_loader is not None:
+        result.eval_loss.append((step, evaluation_loss(model, eval_loader, accelerator)))
+        if writer:
+            writer.add_scalar("eval/loss", result.eval_loss[-1][1], step)
+    if writer:
+        writer.close()
+    result.steps = step
+    result.epochs = step * cfg.grad_accum / max(len(loader), 1)
+    result.memory = memory.as_dict()
+    accelerator.wait_for_everyone()
+    return result

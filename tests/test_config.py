@@ -1,0 +1,73 @@
+import pytest
+
+from tunelab.config import build_config, load_config
+from tunelab.errors import ConfigError
+
+
+def test_defaults_are_the_embedded_demo():
+    cfg = load_config()
+    assert cfg.model.name == "smollm2-135m-instruct"
+    assert cfg.data.source == "dialogsum"
+    assert cfg.method.name == "lora"
+
+
+def test_overrides_parse_yaml_values():
+    cfg = build_config({}, ["training.lr=1e-4", "method.r=4", "evaluation.metrics=[rouge]", "name=x"])
+    assert cfg.training.lr == pytest.approx(1e-4)
+    assert cfg.method.r == 4
+    assert cfg.evaluation.metrics == ["rouge"]
+    assert cfg.name == "x"
+
+
+def test_switching_method_drops_the_old_methods_keys():
+    cfg = build_config({"method": {"name": "lora", "r": 4}}, ["method.name=full"])
+    assert cfg.method.name == "full"
+
+
+def test_unknown_key_is_named():
+    with pytest.raises(ConfigError, match=r"training\.lrr: unknown key"):
+        build_config({"training": {"lrr": 1}})
+    with pytest.raises(ConfigError, match=r"method\.rank: unknown key"):
+        build_config({"method": {"name": "lora", "rank": 4}})
+
+
+def test_wrong_type_is_named_with_the_value():
+    with pytest.raises(ConfigError, match=r"training\.batch_size: .*integer.*'eight'"):
+        build_config({}, ["training.batch_size=eight"])
+
+
+def test_unknown_method_lists_the_methods():
+    with pytest.raises(ConfigError, match="lora.*prompt_tuning.*ia3"):
+        build_config({"method": {"name": "adapterdrop"}})
+
+
+def test_files_source_needs_files():
+    with pytest.raises(ConfigError, match="data.files"):
+        build_config({"data": {"source": "files"}})
+
+
+def test_yaml_file_errors(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    listy = tmp_path / "list.yaml"
+    listy.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(listy)
+
+
+def test_bad_override_syntax():
+    with pytest.raises(ConfigError, match="key.path=value"):
+        build_config({}, ["training.lr"])
+
+
+def test_shipped_configs_validate():
+    from pathlib import Path
+
+    configs = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
+    assert configs
+    for path in configs:
+        load_config(path)
