@@ -41,11 +41,10 @@ def _setup(model_dir, method_cfg, training=None):
 
 
 def _held_loss(model, loaded, held):
-    from accelerate import Accelerator
     from torch.utils.data import DataLoader
 
     loader = DataLoader(held, batch_size=8, collate_fn=TrainCollator(loaded.tokenizer.pad_token_id, loaded.arch))
-    return evaluation_loss(model, loader, Accelerator(cpu=True))
+    return evaluation_loss(model, loader, loaded.arch)
 
 
 @pytest.mark.parametrize("arch", ["llama", "t5"])
@@ -94,3 +93,20 @@ def test_saved_lora_adapter_reloads_with_plain_peft_to_identical_logits(arch, ti
     batch = TrainCollator(loaded.tokenizer.pad_token_id, loaded.arch)(held[:4])
     with torch.no_grad():
         assert torch.equal(model(**batch).logits, reloaded(**batch).logits)
+
+
+@pytest.mark.parametrize("method", [{"name": "full"}, {"name": "lora", "r": 4, "dropout": 0.0}])
+def test_completion_only_logits_give_the_standard_loss(method, tiny_llama_chat_dir):
+    """Left-padded batches with logits for completion positions only == HF's loss on right-padded batches."""
+    from tunelab.data.collate import _mask, _pad
+    from tunelab.training.loss import completion_loss
+
+    cfg, loaded, model, train, _ = _setup(tiny_llama_chat_dir, method)
+    model.eval()
+    batch = train[:8]
+    assert len({len(e.input_ids) for e in batch}) > 1  # padding really happens
+    ours = completion_loss(model, TrainCollator(loaded.tokenizer.pad_token_id, "causal")(batch), "causal")
+    ids = [e.input_ids for e in batch]
+    reference = model(input_ids=_pad(ids, loaded.tokenizer.pad_token_id), attention_mask=_mask(ids),
+                      labels=_pad([e.labels for e in batch], -100)).loss
+    assert ours.item() == pytest.approx(reference.item(), rel=1e-5)

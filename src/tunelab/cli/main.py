@@ -16,7 +16,11 @@ def _quiet_libraries() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     for name in ("bitsandbytes", "transformers", "accelerate", "peft"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    import warnings
+
     from transformers.utils import logging as hf_logging
+
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
     hf_logging.set_verbosity_error()
 
@@ -58,6 +62,21 @@ def cmd_generate(args: argparse.Namespace) -> int:
     session = open_for_generation(model=args.model, run=args.run, adapter=args.adapter, overrides=args.set)
     text = _read_text(args.file)
     print(summarize(session, [text], max_new_tokens=args.max_new_tokens)[0])
+    return 0
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    from tunelab.recipes import merge_run
+
+    print(merge_run(args.run, args.out))
+    return 0
+
+
+def cmd_prompt_tokens(args: argparse.Namespace) -> int:
+    from tunelab.recipes import soft_prompt_neighbours
+
+    for i, row in enumerate(soft_prompt_neighbours(args.run, args.k)):
+        print(f"virtual token {i:3d}: " + "  ".join(f"{tok!r} ({sim:.2f})" for tok, sim in row))
     return 0
 
 
@@ -114,6 +133,16 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-new-tokens", type=int)
     add_set(g)
     g.set_defaults(func=cmd_generate)
+
+    mg = sub.add_parser("merge", help="merge a run's LoRA adapter into its (full-precision) base model")
+    mg.add_argument("run", help="a finished run directory with an adapter/")
+    mg.add_argument("--out", required=True, help="folder for the merged standalone model (must not exist)")
+    mg.set_defaults(func=cmd_merge)
+
+    pt = sub.add_parser("prompt-tokens", help="nearest vocabulary tokens of each learned soft-prompt token")
+    pt.add_argument("run", help="a finished prompt-tuning run directory")
+    pt.add_argument("-k", type=int, default=5)
+    pt.set_defaults(func=cmd_prompt_tokens)
 
     m = sub.add_parser("models", help="built-in offline models")
     m.add_argument("action", choices=["list", "pull"])

@@ -20,17 +20,31 @@ def _mask(seqs: Sequence[list[int]], left: bool = False) -> torch.Tensor:
     return _pad([[1] * len(s) for s in seqs], 0, left)
 
 
+def position_ids_from_mask(mask: torch.Tensor) -> torch.Tensor:
+    """Positions counted over real tokens only, so left padding does not shift them."""
+    return (mask.cumsum(-1) - 1).clamp(min=0)
+
+
 class TrainCollator:
-    """Right-pads input ids (pad id), attention mask (0) and labels (-100)."""
+    """Pads input ids (pad id), attention mask (0) and labels (-100).
+
+    Causal batches are left-padded with explicit position ids: every completion then ends at the last
+    column, which lets the loss compute logits for the completion positions only (training/loss.py).
+    Seq2seq batches are right-padded.
+    """
 
     def __init__(self, pad_token_id: int, arch: Arch):
         self.pad = pad_token_id
         self.arch = arch
 
     def __call__(self, batch: Sequence[Encoded]) -> dict[str, torch.Tensor]:
+        left = self.arch == "causal"
         ids = [e.input_ids for e in batch]
-        return {"input_ids": _pad(ids, self.pad), "attention_mask": _mask(ids),
-                "labels": _pad([e.labels for e in batch], IGNORE_INDEX)}
+        out = {"input_ids": _pad(ids, self.pad, left), "attention_mask": _mask(ids, left),
+               "labels": _pad([e.labels for e in batch], IGNORE_INDEX, left)}
+        if left:
+            out["position_ids"] = position_ids_from_mask(out["attention_mask"])
+        return out
 
 
 def generation_batch(batch: Sequence[Encoded], pad_token_id: int, arch: Arch) -> dict[str, torch.Tensor]:

@@ -20,6 +20,9 @@ class PromptTuningMethodConfig(MethodConfigBase):
     num_virtual_tokens: int = Field(20, gt=0)
     init: Literal["text", "sample_vocab", "random"] = "text"
     init_text: str | None = None  # default: the task instruction
+    seq2seq_prompt: Literal["encoder", "encoder_decoder"] = "encoder_decoder"
+    """Seq2seq models: `encoder` prepends virtual tokens to the encoder input only (Lester et al.'s setup);
+    `encoder_decoder` (PEFT's default) to the encoder and the decoder."""
 
 
 def prepare(model: torch.nn.Module, cfg: PromptTuningMethodConfig, ctx: ModelContext) -> torch.nn.Module:
@@ -29,9 +32,21 @@ def prepare(model: torch.nn.Module, cfg: PromptTuningMethodConfig, ctx: ModelCon
     if cfg.init == "text":
         kwargs = {"prompt_tuning_init_text": cfg.init_text or ctx.instruction or "Summarize the dialogue.",
                   "tokenizer_name_or_path": ctx.model_path}
+    if ctx.arch == "seq2seq":
+        kwargs["num_transformer_submodules"] = 1 if cfg.seq2seq_prompt == "encoder" else 2
     peft_cfg = PromptTuningConfig(task_type=peft_task_type(ctx.arch), num_virtual_tokens=cfg.num_virtual_tokens,
                                   prompt_tuning_init=init, **kwargs)
     return get_peft_model(model, peft_cfg)
 
 
 METHOD = Method(name="prompt_tuning", config_cls=PromptTuningMethodConfig, prepare=prepare, is_peft=True)
+
+
+def nearest_tokens(prompt_embeddings: torch.Tensor, vocab_embeddings: torch.Tensor, tokenizer,
+                   k: int = 5) -> list[list[tuple[str, float]]]:
+    """For each learned virtual token, the k vocabulary tokens with the most similar input embedding (cosine)."""
+    p = torch.nn.functional.normalize(prompt_embeddings.float(), dim=-1)
+    v = torch.nn.functional.normalize(vocab_embeddings.float(), dim=-1)
+    sims, ids = (p @ v.T).topk(k, dim=-1)
+    return [[(tokenizer.convert_ids_to_tokens(int(i)), float(s)) for i, s in zip(row_ids, row_sims)]
+            for row_ids, row_sims in zip(ids, sims)]

@@ -26,6 +26,7 @@ from tunelab.config.schema import TrainingConfig
 from tunelab.data.collate import LengthGroupedBatches, TrainCollator
 from tunelab.data.encoding import IGNORE_INDEX, Arch, Encoded
 from tunelab.errors import TrainingError
+from tunelab.training.loss import completion_loss
 from tunelab.training.memory import PeakMemory
 
 
@@ -65,14 +66,14 @@ def total_optimizer_steps(cfg: TrainingConfig, batches_per_epoch: int) -> int:
 
 
 @torch.no_grad()
-def evaluation_loss(model: torch.nn.Module, loader: DataLoader, accelerator: Accelerator) -> float:
+def evaluation_loss(model: torch.nn.Module, loader: DataLoader, arch: Arch) -> float:
     """Mean token-level loss over a data set (each token weighs the same, whatever its batch)."""
     was_training = model.training
     model.eval()
     total, tokens = 0.0, 0
     for batch in loader:
         n = int((batch["labels"] != IGNORE_INDEX).sum())
-        total += float(model(**batch).loss) * n
+        total += float(completion_loss(model, batch, arch)) * n
         tokens += n
     model.train(was_training)
     return total / max(tokens, 1)
@@ -119,7 +120,7 @@ def train_model(model: torch.nn.Module, tokenizer, arch: Arch, train_set: Sequen
         batches.set_epoch(epoch)
         for batch in loader:
             with accelerator.accumulate(model):
-                loss = model(**batch).loss
+                loss = completion_loss(model, batch, arch)
                 memory.sample()
                 if not torch.isfinite(loss):
                     raise TrainingError(f"non-finite training loss ({loss.item()}) at optimizer step {step + 1}; "
@@ -148,7 +149,7 @@ def train_model(model: torch.nn.Module, tokenizer, arch: Arch, train_set: Sequen
                     writer.add_scalar("train/lr", scheduler.get_last_lr()[0], step)
                 window_loss, window_n = 0.0, 0
             if eval_loader is not None and cfg.eval_every and step % cfg.eval_every == 0 and step < total_steps:
-                result.eval_loss.append((step, evaluation_loss(model, eval_loader, accelerator)))
+                result.eval_loss.append((step, evaluation_loss(model, eval_loader, arch)))
                 if writer:
                     writer.add_scalar("eval/loss", result.eval_loss[-1][1], step)
             if save_checkpoint and cfg.save_every and step % cfg.save_every == 0 and step < total_steps:
@@ -159,7 +160,7 @@ def train_model(model: torch.nn.Module, tokenizer, arch: Arch, train_set: Sequen
     result.seconds = time.perf_counter() - t0
     bar.close()
     if eval_loader is not None:
-        result.eval_loss.append((step, evaluation_loss(model, eval_loader, accelerator)))
+        result.eval_loss.append((step, evaluation_loss(model, eval_loader, arch)))
         if writer:
             writer.add_scalar("eval/loss", result.eval_loss[-1][1], step)
     if writer:

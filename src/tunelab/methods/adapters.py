@@ -1,0 +1,67 @@
+"""Several task adapters on one base model: load, switch, generate with mixed adapters, merge.
+
+Adapters stay separate PEFT-format folders (`adapter_config.json` + `adapter_model.safetensors`, plus
+`tunelab.json` naming the base model and task), so plain PEFT loads each of them too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import torch
+
+from tunelab.errors import ModelError
+
+BASE = "__base__"  # adapter name that means "no adapter" in a mixed batch (PEFT's convention)
+
+
+def is_quantized(model: torch.nn.Module) -> bool:
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return bool(getattr(base, "is_loaded_in_4bit", False) or getattr(base, "is_loaded_in_8bit", False)
+                or getattr(getattr(base, "config", None), "quantization_config", None))
+
+
+def load_adapters(model: torch.nn.Module, adapters: Mapping[str, str | Path], base_name: str):
+    """Attach several named adapters to `model` (a plain base model); the first becomes active."""
+    from tunelab.recipes.components import attach_adapter
+
+    if not adapters:
+        raise ModelError("no adapters given")
+    for name, path in adapters.items():
+        model = attach_adapter(model, Path(path), base_name, adapter_name=name)
+    model.set_adapter(next(iter(adapters)))
+    return model
+
+
+def generate_mixed(model, tokenizer, prompts, arch, adapter_names: Sequence[str], **gen_kwargs) -> list[str]:
+    """Generate one batch whose rows use different adapters (PEFT `adapter_names`; `__base__` = none)."""
+    from tunelab.data.collate import generation_batch
+
+    if len(adapter_names) != len(prompts):
+        raise ValueError(f"{len(prompts)} prompts but {len(adapter_names)} adapter names")
+    device = next(model.parameters()).device
+    batch = {k: v.to(device) for k, v in generation_batch(prompts, tokenizer.pad_token_id, arch).items()}
+    model.eval()
+    with torch.no_grad():
+        out = model.generate(**batch, adapter_names=list(adapter_names), do_sample=False,
+                             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, **gen_kwargs)
+    new = out if arch == "seq2seq" else out[:, batch["input_ids"].shape[1]:]
+    return [tokenizer.decode(row, skip_special_tokens=True).strip() for row in new]
+
+
+def merge_adapter(model) -> torch.nn.Module:
+    """Fold a LoRA/IA3 adapter into the base weights and return the plain model.
+
+    A 4-bit base cannot take merged weights without losing them to re-quantization: merge into a
+    full-precision copy of the base instead (`tunelab merge` does this).
+    """
+    if is_quantized(model):
+        raise ModelError("refusing to merge into a quantized (4/8-bit) base: the merged weights would be "
+                         "re-quantized; load the base in full precision and merge there")
+    if not hasattr(model, "merge_and_unload"):
+        raise ModelError("this model has no mergeable adapter (prompt/prefix tuning adapters cannot be merged)")
+    try:
+        return model.merge_and_unload()
+    except (AttributeError, ValueError) as e:
+        raise ModelError(f"cannot merge this adapter: {e}") from None

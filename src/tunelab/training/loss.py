@@ -1,0 +1,51 @@
+"""The training loss: mean cross-entropy over completion tokens (labels != -100).
+
+For causal models the vocabulary projection is the largest single matmul of a small model and its
+output (batch x positions x vocab floats) dominates activation memory, yet the loss needs it only at
+completion positions. Training batches are left-padded, so every row's completion ends at the last
+column; `logits_to_keep` then asks the model for logits of the last K positions only, K being the
+longest completion (+1 for the shift). Same loss as the full computation (tested), less time and memory.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import torch
+import torch.nn.functional as F
+
+from tunelab.data.encoding import IGNORE_INDEX, Arch
+
+
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    return getattr(model, "module", model)  # DistributedDataParallel / FSDP wrappers
+
+
+def _base_forward_accepts(model: torch.nn.Module, name: str) -> bool:
+    model = _unwrap(model)
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return name in inspect.signature(base.forward).parameters
+
+
+def is_prompt_learning(model: torch.nn.Module) -> bool:
+    cfg = getattr(_unwrap(model), "active_peft_config", None)
+    return bool(cfg is not None and cfg.is_prompt_learning)
+
+
+def completion_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], arch: Arch) -> torch.Tensor:
+    if arch == "seq2seq":
+        return model(**batch).loss  # decoder logits cover only the target already
+    labels = batch["labels"]
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    if is_prompt_learning(model):
+        inputs.pop("position_ids", None)  # PEFT places virtual tokens itself and ignores position ids
+    if not _base_forward_accepts(model, "logits_to_keep"):
+        return model(**inputs, labels=labels).loss
+    has_label = (labels != IGNORE_INDEX).any(dim=0)
+    first = int(has_label.nonzero()[0]) if has_label.any() else labels.shape[1] - 1
+    keep = labels.shape[1] - first + 1  # positions first-1 .. end predict labels first .. end
+    logits = model(**inputs, logits_to_keep=keep).logits
+    shift_logits = logits[:, :-1, :].float()
+    shift_labels = labels[:, labels.shape[1] - keep + 1:]
+    return F.cross_entropy(shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1),
+                           ignore_index=IGNORE_INDEX)

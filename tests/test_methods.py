@@ -1,0 +1,247 @@
+"""Every PEFT method on tiny T5 and Llama models: it trains, only its own parameters change, and the
+saved adapter reloads to identical outputs. Plus per-task adapters, merging, QLoRA and cost accounting."""
+
+import random
+
+import pytest
+import torch
+
+from conftest import make_tokenizer, synthetic_dialogue
+from tunelab.config import build_config
+from tunelab.data import Example, PromptEncoder, TemplateSet, TrainCollator
+from tunelab.data.encoding import encode_training_set
+from tunelab.errors import ModelError
+from tunelab.evaluation.costs import full_checkpoint_bytes, parameter_counts, weight_file_bytes
+from tunelab.methods import ModelContext, get_method
+from tunelab.methods.adapters import generate_mixed, load_adapters, merge_adapter
+from tunelab.models import load_model
+from tunelab.training import evaluation_loss, train_model
+
+CPU = torch.device("cpu")
+METHODS = {
+    "prompt_tuning": ({"name": "prompt_tuning", "num_virtual_tokens": 8, "init": "text"}, 0.1),
+    "prompt_tuning_encoder": ({"name": "prompt_tuning", "num_virtual_tokens": 8, "init": "sample_vocab",
+                               "seq2seq_prompt": "encoder"}, 0.1),
+    "ia3": ({"name": "ia3"}, 0.05),
+    "prefix_tuning": ({"name": "prefix_tuning", "num_virtual_tokens": 8}, 0.02),
+    "dora": ({"name": "lora", "r": 4, "dropout": 0.0, "use_dora": True, "target_modules": "all-linear"}, 1e-2),
+    "rslora": ({"name": "lora", "r": 4, "dropout": 0.0, "use_rslora": True}, 1e-2),
+}
+
+
+def dialogues(n, seed):
+    rng = random.Random(seed)
+    return [Example(str(i), *[(d, (s,)) for d, s in [synthetic_dialogue(rng)]][0]) for i in range(n)]
+
+
+def prepare(model_dir, method_cfg, lr=1e-2, steps=30, seed=0):
+    cfg = build_config({"model": {"name": str(model_dir)}, "method": method_cfg,
+                        "training": {"max_steps": steps, "batch_size": 8, "lr": lr, "warmup_ratio": 0.0}})
+    method = get_method(cfg.method.name)
+    loaded = load_model(cfg.model, device=CPU, extra_kwargs=method.load_kwargs(cfg.method))
+    ts = TemplateSet("dialogue_summarization")
+    enc = PromptEncoder(loaded.tokenizer, loaded.arch, False, 64, 16)
+    train = encode_training_set(enc, dialogues(48, seed), ts.for_training(48, seed))
+    held = encode_training_set(enc, dialogues(16, 99), [ts.eval] * 16)
+    torch.manual_seed(seed)
+    model = method.prepare(loaded.model, cfg.method, ModelContext(loaded.arch, str(model_dir), ts.eval.instruction))
+    return cfg, loaded, model, train, held, enc, ts
+
+
+def held_loss(model, loaded, held):
+    from torch.utils.data import DataLoader
+
+    return evaluation_loss(model, DataLoader(held, batch_size=8,
+                                             collate_fn=TrainCollator(loaded.tokenizer.pad_token_id, loaded.arch)),
+                           loaded.arch)
+
+
+def frozen_state(model):
+    names = {n for n, p in model.named_parameters() if p.requires_grad}
+    return {n: p.detach().clone() for n, p in model.named_parameters() if n not in names}
+
+
+@pytest.mark.parametrize("arch", ["llama", "t5"])
+@pytest.mark.parametrize("key", list(METHODS))
+def test_method_trains_only_its_parameters_and_reloads_exactly(key, arch, tiny_llama_dir, tiny_t5_dir, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
+
+    if key == "prompt_tuning_encoder" and arch == "llama":
+        pytest.skip("encoder-only soft prompts exist for seq2seq models only")
+    model_dir = tiny_llama_dir if arch == "llama" else tiny_t5_dir
+    method_cfg, lr = METHODS[key]
+    cfg, loaded, model, train, held, _, _ = prepare(model_dir, method_cfg, lr)
+    frozen = frozen_state(model)
+    before = held_loss(model, loaded, held)
+    train_model(model, loaded.tokenizer, loaded.arch, train, None, cfg.training, seed=0, device=CPU,
+                show_progress=False)
+    after = held_loss(model, loaded, held)
+    assert after < 0.95 * before, (before, after)
+    for name, p in model.named_parameters():
+        if name in frozen:
+            assert torch.equal(p, frozen[name]), f"frozen parameter {name} changed"
+
+    model.save_pretrained(tmp_path / "adapter")
+    auto = AutoModelForCausalLM if arch == "llama" else AutoModelForSeq2SeqLM
+    reloaded = PeftModel.from_pretrained(auto.from_pretrained(model_dir), tmp_path / "adapter").eval()
+    model.eval()
+    collate = TrainCollator(loaded.tokenizer.pad_token_id, loaded.arch)
+    batch = collate(held[:4])
+    batch.pop("position_ids", None)
+    with torch.no_grad():
+        assert torch.allclose(model(**batch).logits, reloaded(**batch).logits, atol=1e-6)
+
+
+def test_soft_prompt_initialised_from_text_starts_at_the_text_embeddings(tiny_llama_dir):
+    _, loaded, model, *_ = prepare(tiny_llama_dir, {"name": "prompt_tuning", "num_virtual_tokens": 4,
+                                                    "init": "text", "init_text": "anna wants a car"})
+    ids = loaded.tokenizer("anna wants a car", add_special_tokens=False)["input_ids"]
+    vocab = model.get_base_model().get_input_embeddings().weight
+    prompt = model.get_prompt_embedding_to_save(adapter_name="default")
+    assert torch.allclose(prompt, vocab[ids])
+    from tunelab.methods.prompt_tuning import nearest_tokens
+
+    nearest = nearest_tokens(prompt, vocab, loaded.tokenizer, k=1)
+    assert [row[0][0] for row in nearest] == ["anna", "wants", "a", "car"]
+
+
+def test_prompt_tuning_encoder_only_puts_virtual_tokens_on_the_encoder(tiny_t5_dir):
+    _, _, both, *_ = prepare(tiny_t5_dir, {"name": "prompt_tuning", "num_virtual_tokens": 4, "init": "random"})
+    _, _, enc, *_ = prepare(tiny_t5_dir, {"name": "prompt_tuning", "num_virtual_tokens": 4, "init": "random",
+                                          "seq2seq_prompt": "encoder"})
+    assert both.get_prompt_embedding_to_save("default").shape[0] == 8
+    assert enc.get_prompt_embedding_to_save("default").shape[0] == 4
+
+
+# ---- per-task adapters --------------------------------------------------------------------------
+
+def _train_lora(model_dir, seed, out):
+    cfg, loaded, model, train, *_ = prepare(model_dir, {"name": "lora", "r": 4, "dropout": 0.0}, steps=10, seed=seed)
+    train_model(model, loaded.tokenizer, loaded.arch, train, None, cfg.training, seed=seed, device=CPU,
+                show_progress=False)
+    model.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def two_adapters(tiny_llama_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("adapters")
+    return {"task_a": _train_lora(tiny_llama_dir, 1, root / "a"), "task_b": _train_lora(tiny_llama_dir, 2, root / "b")}
+
+
+def test_mixed_adapter_batch_equals_per_adapter_generation(tiny_llama_dir, two_adapters):
+    cfg = build_config({"model": {"name": str(tiny_llama_dir)}})
+    loaded = load_model(cfg.model, device=CPU)
+    model = load_adapters(loaded.model, two_adapters, str(tiny_llama_dir))
+    enc = PromptEncoder(loaded.tokenizer, "causal", False, 64, 16)
+    ts = TemplateSet("dialogue_summarization")
+    prompts = [enc.encode_for_generation(ts.eval, ex) for ex in dialogues(3, 5)]
+    names = ["task_a", "task_b", "__base__"]
+    mixed = generate_mixed(model, loaded.tokenizer, prompts, "causal", names, max_new_tokens=6)
+    single = []
+    for prompt, name in zip(prompts, names):
+        if name == "__base__":
+            with model.disable_adapter():
+                single += generate_mixed(model, loaded.tokenizer, [prompt], "causal", ["__base__"], max_new_tokens=6)
+        else:
+            model.set_adapter(name)
+            single += generate_mixed(model, loaded.tokenizer, [prompt], "causal", [name], max_new_tokens=6)
+    assert mixed == single
+    model.set_adapter("task_a")
+    batch = TrainCollator(loaded.tokenizer.pad_token_id, "causal")(prompts[:1])
+    with torch.no_grad():
+        a = model(input_ids=batch["input_ids"]).logits
+        model.set_adapter("task_b")
+        b = model(input_ids=batch["input_ids"]).logits
+        with model.disable_adapter():
+            base = model(input_ids=batch["input_ids"]).logits
+    assert not torch.allclose(a, b) and not torch.allclose(a, base)
+
+
+def test_merged_model_equals_unmerged_adapter(tiny_llama_dir, two_adapters):
+    cfg = build_config({"model": {"name": str(tiny_llama_dir)}})
+    loaded = load_model(cfg.model, device=CPU)
+    model = load_adapters(loaded.model, {"a": two_adapters["task_a"]}, str(tiny_llama_dir)).eval()
+    x = torch.randint(5, 60, (2, 12))
+    with torch.no_grad():
+        unmerged = model(input_ids=x).logits
+        merged_model = merge_adapter(model)
+        merged = merged_model(input_ids=x).logits
+    assert not hasattr(merged_model, "peft_config")
+    assert torch.allclose(unmerged, merged, atol=1e-5)
+
+
+def test_merge_run_cli_writes_a_standalone_model(tiny_llama_dir, dialogue_files, tmp_path):
+    import tunelab
+    from conftest import experiment
+    from transformers import AutoModelForCausalLM
+
+    tree = experiment(tiny_llama_dir, dialogue_files, tmp_path, training={"max_steps": 3},
+                      evaluation={"before": False, "max_samples": 2})
+    run = tunelab.finetune(tunelab.build_config(tree), show_progress=False, echo=None).run_dir
+    out = tunelab.merge_run(run, tmp_path / "merged")
+    merged = AutoModelForCausalLM.from_pretrained(out)
+    session = tunelab.open_for_generation(run=run)
+    x = torch.randint(5, 60, (1, 9))
+    with torch.no_grad():
+        assert torch.allclose(merged(input_ids=x).logits, session.model(input_ids=x).logits, atol=1e-5)
+    with pytest.raises(tunelab.RunDirError, match="exists already"):
+        tunelab.merge_run(run, out)
+
+
+# ---- QLoRA ----------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def wide_llama_dir(tmp_path_factory):
+    """bitsandbytes' CPU 4-bit kernels need in_features >= its block size (64)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = make_tokenizer()
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=128, intermediate_size=256,
+                                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                         pad_token_id=0, eos_token_id=1, initializer_range=0.1,
+                                         tie_word_embeddings=False))
+    path = tmp_path_factory.mktemp("wide-llama")
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def test_qlora_base_is_4bit_and_trains_on_cpu(wide_llama_dir):
+    import bitsandbytes as bnb
+
+    cfg, loaded, model, train, held, *_ = prepare(wide_llama_dir, {"name": "qlora", "r": 8, "dropout": 0.0,
+                                                                   "compute_dtype": "float32"}, lr=1e-2)
+    base = model.get_base_model()
+    q = base.model.layers[0].self_attn.q_proj.base_layer
+    assert isinstance(q, bnb.nn.Linear4bit)
+    assert q.weight.quant_state.quant_type == "nf4"
+    assert q.weight.numel() * q.weight.element_size() == 128 * 128 // 2  # 4 bits per weight
+    counts = parameter_counts(model)
+    assert counts["total_parameters"] > sum(p.numel() for p in base.parameters())  # PEFT counts 4-bit unpacked
+    before = held_loss(model, loaded, held)
+    train_model(model, loaded.tokenizer, loaded.arch, train, None, cfg.training, seed=0, device=CPU,
+                show_progress=False)
+    assert held_loss(model, loaded, held) < 0.95 * before
+    with pytest.raises(ModelError, match="quantized"):
+        merge_adapter(model)
+
+
+# ---- cost accounting ------------------------------------------------------------------------------
+
+def test_lora_trainable_count_matches_a_hand_count(tiny_llama_dir, tmp_path):
+    _, loaded, model, *_ = prepare(tiny_llama_dir, {"name": "lora", "r": 4})
+    all_params = sum(p.numel() for p in model.parameters())
+    # PEFT's default Llama targets are q_proj (32 -> 32) and v_proj (32 -> 2 kv heads x 8 = 16), 2 layers.
+    hand = 2 * (4 * (32 + 32) + 4 * (32 + 16))
+    counts = parameter_counts(model)
+    assert counts["trainable_parameters"] == hand
+    assert counts["total_parameters"] == all_params
+    assert counts["trainable_percent"] == pytest.approx(100 * hand / all_params)
+    model.save_pretrained(tmp_path / "a")
+    adapter_bytes = weight_file_bytes(tmp_path / "a")
+    full_bytes = full_checkpoint_bytes(model, counts, is_peft=True)
+    assert full_bytes == 4 * (all_params - hand)
+    assert hand * 4 <= adapter_bytes < full_bytes / 10
