@@ -34,9 +34,21 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _task_list(text: str | None) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()] if text else []
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from tunelab.recipes import evaluate
     from tunelab.reporting import before_after_table
+
+    if args.tasks:
+        from tunelab.recipes.benchmark import benchmark, results_table
+
+        out, results = benchmark(args.target, _task_list(args.tasks), args.limit, tuple(args.set))
+        print(results_table(results))
+        print(f"\nresults: {out / 'benchmarks.json'}")
+        return 0
 
     out, metrics = evaluate(args.target, split=args.split, max_samples=args.max_samples, overrides=tuple(args.set))
     print(before_after_table(None, metrics))
@@ -77,6 +89,25 @@ def cmd_prompt_tokens(args: argparse.Namespace) -> int:
 
     for i, row in enumerate(soft_prompt_neighbours(args.run, args.k)):
         print(f"virtual token {i:3d}: " + "  ".join(f"{tok!r} ({sim:.2f})" for tok, sim in row))
+    return 0
+
+
+def cmd_forgetting(args: argparse.Namespace) -> int:
+    from tunelab.benchmarks import forgetting_table
+    from tunelab.recipes import measure_forgetting
+
+    report = measure_forgetting(args.run, _task_list(args.tasks) or None, args.limit)
+    print(forgetting_table(report))
+    print(f"\nreport: {args.run}/forgetting.json")
+    return 0
+
+
+def cmd_tasks(args: argparse.Namespace) -> int:
+    from tunelab.benchmarks import available_tasks, get_task
+
+    for name in available_tasks():
+        spec = get_task(name)
+        print(f"{name:16} {spec.kind:16} limit {spec.limit!s:5} {spec.description}")
     return 0
 
 
@@ -121,6 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("target", help="experiment YAML or run directory")
     e.add_argument("--split")
     e.add_argument("--max-samples", type=int)
+    e.add_argument("--tasks", help="comma-separated benchmark tasks (see `tunelab tasks`) instead of the summarization eval")
+    e.add_argument("--limit", type=int, help="examples per benchmark task")
     add_set(e)
     e.set_defaults(func=cmd_eval)
 
@@ -143,6 +176,16 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("run", help="a finished prompt-tuning run directory")
     pt.add_argument("-k", type=int, default=5)
     pt.set_defaults(func=cmd_prompt_tokens)
+
+    fg = sub.add_parser("forgetting", help="benchmark suite on a run's base and fine-tuned model, with deltas")
+    fg.add_argument("run")
+    fg.add_argument("--tasks", help="comma-separated tasks (default: the run's benchmarks.tasks)")
+    fg.add_argument("--limit", type=int)
+    fg.set_defaults(func=cmd_forgetting)
+
+    tk = sub.add_parser("tasks", help="list the benchmark tasks")
+    tk.add_argument("action", choices=["list"], nargs="?", default="list")
+    tk.set_defaults(func=cmd_tasks)
 
     m = sub.add_parser("models", help="built-in offline models")
     m.add_argument("action", choices=["list", "pull"])

@@ -1,5 +1,6 @@
 from tunelab.config.loader import build_config, config_to_dict, load_config, parse_override
 from tunelab.config.schema import (
+    BenchmarksConfig,
     DataConfig,
     EvaluationConfig,
     ExperimentConfig,
@@ -9,6 +10,7 @@ from tunelab.config.schema import (
 )
 
 __all__ = [
+    "BenchmarksConfig",
     "DataConfig", "EvaluationConfig", "ExperimentConfig", "ModelConfig", "TemplateConfig", "TrainingConfig",
     "build_config", "config_to_dict", "load_config", "parse_override",
 ]

@@ -98,6 +98,16 @@ class EvaluationConfig(Strict):
     bootstrap_samples: int = Field(1000, ge=0)
 
 
+class BenchmarksConfig(Strict):
+    tasks: list[str] = Field(default_factory=list)
+    """Benchmark tasks (`tunelab tasks list`) run before and after training to measure forgetting."""
+    limit: int | None = Field(None, gt=0)
+    """Examples per task (overrides each task's own limit)."""
+    num_fewshot: int | None = Field(None, ge=0)
+    batch_size: int = Field(8, gt=0)
+    bootstrap_samples: int = Field(1000, ge=0)
+
+
 class ExperimentConfig(Strict):
     name: str = "experiment"
     seed: int = 42
@@ -108,3 +118,4 @@ class ExperimentConfig(Strict):
     method: MethodConfig = Field(default_factory=LoraMethodConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    benchmarks: BenchmarksConfig = Field(default_factory=BenchmarksConfig)

@@ -78,6 +78,16 @@ def pick_dtype(requested: str, device: torch.device) -> torch.dtype:
     return torch.float32
 
 
+def _keep_bnb_weights_trainable(model: torch.nn.Module) -> None:
+    """bitsandbytes repacks 4-bit weights in place for fast CPU inference the first time a layer runs in
+    eval mode (on CPUs with AVX512-BF16); the packed layout has no autograd kernel, so a QLoRA model
+    evaluated before training (tunelab's "before" scores) would then train with broken gradients.
+    Keep the trainable layout."""
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
+
+
 def load_tokenizer(source: ModelSource, cfg: ModelConfig):
     try:
         tok = AutoTokenizer.from_pretrained(source.path, revision=cfg.revision,
@@ -109,6 +119,8 @@ def load_model(cfg: ModelConfig, device: torch.device | None = None, extra_kwarg
                                      dtype=dtype, **source.kwargs, **kwargs)
     if "quantization_config" not in kwargs:
         model.to(device)
+    else:
+        _keep_bnb_weights_trainable(model)
     tok = load_tokenizer(source, cfg)
     has_chat = bool(getattr(tok, "chat_template", None))
     if cfg.chat_template == "on" and not has_chat:

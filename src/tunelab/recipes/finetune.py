@@ -18,6 +18,7 @@ from tunelab.data.sources import load_split
 from tunelab.evaluation.costs import full_checkpoint_bytes, parameter_counts, weight_file_bytes
 from tunelab.evaluation.metrics import rouge_protocol
 from tunelab.evaluation.summarization import evaluate_summaries
+from tunelab.recipes.benchmark import benchmark_session, target_gain, write_forgetting
 from tunelab.recipes.components import load_eval_examples, open_session, save_artefact, seeded_sample
 from tunelab.reporting.tables import before_after_table, cost_table
 from tunelab.runs import RunDir
@@ -52,6 +53,7 @@ def finetune(cfg: ExperimentConfig, run_path: str | Path | None = None, show_pro
         metrics["before"] = before.metrics
         run.write_predictions(before.predictions, "predictions_before.jsonl")
         run.write_metrics(metrics)
+    bench_before = benchmark_session(session, show_progress=show_progress) if cfg.benchmarks.tasks else None
 
     train_examples = seeded_sample(load_split(cfg.data, cfg.data.train_split), cfg.data.max_train_samples, cfg.seed)
     session.encoder.stats.__init__()
@@ -65,6 +67,7 @@ def finetune(cfg: ExperimentConfig, run_path: str | Path | None = None, show_pro
 
     set_seed(cfg.seed)
     model = session.method.prepare(session.model, cfg.method, session.context)
+    session.loaded.model = model
     counts = parameter_counts(model)
     training = train_model(model, session.loaded.tokenizer, session.loaded.arch, train_set, eval_set, cfg.training,
                            seed=cfg.seed, device=session.device, log_dir=run.path / "tensorboard",
@@ -79,6 +82,14 @@ def finetune(cfg: ExperimentConfig, run_path: str | Path | None = None, show_pro
                                session.templates.eval, eval_examples, cfg.evaluation, cfg.seed, "eval after")
     metrics["after"] = after.metrics
     run.write_predictions(after.predictions)
+    if bench_before is not None:
+        bench_after = benchmark_session(session, show_progress=show_progress)
+        report = write_forgetting(run.path, bench_before, bench_after, target_gain(metrics),
+                                  cfg.benchmarks.bootstrap_samples, cfg.seed)
+        metrics["forgetting"] = {name: {k: t[k] for k in ("metric", "before", "after", "delta", "ci95_low",
+                                                          "ci95_high", "significant")}
+                                 for name, t in report["tasks"].items()}
+        metrics["forgetting_mean_delta"] = report["mean_delta"]
     run.write_metrics(metrics)
     run.mark_complete()
     if echo:
@@ -87,6 +98,9 @@ def finetune(cfg: ExperimentConfig, run_path: str | Path | None = None, show_pro
         echo(before_after_table(metrics.get("before"), metrics["after"]))
         echo("")
         echo(cost_table(metrics["cost"], metrics["training"]))
+        if "forgetting" in metrics:
+            echo("\nforgetting (benchmark suite, after - before):\n")
+            echo((run.path / "forgetting.md").read_text())
         trunc = after.metrics["truncation"]
         if trunc["inputs_truncated"] or train_truncation["inputs_truncated"]:
             echo(f"\nnote: inputs cut at {cfg.template.max_input_tokens} tokens: "

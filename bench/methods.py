@@ -1,0 +1,119 @@
+"""Peak memory and step time of each fine-tuning method on smollm2-135m-instruct, side by side.
+
+One fixed DialogSum batch shape for every method; each method runs in its own process (peak RSS is a
+per-process high-water mark), one warm-up step then timed steps. Prints ratios to full fine-tuning and
+writes bench/results/methods.json.
+
+    python bench/methods.py [--methods full,lora,qlora,prompt_tuning,ia3] [--batch 4] [--steps 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+METHOD_CONFIGS = {
+    "full": {"name": "full"},
+    "lora": {"name": "lora", "r": 16, "alpha": 32, "dropout": 0.0, "target_modules": "all-linear"},
+    "qlora": {"name": "qlora", "r": 16, "alpha": 32, "dropout": 0.0, "target_modules": "all-linear",
+              "compute_dtype": "bfloat16"},
+    "prompt_tuning": {"name": "prompt_tuning", "num_virtual_tokens": 20, "init": "text"},
+    "ia3": {"name": "ia3"},
+}
+
+
+def worker(method: str, batch_size: int, steps: int, max_input_tokens: int) -> dict:
+    import torch
+
+    import tunelab
+    from tunelab.data import PromptEncoder, TemplateSet, TrainCollator
+    from tunelab.data.sources import load_split
+    from tunelab.evaluation.costs import parameter_counts
+    from tunelab.methods import ModelContext, get_method
+    from tunelab.models import load_model, pick_device
+    from tunelab.training.loss import completion_loss
+
+    cfg = tunelab.build_config({"method": METHOD_CONFIGS[method]})
+    device = pick_device()
+    m = get_method(method)
+    loaded = load_model(cfg.model, device=device, extra_kwargs=m.load_kwargs(cfg.method))
+    ts = TemplateSet("dialogue_summarization")
+    enc = PromptEncoder(loaded.tokenizer, "causal", loaded.use_chat_template, max_input_tokens, 64)
+    examples = load_split(cfg.data, "train")[:batch_size]
+    batch = TrainCollator(loaded.tokenizer.pad_token_id, "causal")(
+        [enc.encode_for_training(ts.eval, ex) for ex in examples])
+    batch = {k: v.to(device) for k, v in batch.items()}
+    torch.manual_seed(0)
+    model = m.prepare(loaded.model, cfg.method, ModelContext("causal", loaded.source.path, ts.eval.instruction))
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-5)
+    rss_ready = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for i in range(steps + 1):
+        t0 = time.perf_counter()
+        loss = completion_loss(model, batch, "causal")
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if i:
+            times.append(time.perf_counter() - t0)
+    out = {"method": method, "step_seconds": sorted(times)[len(times) // 2], "step_seconds_all": times,
+           "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+           "rss_after_load_bytes": rss_ready, "batch_shape": list(batch["input_ids"].shape),
+           "completion_tokens": int((batch["labels"] != -100).sum()), **parameter_counts(model)}
+    if device.type == "cuda":
+        out["peak_cuda_allocated_bytes"] = torch.cuda.max_memory_allocated()
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--methods", default=",".join(METHOD_CONFIGS))
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--max-input-tokens", type=int, default=256)
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "methods.json"))
+    args = ap.parse_args()
+    if args.worker:
+        print(json.dumps(worker(args.worker, args.batch, args.steps, args.max_input_tokens)))
+        return
+    rows = []
+    for method in args.methods.split(","):
+        cmd = [sys.executable, __file__, "--worker", method, "--batch", str(args.batch), "--steps", str(args.steps),
+               "--max-input-tokens", str(args.max_input_tokens)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
+        if proc.returncode != 0:
+            print(f"{method}: failed\n{proc.stderr[-2000:]}", file=sys.stderr)
+            continue
+        rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        print(f"  measured {method}", file=sys.stderr)
+    ref = next((r for r in rows if r["method"] == "full"), rows[0])
+    mem_key = "peak_cuda_allocated_bytes" if "peak_cuda_allocated_bytes" in ref else "peak_rss_bytes"
+    print(f"\nbatch {ref['batch_shape']} (DialogSum train, chat template), median of {args.steps} steps after 1 warm-up; "
+          f"memory = {mem_key}\n")
+    print("| method | trainable % | step s | step / full | peak memory GiB | memory / full |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['method']} | {r['trainable_percent']:.3f} | {r['step_seconds']:.2f} | "
+              f"{r['step_seconds'] / ref['step_seconds']:.2f} | {r[mem_key] / 2**30:.2f} | "
+              f"{r[mem_key] / ref[mem_key]:.2f} |")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps({"machine": platform.platform(), "cpu_count": os.cpu_count(),
+                                          "date": time.strftime("%Y-%m-%d"), "rows": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,75 @@
+"""Catastrophic forgetting: the benchmark suite before and after fine-tuning, per-task deltas with
+paired bootstrap confidence intervals (the same examples are resampled on both sides)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from tunelab.benchmarks.runner import translation_scores
+
+
+def _score_on(result: Mapping[str, Any], idx: np.ndarray) -> float:
+    per = result["per_example"]
+    if result["main_metric"] == "accuracy":
+        return 100.0 * float(np.asarray(per["correct"])[idx].mean())
+    if result["main_metric"] == "rougeL":
+        return float(np.asarray(per["rougeL"])[idx].mean())
+    preds = [per["predictions"][i] for i in idx]
+    refs = [per["references"][i] for i in idx]
+    return translation_scores(preds, refs)["bleu"]
+
+
+def paired_bootstrap_delta(before: Mapping[str, Any], after: Mapping[str, Any], samples: int = 1000,
+                           seed: int = 0) -> dict[str, float]:
+    """after - before on the task's main metric, with a 95% percentile CI over resampled examples."""
+    n = before["n"]
+    if after["n"] != n:
+        raise ValueError(f"task {before['task']}: {n} examples before but {after['n']} after")
+    delta = after["score"] - before["score"]
+    if samples <= 0 or n < 2:
+        return {"delta": delta, "ci95_low": delta, "ci95_high": delta}
+    rng = np.random.default_rng(seed)
+    if before["main_metric"] == "bleu":
+        samples = min(samples, 200)  # corpus BLEU is recomputed per resample
+    deltas = []
+    for _ in range(samples):
+        idx = rng.integers(0, n, size=n)
+        deltas.append(_score_on(after, idx) - _score_on(before, idx))
+    lo, hi = np.quantile(deltas, [0.025, 0.975])
+    return {"delta": delta, "ci95_low": float(lo), "ci95_high": float(hi)}
+
+
+def forgetting_report(before: Mapping[str, Mapping[str, Any]], after: Mapping[str, Mapping[str, Any]],
+                      target_gain: Mapping[str, float] | None = None, samples: int = 1000, seed: int = 0) -> dict[str, Any]:
+    tasks = {}
+    for name in before:
+        if name not in after:
+            continue
+        b, a = before[name], after[name]
+        tasks[name] = {"metric": b["main_metric"], "before": b["score"], "after": a["score"], "n": b["n"],
+                       **paired_bootstrap_delta(b, a, samples, seed),
+                       "before_metrics": b["metrics"], "after_metrics": a["metrics"],
+                       "examples_per_second_after": a.get("examples_per_second")}
+        t = tasks[name]
+        t["significant"] = t["ci95_high"] < 0 or t["ci95_low"] > 0
+    deltas = [t["delta"] for t in tasks.values()]
+    return {"tasks": tasks, "mean_delta": float(np.mean(deltas)) if deltas else 0.0,
+            "target_gain": dict(target_gain or {}), "bootstrap_samples": samples}
+
+
+def forgetting_table(report: Mapping[str, Any]) -> str:
+    from tunelab.reporting.tables import markdown_table
+
+    rows = []
+    for name, t in report["tasks"].items():
+        rows.append([name, t["metric"], t["before"], t["after"], f"{t['delta']:+.2f}",
+                     f"[{t['ci95_low']:+.2f}, {t['ci95_high']:+.2f}]", "yes" if t["significant"] else "no", t["n"]])
+    rows.append(["mean", "", "", "", f"{report['mean_delta']:+.2f}", "", "", ""])
+    text = markdown_table(["task", "metric", "before", "after", "change", "95% CI", "significant", "n"], rows)
+    if report.get("target_gain"):
+        gains = ", ".join(f"{k} {v:+.2f}" for k, v in report["target_gain"].items())
+        text += f"\n\ntarget task gain: {gains}"
+    return text

@@ -1,0 +1,168 @@
+"""Running benchmark tasks on a model: multiple choice by log-likelihood rank classification,
+generation tasks by greedy decoding scored with ROUGE or BLEU/chrF."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from tunelab.benchmarks.loaders import Doc, load_documents, select
+from tunelab.benchmarks.scoring import encode_pair, expected_calibration_error, loglikelihoods
+from tunelab.benchmarks.spec import TaskSpec
+from tunelab.data.encoding import Arch, Encoded
+from tunelab.errors import DataError
+from tunelab.evaluation import metrics
+from tunelab.evaluation.generation import generate_texts
+
+
+@dataclass
+class TaskResult:
+    task: str
+    kind: str
+    main_metric: str
+    score: float
+    n: int
+    seconds: float
+    metrics: dict[str, Any] = field(default_factory=dict)
+    per_example: dict[str, list] = field(default_factory=dict)  # what the bootstrap resamples
+
+    @property
+    def examples_per_second(self) -> float:
+        return self.n / self.seconds if self.seconds else math.nan
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "examples_per_second": self.examples_per_second}
+
+
+def _fmt(template: str, doc: Doc) -> str:
+    try:
+        return template.format(**doc)
+    except KeyError as e:
+        raise DataError(f"prompt field {e} not in the task's documents (fields: {', '.join(doc)})") from None
+
+
+def _label(spec: TaskSpec, doc: Doc) -> int:
+    raw = doc[spec.label_field]
+    if spec.label_map is not None:
+        key = str(raw)
+        if key not in spec.label_map:
+            raise DataError(f"task {spec.name}: label {raw!r} not in label_map {spec.label_map}")
+        return spec.label_map[key]
+    return int(raw)
+
+
+def _choices(spec: TaskSpec, doc: Doc) -> list[str]:
+    if spec.choice_fields:
+        return [spec.choice_prefix + str(doc[f]) for f in spec.choice_fields]
+    return list(spec.choices or [])
+
+
+def _fewshot_prefix(spec: TaskSpec, doc: Doc) -> str:
+    prefix = _fmt(spec.description_prompt, doc) if spec.description_prompt else ""
+    if spec.num_fewshot and spec.loader == "mmlu":
+        pool = [d for d in load_documents(spec, spec.fewshot_split) if d["subject"] == doc["subject"]]
+        for shot in pool[: spec.num_fewshot]:
+            prefix += _fmt(spec.prompt, shot) + spec.choices[shot[spec.label_field]] + "\n\n"
+    return prefix
+
+
+def run_multiple_choice(model, tokenizer, arch: Arch, spec: TaskSpec, docs: Sequence[Doc], batch_size: int,
+                        show_progress: bool) -> TaskResult:
+    t0 = time.perf_counter()
+    prefixes: dict[str, str] = {}
+    requests, spans, labels, choice_texts = [], [], [], []
+    for doc in docs:
+        key = doc.get("subject", "")
+        if key not in prefixes:
+            prefixes[key] = _fewshot_prefix(spec, doc)
+        context = prefixes[key] + _fmt(spec.prompt, doc)
+        choices = _choices(spec, doc)
+        spans.append((len(requests), len(requests) + len(choices)))
+        requests += [encode_pair(tokenizer, context, c, arch) for c in choices]
+        labels.append(_label(spec, doc))
+        choice_texts.append(choices)
+    scores = loglikelihoods(model, tokenizer, arch, requests, batch_size, desc=spec.name, show_progress=show_progress)
+    correct, correct_norm, confidence = [], [], []
+    for (a, b), label, choices in zip(spans, labels, choice_texts):
+        s = scores[a:b]
+        pred = max(range(len(s)), key=s.__getitem__)
+        norm = [x / max(len(c.encode("utf-8")), 1) for x, c in zip(s, choices)]
+        correct.append(int(pred == label))
+        correct_norm.append(int(max(range(len(norm)), key=norm.__getitem__) == label))
+        m = max(s)
+        probs = [math.exp(x - m) for x in s]
+        confidence.append(max(probs) / sum(probs))
+    seconds = time.perf_counter() - t0
+    acc = 100 * sum(correct) / len(correct)
+    return TaskResult(
+        task=spec.name, kind=spec.kind, main_metric="accuracy", score=acc, n=len(docs), seconds=seconds,
+        metrics={"accuracy": acc, "accuracy_norm": 100 * sum(correct_norm) / len(correct_norm),
+                 "ece": 100 * expected_calibration_error(confidence, [bool(c) for c in correct]),
+                 "num_fewshot": spec.num_fewshot},
+        per_example={"correct": correct, "loglik": [scores[a:b] for a, b in spans], "label": labels})
+
+
+def _references(spec: TaskSpec, doc: Doc) -> list[str]:
+    if spec.loader == "parallel":
+        return list(doc["references"])
+    return [str(doc[f]).strip() for f in spec.reference_fields or []]
+
+
+def run_generation(model, tokenizer, arch: Arch, spec: TaskSpec, docs: Sequence[Doc], batch_size: int,
+                   use_chat_template: bool, show_progress: bool) -> TaskResult:
+    t0 = time.perf_counter()
+    prompts = []
+    for doc in docs:
+        if spec.max_input_chars:
+            doc = {k: (v[: spec.max_input_chars] if isinstance(v, str) else v) for k, v in doc.items()}
+        text = _fmt(spec.prompt, doc)
+        if use_chat_template:
+            text = tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
+                                                 add_generation_prompt=True)
+        ids = tokenizer(text, add_special_tokens=not use_chat_template)["input_ids"]
+        if arch == "seq2seq" and ids[-1] != tokenizer.eos_token_id:
+            ids.append(tokenizer.eos_token_id)
+        prompts.append(Encoded(ids))
+    preds = generate_texts(model, tokenizer, prompts, arch, batch_size=batch_size, max_new_tokens=spec.max_new_tokens,
+                           desc=spec.name, show_progress=show_progress)
+    # keep the first line: base models often continue with another example after the answer
+    preds = [p.strip().split("\n")[0].strip() if spec.metric == "translation" else p for p in preds]
+    refs = [_references(spec, d) for d in docs]
+    seconds = time.perf_counter() - t0
+    if spec.metric == "rouge":
+        per = metrics.rouge_per_example(preds, refs)
+        agg = metrics.aggregate_rouge(per, bootstrap_samples=0)
+        return TaskResult(task=spec.name, kind=spec.kind, main_metric="rougeL", score=agg["rougeL"]["f1"],
+                          n=len(docs), seconds=seconds,
+                          metrics={k: v["f1"] for k, v in agg.items()},
+                          per_example={"rougeL": [p["rougeL"]["f1"] for p in per], "predictions": preds})
+    scores = translation_scores(preds, refs)
+    return TaskResult(task=spec.name, kind=spec.kind, main_metric="bleu", score=scores["bleu"], n=len(docs),
+                      seconds=seconds, metrics=scores, per_example={"predictions": preds, "references": refs})
+
+
+def translation_scores(preds: Sequence[str], refs: Sequence[Sequence[str]]) -> dict[str, Any]:
+    from sacrebleu.metrics import BLEU, CHRF
+
+    n_refs = max(len(r) for r in refs)
+    streams = [[r[i] if i < len(r) else None for r in refs] for i in range(n_refs)]
+    bleu, chrf = BLEU(), CHRF()
+    return {"bleu": bleu.corpus_score(list(preds), streams).score, "chrf": chrf.corpus_score(list(preds), streams).score,
+            "bleu_signature": str(bleu.get_signature()), "chrf_signature": str(chrf.get_signature())}
+
+
+def run_task(model, tokenizer, arch: Arch, spec: TaskSpec, *, batch_size: int = 8, use_chat_template: bool = False,
+             show_progress: bool = True) -> TaskResult:
+    docs = select(load_documents(spec), spec.limit, spec.seed)
+    if not docs:
+        raise DataError(f"task {spec.name}: no documents")
+    if spec.kind == "multiple_choice":
+        return run_multiple_choice(model, tokenizer, arch, spec, docs, batch_size, show_progress)
+    return run_generation(model, tokenizer, arch, spec, docs, batch_size, use_chat_template, show_progress)
+
+
+def run_suite(model, tokenizer, arch: Arch, specs: Sequence[TaskSpec], **kwargs) -> dict[str, TaskResult]:
+    return {spec.name: run_task(model, tokenizer, arch, spec, **kwargs) for spec in specs}

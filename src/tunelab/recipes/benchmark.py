@@ -1,0 +1,103 @@
+"""Benchmark-suite recipes: score a model on tasks, and measure forgetting of a fine-tuning run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from tunelab.benchmarks import forgetting_report, forgetting_table, get_task, run_suite
+from tunelab.config.loader import load_config
+from tunelab.config.schema import BenchmarksConfig
+from tunelab.io import atomic_write_json, atomic_write_text
+from tunelab.recipes.components import Session, open_session
+from tunelab.recipes.evaluate import open_run
+from tunelab.runs import RunDir
+
+
+def task_specs(bcfg: BenchmarksConfig, tasks: list[str] | None = None):
+    return [get_task(t, limit=bcfg.limit, num_fewshot=bcfg.num_fewshot) for t in (tasks or bcfg.tasks)]
+
+
+def benchmark_session(session: Session, tasks: list[str] | None = None, show_progress: bool = True) -> dict[str, Any]:
+    """Run the suite on a session's model; returns {task: result dict} (per-example data included)."""
+    bcfg = session.cfg.benchmarks
+    results = run_suite(session.model, session.loaded.tokenizer, session.loaded.arch, task_specs(bcfg, tasks),
+                        batch_size=bcfg.batch_size, use_chat_template=session.loaded.use_chat_template,
+                        show_progress=show_progress)
+    return {name: r.as_dict() for name, r in results.items()}
+
+
+def target_gain(metrics: dict[str, Any]) -> dict[str, float]:
+    if "before" not in metrics or "after" not in metrics or "rouge" not in metrics["after"]:
+        return {}
+    return {f"{metrics.get('dataset', 'target')} {k}": metrics["after"]["rouge"][k]["f1"] - metrics["before"]["rouge"][k]["f1"]
+            for k in ("rouge1", "rougeL")}
+
+
+def write_forgetting(run_path: Path, before: dict[str, Any], after: dict[str, Any], gain: dict[str, float],
+                     samples: int, seed: int) -> dict[str, Any]:
+    report = forgetting_report(before, after, gain, samples, seed)
+    atomic_write_json(run_path / "benchmarks_before.json", before)
+    atomic_write_json(run_path / "benchmarks_after.json", after)
+    atomic_write_json(run_path / "forgetting.json", report)
+    atomic_write_text(run_path / "forgetting.md", forgetting_table(report) + "\n")
+    return report
+
+
+def measure_forgetting(run_path: str | Path, tasks: list[str] | None = None, limit: int | None = None,
+                       show_progress: bool = True) -> dict[str, Any]:
+    """Run the suite on the run's base model and on its fine-tuned model; write forgetting.json/.md."""
+    run = RunDir.open(run_path)
+    cfg = load_config(run.config_path)
+    if limit:
+        cfg = cfg.model_copy(update={"benchmarks": cfg.benchmarks.model_copy(update={"limit": limit})})
+    tasks = tasks or cfg.benchmarks.tasks
+    if not tasks:
+        from tunelab.errors import ConfigError
+
+        raise ConfigError("no benchmark tasks: pass --tasks or set benchmarks.tasks in the run's config")
+    base = open_session(cfg)
+    before = benchmark_session(base, tasks, show_progress)
+    del base
+    tuned = open_run(run.path)
+    tuned.cfg = cfg
+    after = benchmark_session(tuned, tasks, show_progress)
+    import json
+
+    metrics = json.loads((run.path / "metrics.json").read_text()) if (run.path / "metrics.json").is_file() else {}
+    return write_forgetting(run.path, before, after, target_gain(metrics), cfg.benchmarks.bootstrap_samples, cfg.seed)
+
+
+def benchmark(target: str | Path, tasks: list[str], limit: int | None = None, overrides: tuple[str, ...] = (),
+              show_progress: bool = True) -> tuple[Path, dict[str, Any]]:
+    """Run tasks on a config's base model (new run directory) or on a finished run; writes benchmarks.json."""
+    if Path(target).is_file():
+        cfg = load_config(target, overrides)
+        if limit:
+            cfg = cfg.model_copy(update={"benchmarks": cfg.benchmarks.model_copy(update={"limit": limit})})
+        run = RunDir.create(cfg)
+        session = open_session(cfg, quantize_for_method=False)
+        out = run.path
+    else:
+        session = open_run(target)
+        if limit:
+            session.cfg = session.cfg.model_copy(
+                update={"benchmarks": session.cfg.benchmarks.model_copy(update={"limit": limit})})
+        out, run = Path(target), None
+    results = benchmark_session(session, tasks, show_progress)
+    atomic_write_json(out / "benchmarks.json", results)
+    if run is not None:
+        run.mark_complete()
+    return out, results
+
+
+def results_table(results: dict[str, Any]) -> str:
+    from tunelab.reporting.tables import markdown_table
+
+    rows = []
+    for name, r in results.items():
+        m = r["metrics"]
+        extra = (f"acc_norm {m['accuracy_norm']:.1f}, ECE {m['ece']:.1f}" if r["kind"] == "multiple_choice"
+                 else ", ".join(f"{k} {v:.1f}" for k, v in m.items() if isinstance(v, float) and k != r["main_metric"]))
+        rows.append([name, r["main_metric"], r["score"], extra, r["n"], f"{r['examples_per_second']:.2f}"])
+    return markdown_table(["task", "metric", "score", "also", "n", "examples/s"], rows)
