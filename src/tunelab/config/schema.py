@@ -25,6 +25,40 @@ class ModelConfig(Strict):
     trust_remote_code: bool = False
 
 
+class MixtureComponent(Strict):
+    """One more training source mixed with the target data (FLAN-style multi-task or replay)."""
+
+    source: str | None = None
+    """A built-in dataset, `files`, or `hub:<id>` (as data.source)."""
+    task: str | None = None
+    """Or a benchmark task (`tunelab tasks`): its documents become instruction examples (prompt -> answer);
+    the examples that task's evaluation uses are left out."""
+    split: str = "train"
+    path: str | None = None
+    files: dict[str, str] = Field(default_factory=dict)
+    input_column: str = "dialogue"
+    target_columns: list[str] = Field(default_factory=lambda: ["summary"])
+    template: str = "dialogue_summarization"
+    max_examples: int | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _one_origin(self) -> MixtureComponent:
+        if (self.source is None) == (self.task is None):
+            raise ValueError("a mixture component needs exactly one of 'source' or 'task'")
+        return self
+
+
+class MixtureConfig(Strict):
+    components: list[MixtureComponent] = Field(default_factory=list)
+    strategy: Literal["proportional", "temperature"] = "proportional"
+    """`proportional`: rate ~ min(size, cap) (examples-proportional with a cap, as in FLAN/T5);
+    `temperature`: rate ~ size^(1/temperature)."""
+    cap: int = Field(3000, gt=0)
+    temperature: float = Field(2.0, gt=0)
+    total: int | None = Field(None, gt=0)
+    """Training examples drawn from the mixture (default: as many as the target data has)."""
+
+
 class DataConfig(Strict):
     source: str = "dialogsum"
     """A built-in dataset name (`dialogsum`, `samsum`), `files` (see `files`), or `hub:<dataset id>`."""
@@ -43,12 +77,23 @@ class DataConfig(Strict):
     max_train_samples: int | None = Field(None, gt=0)
     max_eval_samples: int | None = Field(64, gt=0)
     """Examples used for the periodic validation loss."""
+    mixture: MixtureConfig | None = None
+    """Mix other tasks into training (multi-task fine-tuning, replay of general instruction data)."""
 
     @model_validator(mode="after")
     def _files_need_paths(self) -> DataConfig:
         if self.source == "files" and not self.files:
             raise ValueError("data.source is 'files' but data.files names no split (e.g. {train: train.jsonl})")
         return self
+
+
+class RegularizationConfig(Strict):
+    kind: Literal["none", "l2sp", "ewc"] = "none"
+    strength: float = Field(0.0, ge=0)
+    fisher_source: str = "samsum"
+    """EWC: built-in dataset whose examples estimate the Fisher information (general, non-target data)."""
+    fisher_split: str = "validation"
+    fisher_samples: int = Field(64, gt=0)
 
 
 class TemplateConfig(Strict):
@@ -84,6 +129,7 @@ class TrainingConfig(Strict):
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     """`auto`: bf16 on a GPU that supports it, else fp32."""
+    regularization: RegularizationConfig = Field(default_factory=RegularizationConfig)
 
 
 class EvaluationConfig(Strict):

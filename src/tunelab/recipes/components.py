@@ -118,3 +118,41 @@ def attach_adapter(model: torch.nn.Module, adapter_dir: Path, base_name: str, ad
     except (RuntimeError, ValueError, KeyError) as e:
         raise ModelError(f"adapter {adapter_dir} (trained on {trained_on or 'an unrecorded base'}) does not fit "
                          f"base model {base_name!r}: {str(e).splitlines()[0]}") from None
+
+
+def training_examples(session: Session) -> tuple[list[Example], list, dict]:
+    """The training examples and their templates: the target data, or a multi-task mixture around it."""
+    from tunelab.data.mixture import Component, load_component, sample_mixture
+
+    cfg = session.cfg
+    target = seeded_sample(load_split(cfg.data, cfg.data.train_split), cfg.data.max_train_samples, cfg.seed)
+    mixture = cfg.data.mixture
+    if mixture is None or not mixture.components:
+        return target, session.templates.for_training(len(target), cfg.seed), {}
+    components = [Component(f"{cfg.data.source}:{cfg.data.train_split}", target, session.templates),
+                  *(load_component(c) for c in mixture.components)]
+    examples, templates, stats = sample_mixture(components, mixture, mixture.total or len(target), cfg.seed)
+    return examples, templates, stats
+
+
+def build_regularizer(session: Session, model: torch.nn.Module):
+    """L2-SP or EWC anchored at the weights the method starts training from (None when off)."""
+    from torch.utils.data import DataLoader
+
+    from tunelab.config.schema import DataConfig
+    from tunelab.data.collate import TrainCollator
+    from tunelab.data.encoding import encode_training_set
+    from tunelab.training.regularization import AnchoredPenalty, estimate_fisher
+
+    reg = session.cfg.training.regularization
+    if reg.kind == "none":
+        return None
+    params = [p for p in model.parameters() if p.requires_grad]
+    if reg.kind == "l2sp":
+        return AnchoredPenalty(params, reg.strength)
+    general = first_n(load_split(DataConfig(source=reg.fisher_source), reg.fisher_split), reg.fisher_samples)
+    encoded = encode_training_set(session.encoder, general, [session.templates.eval] * len(general))
+    loader = DataLoader(encoded, batch_size=session.cfg.training.batch_size,
+                        collate_fn=TrainCollator(session.loaded.tokenizer.pad_token_id, session.loaded.arch))
+    fisher = estimate_fisher(model, loader, session.loaded.arch)
+    return AnchoredPenalty(params, reg.strength, fisher)

@@ -19,7 +19,13 @@ from tunelab.evaluation.costs import full_checkpoint_bytes, parameter_counts, we
 from tunelab.evaluation.metrics import rouge_protocol
 from tunelab.evaluation.summarization import evaluate_summaries
 from tunelab.recipes.benchmark import benchmark_session, target_gain, write_forgetting
-from tunelab.recipes.components import load_eval_examples, open_session, save_artefact, seeded_sample
+from tunelab.recipes.components import (
+    build_regularizer,
+    load_eval_examples,
+    open_session,
+    save_artefact,
+    training_examples,
+)
 from tunelab.reporting.tables import before_after_table, cost_table
 from tunelab.runs import RunDir
 from tunelab.training.loop import train_model
@@ -55,10 +61,9 @@ def finetune(cfg: ExperimentConfig, run_path: str | Path | None = None, show_pro
         run.write_metrics(metrics)
     bench_before = benchmark_session(session, show_progress=show_progress) if cfg.benchmarks.tasks else None
 
-    train_examples = seeded_sample(load_split(cfg.data, cfg.data.train_split), cfg.data.max_train_samples, cfg.seed)
+    train_examples, train_templates, mixture_stats = training_examples(session)
     session.encoder.stats.__init__()
-    train_set = encode_training_set(session.encoder, train_examples,
-                                    session.templates.for_training(len(train_examples), cfg.seed))
+    train_set = encode_training_set(session.encoder, train_examples, train_templates)
     train_truncation = session.encoder.stats.as_dict()
     eval_set = None
     if cfg.data.eval_split:
@@ -71,10 +76,12 @@ def finetune(cfg: ExperimentConfig, run_path: str | Path | None = None, show_pro
     counts = parameter_counts(model)
     training = train_model(model, session.loaded.tokenizer, session.loaded.arch, train_set, eval_set, cfg.training,
                            seed=cfg.seed, device=session.device, log_dir=run.path / "tensorboard",
-                           show_progress=show_progress)
+                           regularizer=build_regularizer(session, model), show_progress=show_progress)
     artefact = save_artefact(model, session.loaded.tokenizer, cfg, session.method.is_peft, run.path,
                              session.loaded.source.path)
-    metrics["training"] = {**training.as_dict(), "examples": len(train_set), "truncation": train_truncation}
+    metrics["training"] = {**training.as_dict(), "examples": len(train_set), "truncation": train_truncation,
+                           **({"mixture": mixture_stats} if mixture_stats else {}),
+                           "regularization": cfg.training.regularization.model_dump()}
     metrics["cost"] = {**counts, "artefact": artefact.name, "artefact_bytes": weight_file_bytes(artefact),
                        "full_checkpoint_bytes": full_checkpoint_bytes(model, counts, session.method.is_peft)}
 

@@ -83,6 +83,7 @@ def train_model(model: torch.nn.Module, tokenizer, arch: Arch, train_set: Sequen
                 eval_set: Sequence[Encoded] | None, cfg: TrainingConfig, *, seed: int, device: torch.device,
                 log_dir: Path | None = None,
                 save_checkpoint: Callable[[Accelerator, int], None] | None = None,
+                regularizer: Callable[[], torch.Tensor] | None = None,
                 show_progress: bool = True) -> TrainResult:
     if not train_set:
         raise TrainingError("the training set is empty")
@@ -125,7 +126,8 @@ def train_model(model: torch.nn.Module, tokenizer, arch: Arch, train_set: Sequen
                 if not torch.isfinite(loss):
                     raise TrainingError(f"non-finite training loss ({loss.item()}) at optimizer step {step + 1}; "
                                         "training stopped; checkpoints written before this step are intact")
-                accelerator.backward(loss)
+                total = loss + regularizer() if regularizer is not None else loss
+                accelerator.backward(total)
                 memory.sample()
                 if accelerator.sync_gradients and cfg.max_grad_norm:
                     accelerator.clip_grad_norm_(params, cfg.max_grad_norm)

@@ -1,0 +1,142 @@
+"""Forgetting mitigations: multi-task mixtures, L2-SP and EWC; and the forgetting report in a run."""
+
+import json
+
+import pytest
+import torch
+
+import tunelab
+from conftest import experiment
+from test_training import _setup
+from tunelab.config import build_config
+from tunelab.config.schema import MixtureConfig
+from tunelab.data import Example, TemplateSet
+from tunelab.data.mixture import Component, mixture_rates, sample_mixture
+from tunelab.training import train_model
+from tunelab.training.regularization import AnchoredPenalty, estimate_fisher
+
+CPU = torch.device("cpu")
+
+
+def test_examples_proportional_rates_with_a_cap():
+    rates = mixture_rates([10_000, 1_000, 100], MixtureConfig(strategy="proportional", cap=2_000))
+    assert rates == pytest.approx([2000 / 3100, 1000 / 3100, 100 / 3100])
+
+
+def test_temperature_rates():
+    rates = mixture_rates([10_000, 100], MixtureConfig(strategy="temperature", temperature=2.0))
+    assert rates == pytest.approx([100 / 110, 10 / 110])
+
+
+def _component(name, n):
+    return Component(name, [Example(f"{name}{i}", f"text {i}", ("t",)) for i in range(n)],
+                     TemplateSet("dialogue_summarization"))
+
+
+@pytest.mark.parametrize("strategy", ["proportional", "temperature"])
+def test_mixture_proportions_match_the_rates_within_sampling_error(strategy):
+    comps = [_component("a", 3000), _component("b", 500), _component("c", 50)]
+    cfg = MixtureConfig(strategy=strategy, cap=1000, temperature=3.0)
+    total = 6000
+    examples, templates, stats = sample_mixture(comps, cfg, total, seed=3)
+    assert len(examples) == len(templates) == total
+    for c, rate in zip(comps, mixture_rates([3000, 500, 50], cfg)):
+        drawn = stats[c.name]["drawn"]
+        sigma = (total * rate * (1 - rate)) ** 0.5
+        assert abs(drawn - total * rate) < 4 * sigma, (c.name, drawn, total * rate)
+    small = [e for e in examples if e.id.startswith("c")]
+    assert len({e.id for e in small}) == 50  # a small component cycles through all its examples
+
+
+def test_benchmark_task_as_training_data_leaves_out_its_eval_examples(dialogsum_dir):
+    from tunelab.benchmarks import get_task
+    from tunelab.benchmarks.loaders import load_documents, select
+    from tunelab.config.schema import MixtureComponent
+    from tunelab.data.mixture import load_component
+
+    comp = load_component(MixtureComponent(task="sst2"))
+    spec = get_task("sst2")
+    docs = load_documents(spec)
+    evaluated = {d["sentence"] for d in select(docs, spec.limit, spec.seed)}
+    assert len(comp.examples) == len(docs) - len(evaluated)
+    assert not any(any(s in e.input for s in evaluated) for e in comp.examples)
+    assert {e.target for e in comp.examples} == {"negative", "positive"}
+
+
+def test_l2sp_gradient_and_zero_strength():
+    p = torch.nn.Parameter(torch.tensor([1.0, 2.0]))
+    pen = AnchoredPenalty([p], strength=0.5)
+    with torch.no_grad():
+        p += torch.tensor([0.2, -0.4])
+    pen().backward()
+    assert torch.allclose(p.grad, 0.5 * torch.tensor([0.2, -0.4]))
+    assert float(AnchoredPenalty([p], 0.0)()) == 0.0
+
+
+def test_ewc_gradient_is_fisher_weighted():
+    p = torch.nn.Parameter(torch.zeros(3))
+    fisher = {p: torch.tensor([0.0, 1.0, 4.0])}
+    pen = AnchoredPenalty([p], strength=2.0, weights=fisher)
+    with torch.no_grad():
+        p += 1.0
+    pen().backward()
+    assert torch.allclose(p.grad, 2.0 * torch.tensor([0.0, 1.0, 4.0]))
+
+
+def _distance_after_training(model_dir, regularizer_factory):
+    cfg, loaded, model, train, _ = _setup(model_dir, {"name": "full"}, {"max_steps": 15})
+    start = [p.detach().clone() for p in model.parameters()]
+    reg = regularizer_factory(model, loaded) if regularizer_factory else None
+    train_model(model, loaded.tokenizer, loaded.arch, train, None, cfg.training, seed=0, device=CPU,
+                regularizer=reg, show_progress=False)
+    params = list(model.parameters())
+    return sum(float((p.detach() - s).pow(2).sum()) for p, s in zip(params, start)), params
+
+
+def test_zero_strength_equals_no_regularization_and_large_strength_stays_near_start(tiny_t5_dir):
+    d_none, p_none = _distance_after_training(tiny_t5_dir, None)
+    d_zero, p_zero = _distance_after_training(tiny_t5_dir, lambda m, _: AnchoredPenalty(m.parameters(), 0.0))
+    assert all(torch.equal(a, b) for a, b in zip(p_none, p_zero))
+    d_big, _ = _distance_after_training(tiny_t5_dir, lambda m, _: AnchoredPenalty(m.parameters(), 1e4))
+    assert d_big < 0.05 * d_none
+
+
+def test_ewc_fisher_estimate_and_effect(tiny_t5_dir):
+    from torch.utils.data import DataLoader
+
+    from tunelab.data import TrainCollator
+
+    def ewc(model, loaded):
+        _, _, _, general, _ = _setup(tiny_t5_dir, {"name": "full"})
+        loader = DataLoader(general[:16], batch_size=8, collate_fn=TrainCollator(loaded.tokenizer.pad_token_id, "seq2seq"))
+        fisher = estimate_fisher(model, loader, "seq2seq")
+        assert all((f >= 0).all() for f in fisher.values()) and any(f.sum() > 0 for f in fisher.values())
+        return AnchoredPenalty(model.parameters(), 1e6, fisher)
+
+    d_none, _ = _distance_after_training(tiny_t5_dir, None)
+    d_ewc, _ = _distance_after_training(tiny_t5_dir, ewc)
+    assert d_ewc < d_none
+
+
+def test_finetune_with_mixture_ewc_and_forgetting_report(tiny_llama_dir, dialogue_files, tmp_path, dialogsum_dir):
+    tree = experiment(tiny_llama_dir, dialogue_files, tmp_path,
+                      data={"mixture": {"components": [{"task": "sst2", "max_examples": 40},
+                                                       {"source": "samsum", "split": "validation",
+                                                        "max_examples": 40}], "total": 80}},
+                      training={"max_steps": 6, "regularization": {"kind": "ewc", "strength": 10.0,
+                                                                   "fisher_samples": 8}},
+                      benchmarks={"tasks": ["boolq", "sst2"], "limit": 8, "bootstrap_samples": 50},
+                      evaluation={"max_samples": 3})
+    result = tunelab.finetune(build_config(tree), show_progress=False, echo=None)
+    m = result.metrics
+    assert set(m["training"]["mixture"]) == {"files:train", "task:sst2", "samsum:validation"}
+    assert sum(c["drawn"] for c in m["training"]["mixture"].values()) == 80
+    assert set(m["forgetting"]) == {"boolq", "sst2"}
+    report = json.loads((result.run_dir / "forgetting.json").read_text())
+    for t in report["tasks"].values():
+        assert t["delta"] == pytest.approx(t["after"] - t["before"])
+    assert (result.run_dir / "forgetting.md").read_text().startswith("| task")
+    # the standalone command gives the same numbers
+    again = tunelab.measure_forgetting(result.run_dir)
+    assert {k: v["delta"] for k, v in again["tasks"].items()} == pytest.approx(
+        {k: v["delta"] for k, v in report["tasks"].items()})
