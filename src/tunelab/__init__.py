@@ -19,11 +19,11 @@ _logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(_logging.ERROR)
 from tunelab.config import ExperimentConfig, build_config, load_config
 from tunelab.errors import ConfigError, DataError, ModelError, RunDirError, TrainingError, TunelabError
 from tunelab.models import pull_model
-from tunelab.recipes import benchmark_session, evaluate, measure_forgetting, finetune, merge_run, open_for_generation, soft_prompt_neighbours, summarize
+from tunelab.recipes import benchmark_session, compare, evaluate, measure_forgetting, finetune, merge_run, open_for_generation, soft_prompt_neighbours, summarize
 
 __version__ = "0.1.0"
 __all__ = [
     "ConfigError", "DataError", "ExperimentConfig", "ModelError", "RunDirError", "TrainingError", "TunelabError",
-    "benchmark_session", "build_config", "evaluate", "measure_forgetting", "finetune", "load_config", "merge_run", "open_for_generation", "pull_model",
+    "benchmark_session", "build_config", "compare", "evaluate", "measure_forgetting", "finetune", "load_config", "merge_run", "open_for_generation", "pull_model",
     "soft_prompt_neighbours", "summarize",
 ]

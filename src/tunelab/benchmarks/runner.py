@@ -112,7 +112,7 @@ def _references(spec: TaskSpec, doc: Doc) -> list[str]:
 
 
 def run_generation(model, tokenizer, arch: Arch, spec: TaskSpec, docs: Sequence[Doc], batch_size: int,
-                   use_chat_template: bool, show_progress: bool) -> TaskResult:
+                   use_chat_template: bool, show_progress: bool, precision: str = "fp32") -> TaskResult:
     t0 = time.perf_counter()
     prompts = []
     for doc in docs:
@@ -127,7 +127,7 @@ def run_generation(model, tokenizer, arch: Arch, spec: TaskSpec, docs: Sequence[
             ids.append(tokenizer.eos_token_id)
         prompts.append(Encoded(ids))
     preds = generate_texts(model, tokenizer, prompts, arch, batch_size=batch_size, max_new_tokens=spec.max_new_tokens,
-                           desc=spec.name, show_progress=show_progress)
+                           desc=spec.name, show_progress=show_progress, precision=precision)
     # keep the first line: base models often continue with another example after the answer
     preds = [p.strip().split("\n")[0].strip() if spec.metric == "translation" else p for p in preds]
     refs = [_references(spec, d) for d in docs]
@@ -155,13 +155,16 @@ def translation_scores(preds: Sequence[str], refs: Sequence[Sequence[str]]) -> d
 
 
 def run_task(model, tokenizer, arch: Arch, spec: TaskSpec, *, batch_size: int = 8, use_chat_template: bool = False,
-             show_progress: bool = True) -> TaskResult:
+             show_progress: bool = True, generation_precision: str = "fp32") -> TaskResult:
+    """Score one task. Log-likelihoods are computed in fp32 (comparable with lm-evaluation-harness);
+    generation tasks decode in `generation_precision`."""
     docs = select(load_documents(spec), spec.limit, spec.seed)
     if not docs:
         raise DataError(f"task {spec.name}: no documents")
     if spec.kind == "multiple_choice":
         return run_multiple_choice(model, tokenizer, arch, spec, docs, batch_size, show_progress)
-    return run_generation(model, tokenizer, arch, spec, docs, batch_size, use_chat_template, show_progress)
+    return run_generation(model, tokenizer, arch, spec, docs, batch_size, use_chat_template, show_progress,
+                          generation_precision)
 
 
 def run_suite(model, tokenizer, arch: Arch, specs: Sequence[TaskSpec], **kwargs) -> dict[str, TaskResult]:

@@ -111,6 +111,20 @@ def cmd_tasks(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from tunelab.recipes import compare
+
+    compare(args.config, tuple(args.set))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from tunelab.reporting.html import write_report
+
+    print(write_report(args.directory))
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from tunelab.models import ALIASES, alias_dir, is_pulled, pull_model
 
@@ -176,6 +190,15 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("run", help="a finished prompt-tuning run directory")
     pt.add_argument("-k", type=int, default=5)
     pt.set_defaults(func=cmd_prompt_tokens)
+
+    cp = sub.add_parser("compare", help="run every arm of a comparison config and write report.html/report.md")
+    cp.add_argument("config")
+    add_set(cp)
+    cp.set_defaults(func=cmd_compare)
+
+    rp = sub.add_parser("report", help="rebuild report.html/report.md from a comparison directory")
+    rp.add_argument("directory")
+    rp.set_defaults(func=cmd_report)
 
     fg = sub.add_parser("forgetting", help="benchmark suite on a run's base and fine-tuned model, with deltas")
     fg.add_argument("run")

@@ -128,7 +128,8 @@ class TrainingConfig(Strict):
     """Batch examples of similar length together (less padding), in seeded random batch order."""
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    """`auto`: bf16 on a GPU that supports it, else fp32."""
+    """Autocast precision; `auto`: bf16 where the hardware has native bf16 (GPU, or CPU with
+    AVX512-BF16/AMX), else fp32. Weights stay fp32."""
     regularization: RegularizationConfig = Field(default_factory=RegularizationConfig)
 
 
@@ -142,6 +143,8 @@ class EvaluationConfig(Strict):
     before: bool = True
     """Also evaluate the base model before training, for a before/after table."""
     bootstrap_samples: int = Field(1000, ge=0)
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    """Autocast precision for generation (as training.precision)."""
 
 
 class BenchmarksConfig(Strict):

@@ -60,11 +60,14 @@ class PromptEncoder:
         end = enc["offset_mapping"][self.max_input_tokens - 1][1]
         return text[:end], True
 
-    def prompt_text(self, template: Template, example: Example) -> str:
+    def _render_counted(self, template: Template, example: Example) -> str:
         text, cut = self.truncate_input(example.input)
         self.stats.examples += 1
         self.stats.inputs_truncated += int(cut)
-        rendered = template.render(text)
+        return template.render(text)
+
+    def prompt_text(self, template: Template, example: Example) -> str:
+        rendered = self._render_counted(template, example)
         if self.use_chat_template:
             return self.tok.apply_chat_template([{"role": "user", "content": rendered}], tokenize=False,
                                                 add_generation_prompt=True)
@@ -95,6 +98,30 @@ class PromptEncoder:
 
     def encode_for_generation(self, template: Template, example: Example) -> Encoded:
         return Encoded(input_ids=self._prompt_ids(self.prompt_text(template, example)))
+
+    def few_shot_prompt_text(self, template: Template, shots: Sequence[Example], example: Example) -> str:
+        """k solved examples before the query: chat turns for chat models, else blank-line separated blocks."""
+        rendered = []
+        for shot in shots:
+            text, _ = self.truncate_input(shot.input)
+            rendered.append((template.render(text), shot.target))
+        query = self._render_counted(template, example)
+        if self.use_chat_template:
+            messages = [m for prompt, answer in rendered
+                        for m in ({"role": "user", "content": prompt}, {"role": "assistant", "content": answer})]
+            return self.tok.apply_chat_template([*messages, {"role": "user", "content": query}], tokenize=False,
+                                                add_generation_prompt=True)
+        return "".join(f"{prompt} {answer}\n\n" for prompt, answer in rendered) + query
+
+    def encode_few_shot(self, template: Template, shots: Sequence[Example], example: Example,
+                        max_prompt_tokens: int | None = None) -> tuple[Encoded, int]:
+        """Prompt ids with k in-context examples, and the untruncated length. Past `max_prompt_tokens`
+        (the model's window minus the generation budget) the oldest tokens are dropped."""
+        ids = self._prompt_ids(self.few_shot_prompt_text(template, shots, example))
+        full = len(ids)
+        if max_prompt_tokens is not None and full > max_prompt_tokens:
+            ids = ids[-max_prompt_tokens:]
+        return Encoded(input_ids=ids), full
 
 
 def encode_training_set(encoder: PromptEncoder, examples: Sequence[Example], templates: Sequence[Template]) -> list[Encoded]:

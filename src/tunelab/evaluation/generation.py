@@ -10,13 +10,15 @@ from tqdm.auto import tqdm
 
 from tunelab.data.collate import generation_batch
 from tunelab.data.encoding import Arch, Encoded
+from tunelab.models.precision import autocast, resolve_precision
 
 
 @torch.no_grad()
 def generate_texts(model: torch.nn.Module, tokenizer, prompts: Sequence[Encoded], arch: Arch, *, batch_size: int = 16,
                    max_new_tokens: int = 96, num_beams: int = 1, desc: str = "generate",
-                   show_progress: bool = True) -> list[str]:
+                   show_progress: bool = True, precision: str = "fp32") -> list[str]:
     device = next(p for p in model.parameters()).device
+    amp = resolve_precision(precision, device)
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i].input_ids))
     outputs: list[str] = [""] * len(prompts)
     was_training = model.training
@@ -27,8 +29,9 @@ def generate_texts(model: torch.nn.Module, tokenizer, prompts: Sequence[Encoded]
                 idx = order[start:start + batch_size]
                 batch = {k: v.to(device) for k, v in
                          generation_batch([prompts[i] for i in idx], tokenizer.pad_token_id, arch).items()}
-                out = model.generate(**batch, max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=False,
-                                     pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+                with autocast(device, amp):
+                    out = model.generate(**batch, max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=False,
+                                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
                 new_tokens = out if arch == "seq2seq" else out[:, batch["input_ids"].shape[1]:]
                 for i, row in zip(idx, new_tokens, strict=True):
                     outputs[i] = tokenizer.decode(row, skip_special_tokens=True).strip()

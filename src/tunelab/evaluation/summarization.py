@@ -15,6 +15,7 @@ from tunelab.data.records import Example
 from tunelab.data.templates import Template
 from tunelab.evaluation import metrics
 from tunelab.evaluation.generation import generate_texts
+from tunelab.models.precision import resolve_precision
 
 
 @dataclass
@@ -30,10 +31,13 @@ def evaluate_summaries(model: torch.nn.Module, tokenizer, arch: Arch, encoder: P
     prompts = [encoder.encode_for_generation(template, ex) for ex in examples]
     t0 = time.perf_counter()
     preds = generate_texts(model, tokenizer, prompts, arch, batch_size=cfg.batch_size,
-                           max_new_tokens=cfg.max_new_tokens, num_beams=cfg.num_beams, desc=desc)
+                           max_new_tokens=cfg.max_new_tokens, num_beams=cfg.num_beams, desc=desc,
+                           precision=cfg.precision)
     gen_seconds = time.perf_counter() - t0
     refs = [list(ex.references) for ex in examples]
+    device = next(model.parameters()).device
     result: dict[str, Any] = {"examples": len(examples), "generation_seconds": gen_seconds,
+                              "precision": resolve_precision(cfg.precision, device),
                               "examples_per_second": len(examples) / gen_seconds if gen_seconds else None,
                               "empty_predictions": sum(not p for p in preds),
                               "truncation": encoder.stats.as_dict()}

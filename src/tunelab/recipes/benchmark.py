@@ -23,7 +23,7 @@ def benchmark_session(session: Session, tasks: list[str] | None = None, show_pro
     bcfg = session.cfg.benchmarks
     results = run_suite(session.model, session.loaded.tokenizer, session.loaded.arch, task_specs(bcfg, tasks),
                         batch_size=bcfg.batch_size, use_chat_template=session.loaded.use_chat_template,
-                        show_progress=show_progress)
+                        show_progress=show_progress, generation_precision=session.cfg.evaluation.precision)
     return {name: r.as_dict() for name, r in results.items()}
 
 

@@ -30,4 +30,4 @@ def summarize(session: Session, texts: Sequence[str], max_new_tokens: int | None
     ecfg = session.cfg.evaluation
     return generate_texts(session.model, session.loaded.tokenizer, prompts, session.loaded.arch,
                           batch_size=ecfg.batch_size, max_new_tokens=max_new_tokens or ecfg.max_new_tokens,
-                          num_beams=ecfg.num_beams, show_progress=show_progress)
+                          num_beams=ecfg.num_beams, show_progress=show_progress, precision=ecfg.precision)

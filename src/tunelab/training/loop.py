@@ -26,6 +26,7 @@ from tunelab.config.schema import TrainingConfig
 from tunelab.data.collate import LengthGroupedBatches, TrainCollator
 from tunelab.data.encoding import IGNORE_INDEX, Arch, Encoded
 from tunelab.errors import TrainingError
+from tunelab.models.precision import resolve_precision
 from tunelab.training.loss import completion_loss
 from tunelab.training.memory import PeakMemory
 
@@ -40,6 +41,7 @@ class TrainResult:
     completion_tokens: int = 0
     padded_tokens: int = 0
     memory: dict[str, Any] = field(default_factory=dict)
+    precision: str = "fp32"
 
     @property
     def tokens_per_second(self) -> float:
@@ -54,9 +56,7 @@ class TrainResult:
 
 
 def mixed_precision(cfg: TrainingConfig, device: torch.device) -> str:
-    if cfg.precision == "auto":
-        return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "no"
-    return {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[cfg.precision]
+    return {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[resolve_precision(cfg.precision, device)]
 
 
 def total_optimizer_steps(cfg: TrainingConfig, batches_per_epoch: int) -> int:
@@ -112,7 +112,7 @@ def train_model(model: torch.nn.Module, tokenizer, arch: Arch, train_set: Sequen
 
         writer = SummaryWriter(str(log_dir))
     memory = PeakMemory(device)
-    result = TrainResult(steps=0, epochs=0.0, seconds=0.0)
+    result = TrainResult(steps=0, epochs=0.0, seconds=0.0, precision=resolve_precision(cfg.precision, device))
     step, epoch, window_loss, window_n = 0, 0, 0.0, 0
     model.train()
     bar = tqdm(total=total_steps, desc="train", unit="step", disable=not show_progress or not accelerator.is_main_process)
@@ -171,4 +171,6 @@ def train_model(model: torch.nn.Module, tokenizer, arch: Arch, train_set: Sequen
     result.epochs = step * cfg.grad_accum / max(len(loader), 1)
     result.memory = memory.as_dict()
     accelerator.wait_for_everyone()
+    # accelerate patched forward() with autocast for mixed precision; restore the caller's model as it was.
+    accelerator.unwrap_model(model, keep_fp32_wrapper=False)
     return result

@@ -1,0 +1,93 @@
+"""The comparison config: one base experiment and a list of arms, each a partial experiment that is
+deep-merged into the base (so an arm states only what differs: its method, learning rate, mixture...)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+from tunelab.config.loader import build_config, config_to_dict, parse_override, set_by_path
+from tunelab.config.schema import ExperimentConfig
+from tunelab.errors import ConfigError
+
+_SLUG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+class Arm(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    kind: Literal["finetune", "prompting"]
+    shots: int = 0
+    experiment: ExperimentConfig
+
+    def signature(self) -> dict[str, Any]:
+        """What decides whether a finished arm can be reused."""
+        return {"kind": self.kind, "shots": self.shots, "experiment": config_to_dict(self.experiment)}
+
+
+class CompareConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    output_dir: str = "runs"
+    arms: list[Arm] = Field(min_length=1)
+
+    @property
+    def directory(self) -> Path:
+        return Path(self.output_dir) / self.name
+
+
+def _deep_merge(base: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in patch.items():
+        if k == "method" and isinstance(v, dict):
+            out[k] = v  # a method replaces the base's method whole (keys differ between methods)
+        elif isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def load_compare_config(path: str | Path, overrides: tuple[str, ...] = ()) -> CompareConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"comparison config not found: {path}")
+    try:
+        tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    unknown = set(tree) - {"name", "output_dir", "experiment", "arms"}
+    if unknown:
+        raise ConfigError(f"{path}: unknown key(s) {sorted(unknown)}; expected name, output_dir, experiment, arms")
+    base = tree.get("experiment") or {}
+    if isinstance(base, str):
+        base_path = (path.parent / base) if not Path(base).is_absolute() else Path(base)
+        base = yaml.safe_load(base_path.read_text(encoding="utf-8")) or {}
+    for item in overrides:  # --set applies to the base experiment of every arm
+        key, value = parse_override(item)
+        set_by_path(base, key, value)
+    name = tree.get("name") or path.stem
+    output_dir = tree.get("output_dir", "runs")
+    arms = []
+    for i, raw in enumerate(tree.get("arms") or []):
+        if not isinstance(raw, dict) or "name" not in raw:
+            raise ConfigError(f"{path}: arms[{i}] needs a name")
+        raw = dict(raw)
+        arm_name, kind, shots = raw.pop("name"), raw.pop("kind", "finetune"), raw.pop("shots", 0)
+        if not _SLUG.match(str(arm_name)):
+            raise ConfigError(f"{path}: arm name {arm_name!r} must be letters, digits, '-', '_' or '.'")
+        exp_tree = _deep_merge(base, raw)
+        exp_tree.update({"name": arm_name, "output_dir": str(Path(output_dir) / name)})
+        try:
+            experiment = build_config(exp_tree, source=f"{path} arm {arm_name!r}")
+        except ConfigError as e:
+            raise ConfigError(str(e)) from None
+        arms.append(Arm(name=arm_name, kind=kind, shots=shots, experiment=experiment))
+    names = [a.name for a in arms]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{path}: arm names must be unique, got {names}")
+    return CompareConfig(name=name, output_dir=output_dir, arms=arms)

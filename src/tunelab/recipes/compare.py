@@ -1,0 +1,137 @@
+"""The comparison recipe: every arm (prompting, full fine-tuning, each PEFT method) on the same data,
+evaluation and seed, one run directory per arm under one comparison directory, then a report.
+
+A finished arm whose resolved config is unchanged is reused; a changed arm is rerun into a staging
+folder and swapped in by rename, so an arm's directory is always one whole run.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from accelerate.utils import set_seed
+
+from tunelab.config.compare import Arm, CompareConfig, load_compare_config
+from tunelab.data.sources import load_split
+from tunelab.evaluation import metrics as metric_fns
+from tunelab.evaluation.generation import generate_texts
+from tunelab.evaluation.metrics import rouge_protocol
+from tunelab.io import atomic_replace_dir, atomic_write_json, staging_dir
+from tunelab.recipes.components import load_eval_examples, open_session
+from tunelab.recipes.finetune import finetune
+from tunelab.runs import RunDir
+
+ARM_FILE = "arm.json"
+
+
+@dataclass
+class Comparison:
+    directory: Path
+    arms: dict[str, Path]
+    reused: list[str]
+    report: Path | None = None
+
+
+def prompting_arm(arm: Arm, run_path: Path, show_progress: bool = True) -> dict[str, Any]:
+    """Zero-/few-shot prompting of the base model: k solved training examples before each query."""
+    cfg = arm.experiment
+    run = RunDir.create(cfg, run_path)
+    set_seed(cfg.seed)
+    session = open_session(cfg, quantize_for_method=False)
+    examples = load_eval_examples(cfg)
+    shots = random.Random(cfg.seed).sample(load_split(cfg.data, cfg.data.train_split), arm.shots) if arm.shots else []
+    window = int(getattr(session.model.config, "max_position_embeddings", 0) or 0) or None
+    budget = window - cfg.evaluation.max_new_tokens if window else None
+    prompts, lengths = [], []
+    for ex in examples:
+        enc, full = session.encoder.encode_few_shot(session.templates.eval, shots, ex, budget)
+        prompts.append(enc)
+        lengths.append(full)
+    t0 = time.perf_counter()
+    preds = generate_texts(session.model, session.loaded.tokenizer, prompts, session.loaded.arch,
+                           batch_size=cfg.evaluation.batch_size, max_new_tokens=cfg.evaluation.max_new_tokens,
+                           num_beams=cfg.evaluation.num_beams, desc=f"{arm.name}", show_progress=show_progress,
+                           precision=cfg.evaluation.precision)
+    seconds = time.perf_counter() - t0
+    refs = [list(ex.references) for ex in examples]
+    per = metric_fns.rouge_per_example(preds, refs)
+    after = {"examples": len(examples), "generation_seconds": seconds, "examples_per_second": len(examples) / seconds,
+             "rouge": metric_fns.aggregate_rouge(per, cfg.evaluation.bootstrap_samples, cfg.seed),
+             "bleu": metric_fns.bleu(preds, refs),
+             "context": {"shots": arm.shots, "window": window, "mean_prompt_tokens": sum(lengths) / len(lengths),
+                         "max_prompt_tokens": max(lengths),
+                         "prompts_over_window": sum(budget is not None and n > budget for n in lengths)}}
+    n_params = sum(p.numel() for p in session.model.parameters())
+    metrics = {"name": arm.name, "model": cfg.model.name, "arch": session.loaded.arch, "method": f"{arm.shots}-shot",
+               "dataset": cfg.data.source, "evaluation_split": cfg.evaluation.split, "after": after,
+               "cost": {"trainable_parameters": 0, "total_parameters": n_params, "trainable_percent": 0.0,
+                        "artefact": None, "artefact_bytes": 0, "full_checkpoint_bytes": 0},
+               "protocol": {"rouge": rouge_protocol(), "eval_template": session.templates.eval.prompt}}
+    if cfg.benchmarks.tasks:
+        metrics["forgetting"] = {t: {"metric": "-", "before": None, "after": None, "delta": 0.0, "ci95_low": 0.0,
+                                     "ci95_high": 0.0, "significant": False, "note": "weights unchanged"}
+                                 for t in cfg.benchmarks.tasks}
+        metrics["forgetting_mean_delta"] = 0.0
+    run.write_predictions([{"id": ex.id, "prediction": p, "references": list(ex.references),
+                            "rouge": {k: round(v["f1"], 3) for k, v in s.items()}}
+                           for ex, p, s in zip(examples, preds, per)])
+    run.write_metrics(metrics)
+    run.mark_complete()
+    return metrics
+
+
+def _is_reusable(arm_dir: Path, arm: Arm) -> bool:
+    marker = arm_dir / ARM_FILE
+    if not (arm_dir / "COMPLETE").exists() or not marker.is_file():
+        return False
+    return json.loads(marker.read_text()) == json.loads(json.dumps(arm.signature()))
+
+
+def run_arm(arm: Arm, directory: Path, show_progress: bool = True, echo=print) -> Path:
+    final = directory / arm.name
+    stage = staging_dir(final)
+    stage.rmdir()  # RunDir.create makes it
+    try:
+        if arm.kind == "prompting":
+            prompting_arm(arm, stage, show_progress)
+        else:
+            finetune(arm.experiment, run_path=stage, show_progress=show_progress, echo=None)
+        atomic_write_json(stage / ARM_FILE, arm.signature())
+        atomic_replace_dir(stage, final)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    return final
+
+
+def compare(config: str | Path | CompareConfig, overrides: tuple[str, ...] = (), show_progress: bool = True,
+            echo=print) -> Comparison:
+    from tunelab.reporting.html import write_report
+
+    cfg = config if isinstance(config, CompareConfig) else load_compare_config(config, overrides)
+    directory = cfg.directory
+    directory.mkdir(parents=True, exist_ok=True)
+    arms, reused = {}, []
+    for i, arm in enumerate(cfg.arms, 1):
+        arm_dir = directory / arm.name
+        if _is_reusable(arm_dir, arm):
+            reused.append(arm.name)
+            if echo:
+                echo(f"[{i}/{len(cfg.arms)}] {arm.name}: finished earlier with the same config, reused")
+        else:
+            if echo:
+                echo(f"[{i}/{len(cfg.arms)}] {arm.name}: running ({arm.kind}"
+                     f"{', ' + arm.experiment.method.name if arm.kind == 'finetune' else f', {arm.shots} shots'})")
+            run_arm(arm, directory, show_progress, echo)
+        arms[arm.name] = arm_dir
+    report = write_report(directory, list(arms))
+    if echo:
+        echo((directory / "report.md").read_text())
+        echo(f"report: {report}")
+    return Comparison(directory, arms, reused, report)

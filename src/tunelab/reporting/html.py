@@ -1,0 +1,225 @@
+"""The comparison report: `report.html` (self-contained, opens offline) and `report.md`.
+
+Built only from what the arms' run directories hold (metrics.json, predictions.jsonl, config.yaml,
+forgetting.json), so `tunelab report DIR` rebuilds it at any time.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from html import escape
+from pathlib import Path
+from typing import Any
+
+from tunelab.errors import RunDirError
+from tunelab.io import atomic_write_text
+from tunelab.reporting import svg
+from tunelab.reporting.tables import human_bytes, markdown_table
+
+ROUGE_KEYS = ("rouge1", "rouge2", "rougeL", "rougeLsum")
+
+
+@dataclass
+class ArmSummary:
+    name: str
+    path: Path
+    metrics: dict[str, Any]
+    config_text: str
+    predictions: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def after(self) -> dict[str, Any]:
+        return self.metrics["after"]
+
+    def rouge(self, key: str) -> float:
+        return self.after["rouge"][key]["f1"]
+
+    def rouge_ci(self, key: str) -> tuple[float, float]:
+        lo, hi = self.after["rouge"][key].get("f1_ci95", [self.rouge(key)] * 2)
+        return lo, hi
+
+    @property
+    def method(self) -> str:
+        return self.metrics.get("method", "?")
+
+    @property
+    def is_prompting(self) -> bool:
+        return self.method.endswith("-shot")
+
+    @property
+    def forgetting(self) -> float | None:
+        return self.metrics.get("forgetting_mean_delta")
+
+    @property
+    def training(self) -> dict[str, Any]:
+        return self.metrics.get("training") or {}
+
+    @property
+    def peak_memory(self) -> int:
+        mem = self.training.get("memory") or {}
+        return int(mem.get("peak_cuda_allocated_bytes", mem.get("peak_rss_bytes", 0)))
+
+
+def load_arms(directory: Path, names: Sequence[str] | None = None) -> list[ArmSummary]:
+    directory = Path(directory)
+    if names is None:
+        names = sorted(p.name for p in directory.iterdir() if (p / "metrics.json").is_file() and (p / "COMPLETE").exists())
+    arms = []
+    for name in names:
+        path = directory / name
+        if not (path / "metrics.json").is_file():
+            raise RunDirError(f"{path} has no metrics.json: not a finished arm")
+        preds_file = path / "predictions.jsonl"
+        preds = [json.loads(line) for line in preds_file.read_text().splitlines()] if preds_file.is_file() else []
+        arms.append(ArmSummary(name, path, json.loads((path / "metrics.json").read_text()),
+                               (path / "config.yaml").read_text() if (path / "config.yaml").is_file() else "", preds))
+    if not arms:
+        raise RunDirError(f"{directory} holds no finished arms")
+    return arms
+
+
+def baseline_scores(arms: Sequence[ArmSummary]) -> dict[str, float] | None:
+    """The zero-shot arm's ROUGE, the reference for every arm's gain (else each arm's own 'before')."""
+    zero = next((a for a in arms if a.method == "0-shot"), None)
+    return {k: zero.rouge(k) for k in ROUGE_KEYS} if zero else None
+
+
+def gain(arm: ArmSummary, base: dict[str, float] | None, key: str = "rougeL") -> float | None:
+    if base is not None:
+        return arm.rouge(key) - base[key]
+    before = arm.metrics.get("before")
+    return arm.rouge(key) - before["rouge"][key]["f1"] if before and "rouge" in before else None
+
+
+def _fmt_opt(v: float | None, spec: str = "+.2f") -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def summary_rows(arms: Sequence[ArmSummary]) -> list[list[Any]]:
+    base = baseline_scores(arms)
+    rows = []
+    for a in arms:
+        cost = a.metrics.get("cost", {})
+        rows.append([a.name, a.method, f"{a.rouge('rouge1'):.2f}", f"{a.rouge('rouge2'):.2f}",
+                     f"{a.rouge('rougeL'):.2f}", f"{a.after.get('bleu', {}).get('score', 0):.2f}",
+                     _fmt_opt(gain(a, base)), _fmt_opt(a.forgetting),
+                     f"{cost.get('trainable_percent', 0):.3f}%", human_bytes(cost.get("artefact_bytes", 0)),
+                     human_bytes(a.peak_memory) if a.peak_memory else "-",
+                     f"{a.training.get('seconds', 0):.0f} s" if a.training else "-",
+                     f"{a.training.get('completion_tokens_per_second', 0):.1f}" if a.training else "-"])
+    return rows
+
+
+SUMMARY_HEADERS = ["arm", "method", "ROUGE-1", "ROUGE-2", "ROUGE-L", "BLEU", "ROUGE-L gain", "forgetting",
+                   "trainable", "artefact", "peak memory", "train time", "tok/s"]
+
+
+def markdown_report(arms: Sequence[ArmSummary]) -> str:
+    first = arms[0].metrics
+    lines = [f"## Comparison: {first.get('model')} on {first.get('dataset')} "
+             f"({arms[0].after.get('examples')} {first.get('evaluation_split')} examples)", "",
+             markdown_table(SUMMARY_HEADERS, summary_rows(arms)), "",
+             "ROUGE is F1 x100 (rouge-score, stemmed, best of the references); gain is against the zero-shot arm "
+             "(or the arm's own base); forgetting is the mean change on the benchmark suite (after - before)."]
+    for a in arms:
+        ctx = a.after.get("context")
+        if ctx and ctx.get("prompts_over_window"):
+            lines.append(f"\n{a.name}: {ctx['prompts_over_window']} prompts longer than the model's "
+                         f"{ctx['window']}-token window were cut (mean prompt {ctx['mean_prompt_tokens']:.0f} tokens).")
+    return "\n".join(lines) + "\n"
+
+
+_CSS = """
+body{font-family:system-ui,sans-serif;margin:24px auto;max-width:1180px;color:#1d1d1f;padding:0 16px}
+h1{font-size:22px}h2{font-size:17px;margin-top:32px;border-bottom:1px solid #eee;padding-bottom:4px}
+table{border-collapse:collapse;font-size:13px;margin:8px 0}td,th{border:1px solid #e2e2e2;padding:4px 8px;
+text-align:right;vertical-align:top}th{background:#f6f6f8}td:first-child,th:first-child{text-align:left}
+.preds td{text-align:left;max-width:260px;font-size:12px}.cost{display:flex;flex-wrap:wrap;gap:16px}
+.note{color:#666;font-size:13px}pre{background:#f6f6f8;padding:8px;font-size:12px;overflow:auto}
+"""
+
+# Records script errors and chart sizes into the page itself, so a headless browser can check them.
+_SELF_CHECK = """
+<script>
+window.__errors=[];window.addEventListener('error',function(e){window.__errors.push(String(e.message));
+document.body.dataset.errors=JSON.stringify(window.__errors);});
+(function(){var ce=console.error;console.error=function(){window.__errors.push(Array.from(arguments).join(' '));
+document.body.dataset.errors=JSON.stringify(window.__errors);ce.apply(console,arguments);};})();
+window.addEventListener('load',function(){var s={};document.querySelectorAll('svg.chart').forEach(function(c){
+var r=c.getBoundingClientRect();s[c.id]=[Math.round(r.width),Math.round(r.height)];});
+document.body.dataset.charts=JSON.stringify(s);document.body.dataset.errors=JSON.stringify(window.__errors);});
+</script>
+"""
+
+
+def html_report(arms: Sequence[ArmSummary], title: str, n_examples: int = 5) -> str:
+    names = [a.name for a in arms]
+    base = baseline_scores(arms)
+    rouge_chart = svg.grouped_bars(
+        "chart-rouge", names, {k: [a.rouge(k) for a in arms] for k in ("rouge1", "rouge2", "rougeL")},
+        {k: [a.rouge_ci(k) for a in arms] for k in ("rouge1", "rouge2", "rougeL")},
+        y_label="ROUGE F1 (x100) with 95% bootstrap CI")
+    points = [(a.name, a.forgetting or 0.0, gain(a, base) or 0.0) for a in arms]
+    scatter = svg.scatter("chart-gain-forgetting", points, "forgetting: mean benchmark change (after - before)",
+                          "task gain: ROUGE-L vs zero-shot")
+    cost = [
+        svg.horizontal_bars("chart-trainable", names, [a.metrics.get("cost", {}).get("trainable_percent", 0) for a in arms],
+                            "trainable parameters (%)", lambda v: f"{v:.3f}%"),
+        svg.horizontal_bars("chart-storage", names, [a.metrics.get("cost", {}).get("artefact_bytes", 0) for a in arms],
+                            "artefact on disk (log scale)", human_bytes, log=True),
+        svg.horizontal_bars("chart-memory", names, [a.peak_memory for a in arms], "peak training memory", human_bytes),
+        svg.horizontal_bars("chart-time", names, [a.training.get("seconds", 0.0) for a in arms], "training time",
+                            lambda v: f"{v:.1f} s"),
+    ]
+    table = "<table id='summary'><tr>" + "".join(f"<th>{escape(h)}</th>" for h in SUMMARY_HEADERS) + "</tr>" + "".join(
+        "<tr>" + "".join(f"<td>{escape(str(c))}</td>" for c in row) + "</tr>" for row in summary_rows(arms)) + "</table>"
+    forgetting_tasks = sorted({t for a in arms for t in (a.metrics.get("forgetting") or {})})
+    forgetting_html = ""
+    if forgetting_tasks:
+        rows = []
+        for a in arms:
+            f = a.metrics.get("forgetting") or {}
+            cells = []
+            for t in forgetting_tasks:
+                d = f.get(t)
+                cells.append("-" if d is None else f"{d['delta']:+.2f} [{d['ci95_low']:+.1f}, {d['ci95_high']:+.1f}]")
+            rows.append("<tr><td>" + escape(a.name) + "</td>" + "".join(f"<td>{escape(c)}</td>" for c in cells) + "</tr>")
+        forgetting_html = ("<table id='forgetting'><tr><th>arm</th>" + "".join(f"<th>{escape(t)}</th>" for t in forgetting_tasks)
+                           + "</tr>" + "".join(rows) + "</table>")
+    ids = [p["id"] for p in arms[0].predictions[:n_examples]]
+    by_arm = {a.name: {p["id"]: p for p in a.predictions} for a in arms}
+    pred_rows = []
+    for ex_id in ids:
+        refs = by_arm[arms[0].name][ex_id]["references"]
+        cells = "".join(f"<td>{escape(by_arm[a.name].get(ex_id, {}).get('prediction', '-'))}</td>" for a in arms)
+        pred_rows.append(f"<tr><td>{escape(ex_id)}</td><td>{'<br><br>'.join(escape(r) for r in refs)}</td>{cells}</tr>")
+    preds = ("<table class='preds' id='predictions'><tr><th>id</th><th>references</th>"
+             + "".join(f"<th>{escape(n)}</th>" for n in names) + "</tr>" + "".join(pred_rows) + "</table>")
+    configs = "".join(f"<details><summary>{escape(a.name)}</summary><pre>{escape(a.config_text)}</pre></details>"
+                      for a in arms)
+    first = arms[0].metrics
+    return f"""<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>
+<style>{_CSS}</style></head><body>{_SELF_CHECK}
+<h1>{escape(title)}</h1>
+<p class="note">{escape(str(first.get('model')))} · {escape(str(first.get('dataset')))} ·
+{arms[0].after.get('examples')} {escape(str(first.get('evaluation_split')))} examples · same data, evaluation and seed for every arm</p>
+<h2>Summary</h2>{table}
+<p class="note">ROUGE: F1 x100 ({escape(first.get('protocol', {}).get('rouge', ''))}). Gain: against the zero-shot arm.
+Forgetting: mean change over the benchmark suite, after minus before (0 for prompting: weights unchanged).</p>
+<h2>Task quality</h2>{rouge_chart}
+<h2>Gain vs forgetting</h2>{scatter}{forgetting_html}
+<h2>Cost</h2><div class="cost">{''.join(cost)}</div>
+<h2>Predictions side by side</h2>{preds}
+<h2>Run configs</h2>{configs}
+</body></html>
+"""
+
+
+def write_report(directory: str | Path, names: Sequence[str] | None = None) -> Path:
+    """Write report.html and report.md into a comparison directory; returns the HTML path."""
+    directory = Path(directory)
+    arms = load_arms(directory, names)
+    atomic_write_text(directory / "report.md", markdown_report(arms))
+    return atomic_write_text(directory / "report.html", html_report(arms, f"tunelab comparison: {directory.name}"))

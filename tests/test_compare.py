@@ -1,0 +1,144 @@
+"""`tunelab compare` over tiny models: every arm runs, finished arms are reused, the report is complete."""
+
+import json
+import os
+import shutil
+import subprocess
+from html.parser import HTMLParser
+
+import pytest
+import yaml
+
+import tunelab
+from conftest import experiment
+from tunelab.cli.main import main
+
+ARMS = [
+    {"name": "zero-shot", "kind": "prompting", "shots": 0},
+    {"name": "two-shot", "kind": "prompting", "shots": 2},
+    {"name": "full", "method": {"name": "full"}, "training": {"lr": 5e-3}},
+    {"name": "lora", "method": {"name": "lora", "r": 8, "dropout": 0.0, "target_modules": "all-linear"}},
+    {"name": "prompt-tuning", "method": {"name": "prompt_tuning", "num_virtual_tokens": 4, "init": "random"},
+     "training": {"lr": 0.1}},
+    {"name": "ia3", "method": {"name": "ia3"}, "training": {"lr": 0.05}},
+]
+
+
+@pytest.fixture
+def compare_config(tiny_llama_chat_dir, dialogue_files, tmp_path):
+    base = experiment(tiny_llama_chat_dir, dialogue_files, tmp_path, training={"max_steps": 8},
+                      evaluation={"before": False, "max_samples": 4},
+                      benchmarks={"tasks": ["sst2"], "limit": 6, "bootstrap_samples": 20})
+    path = tmp_path / "compare.yaml"
+    path.write_text(yaml.safe_dump({"name": "cmp", "output_dir": str(tmp_path / "runs"), "experiment": base,
+                                    "arms": ARMS}))
+    return path
+
+
+class _Collect(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.ids, self.svgs, self.tables, self.text = set(), [], [], []
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if "id" in a:
+            self.ids.add(a["id"])
+        if tag == "svg":
+            self.svgs.append(a)
+        if tag == "table":
+            self.tables.append(a.get("id"))
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
+def test_compare_runs_every_arm_reuses_finished_ones_and_reports(compare_config, tmp_path, sst2_available):
+    result = tunelab.compare(compare_config, show_progress=False, echo=None)
+    assert result.reused == []
+    directory = tmp_path / "runs" / "cmp"
+    for arm in ARMS:
+        assert (directory / arm["name"] / "COMPLETE").exists()
+        assert json.loads((directory / arm["name"] / "arm.json").read_text())["kind"] in ("prompting", "finetune")
+    two_shot = json.loads((directory / "two-shot" / "metrics.json").read_text())
+    assert two_shot["after"]["context"]["shots"] == 2
+    assert two_shot["after"]["context"]["mean_prompt_tokens"] > json.loads(
+        (directory / "zero-shot" / "metrics.json").read_text())["after"]["context"]["mean_prompt_tokens"]
+
+    page = _Collect()
+    page.feed((directory / "report.html").read_text())
+    assert {"chart-rouge", "chart-gain-forgetting", "chart-trainable", "chart-storage", "chart-memory",
+            "chart-time"} <= {s.get("id") for s in page.svgs}
+    assert {"summary", "forgetting", "predictions"} <= set(page.tables)
+    text = " ".join(page.text)
+    for arm in ARMS:
+        assert arm["name"] in text
+    md = (directory / "report.md").read_text()
+    assert all(f"| {arm['name']}" in md for arm in ARMS)
+
+    mtimes = {a["name"]: (directory / a["name"] / "metrics.json").stat().st_mtime_ns for a in ARMS}
+    again = tunelab.compare(compare_config, show_progress=False, echo=None)
+    assert sorted(again.reused) == sorted(a["name"] for a in ARMS)
+    assert mtimes == {a["name"]: (directory / a["name"] / "metrics.json").stat().st_mtime_ns for a in ARMS}
+
+    # a changed arm reruns, the others stay
+    tree = yaml.safe_load(compare_config.read_text())
+    tree["arms"][3]["method"]["r"] = 4
+    compare_config.write_text(yaml.safe_dump(tree))
+    third = tunelab.compare(compare_config, show_progress=False, echo=None)
+    assert "lora" not in third.reused and len(third.reused) == len(ARMS) - 1
+    assert yaml.safe_load((directory / "lora" / "config.yaml").read_text())["method"]["r"] == 4
+    assert not list(directory.glob(".*.tmp"))
+
+    # the report can be rebuilt from the run directories alone
+    (directory / "report.html").unlink()
+    assert main(["report", str(directory)]) == 0
+    assert (directory / "report.html").is_file()
+
+
+@pytest.fixture
+def sst2_available():
+    from tunelab.paths import data_root
+
+    if data_root() is None or not (data_root() / "sst2").is_dir():
+        pytest.skip("benchmark data not found: set TUNELAB_DATA_DIR")
+
+
+def _chromium() -> str | None:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        if shutil.which(name):
+            return shutil.which(name)
+    if os.geteuid() == 0 and shutil.which("apt-get"):
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        subprocess.run(["apt-get", "update", "-qq"], capture_output=True, env=env, timeout=300)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "chromium"], capture_output=True, env=env, timeout=600)
+    return shutil.which("chromium")
+
+
+def test_report_renders_in_a_real_browser(compare_config, tmp_path, sst2_available):
+    browser = _chromium()
+    if browser is None:
+        pytest.skip("Chromium is not installed and could not be installed with apt-get (Debian package 'chromium')")
+    tunelab.compare(compare_config, show_progress=False, echo=None)
+    report = tmp_path / "runs" / "cmp" / "report.html"
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / 'chrome'}", "--window-size=1280,3000"]
+    dom = subprocess.run([browser, *flags, "--virtual-time-budget=3000", "--dump-dom", report.as_uri()],
+                         capture_output=True, text=True, timeout=120).stdout
+    page = _Collect()
+    page.feed(dom)
+    import re
+
+    charts = json.loads(re.search(r'data-charts="([^"]*)"', dom).group(1).replace("&quot;", '"'))
+    errors = json.loads(re.search(r'data-errors="([^"]*)"', dom).group(1).replace("&quot;", '"'))
+    assert errors == []
+    assert set(charts) >= {"chart-rouge", "chart-gain-forgetting", "chart-trainable", "chart-storage"}
+    assert all(w > 100 and h > 50 for w, h in charts.values()), charts
+    shot = tmp_path / "report.png"
+    subprocess.run([browser, *flags, f"--screenshot={shot}", report.as_uri()], capture_output=True, timeout=120)
+    from PIL import Image
+
+    img = Image.open(shot).convert("RGB")
+    colors = img.resize((64, 150)).getcolors(64 * 150)
+    assert colors is not None and len(colors) > 8  # charts drew coloured bars, not a blank page
