@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 RUN_ID := $(shell date +%Y%m%d-%H%M%S)
 
-.PHONY: setup demo test test-fast bench clean
+.PHONY: setup demo demo-lora test test-fast bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,8 +17,15 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-## Zero-shot eval, short LoRA fine-tune, eval again on DialogSum with smollm2-135m-instruct (~12 min on 2 CPU cores).
+## Compare zero-shot, LoRA, prompt tuning and full fine-tuning of smollm2-135m-instruct on DialogSum:
+## task gain, forgetting and cost, in runs/dialogsum-compare/report.html (~15-20 min on 2 CPU cores).
+## Finished arms are reused when run again.
 demo: setup
+	$(BIN)/tunelab models pull smollm2-135m-instruct
+	$(BIN)/tunelab compare configs/compare_dialogsum.yaml
+
+## One run: zero-shot eval, LoRA fine-tune, eval again, before/after table (~8 min on 2 CPU cores).
+demo-lora: setup
 	$(BIN)/tunelab models pull smollm2-135m-instruct
 	$(BIN)/tunelab train configs/dialogsum_lora.yaml --set name=dialogsum-lora-$(RUN_ID)
 

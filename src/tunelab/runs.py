@@ -13,7 +13,8 @@ Layout:
 from __future__ import annotations
 
 import os
-import shutil
+
+import yaml
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,15 @@ from tunelab.io import atomic_write_json, atomic_write_jsonl, atomic_write_text,
 COMPLETE_MARKER = "COMPLETE"
 
 
+def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in sorted(set(a) | set(b)):
+            out += _diff_keys(a.get(k), b.get(k), f"{prefix}{k}.")
+        return out
+    return [] if a == b else [prefix.rstrip(".")]
+
+
 @dataclass(frozen=True)
 class RunDir:
     path: Path
@@ -35,7 +45,8 @@ class RunDir:
         path = Path(path) if path else Path(cfg.output_dir) / cfg.name
         if path.exists():
             state = "a finished" if (path / COMPLETE_MARKER).exists() else "an unfinished"
-            raise RunDirError(f"{path} already holds {state} run; choose another name (--set name=...) or remove it")
+            hint = "" if state == "a finished" else ", or continue it with --resume"
+            raise RunDirError(f"{path} already holds {state} run; choose another name (--set name=...){hint}")
         try:
             path.mkdir(parents=True)
         except OSError as e:
@@ -45,6 +56,22 @@ class RunDir:
         run = cls(path)
         atomic_write_yaml(run.config_path, config_to_dict(cfg))
         return run
+
+    @classmethod
+    def create_or_resume(cls, cfg: ExperimentConfig, path: str | Path | None = None) -> tuple[RunDir, bool]:
+        """For `--resume`: a new run directory, or the unfinished one at that path (same config required)."""
+        path = Path(path) if path else Path(cfg.output_dir) / cfg.name
+        if not path.exists():
+            return cls.create(cfg, path), False
+        run = cls.open(path)
+        if run.is_complete:
+            raise RunDirError(f"{path} holds a finished run; nothing to resume")
+        stored = yaml.safe_load(run.config_path.read_text())
+        wanted = config_to_dict(cfg)
+        if stored != wanted:
+            diff = sorted(_diff_keys(stored, wanted))
+            raise RunDirError(f"cannot resume {path}: its config differs in {', '.join(diff[:8])}")
+        return run, True
 
     @classmethod
     def open(cls, path: str | Path) -> RunDir:
@@ -82,6 +109,12 @@ class RunDir:
     def mark_complete(self) -> None:
         atomic_write_text(self.path / COMPLETE_MARKER, "")
 
-    def remove_partial_checkpoints(self) -> None:
-        for p in (self.path / "checkpoints").glob(".*.tmp"):
-            shutil.rmtree(p, ignore_errors=True)
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.path / "checkpoints"
+
+    def read_json(self, name: str) -> dict[str, Any] | None:
+        import json
+
+        p = self.path / name
+        return json.loads(p.read_text()) if p.is_file() else None

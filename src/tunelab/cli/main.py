@@ -30,7 +30,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from tunelab.recipes import finetune
 
     cfg = load_config(args.config, args.set)
-    finetune(cfg, run_path=args.run_dir)
+    finetune(cfg, run_path=args.run_dir, resume=args.resume)
     return 0
 
 
@@ -159,6 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="fine-tune: evaluate before, train, evaluate after")
     t.add_argument("config", nargs="?", help="experiment YAML (default: the built-in demo config)")
     t.add_argument("--run-dir", help="run directory (default: <output_dir>/<name>)")
+    t.add_argument("--resume", action="store_true",
+                   help="continue an unfinished run directory from its latest checkpoint (or start it)")
     add_set(t)
     t.set_defaults(func=cmd_train)
 

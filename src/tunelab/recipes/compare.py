@@ -93,7 +93,18 @@ def _is_reusable(arm_dir: Path, arm: Arm) -> bool:
     return json.loads(marker.read_text()) == json.loads(json.dumps(arm.signature()))
 
 
-def run_arm(arm: Arm, directory: Path, show_progress: bool = True, echo=print) -> Path:
+def base_suite_key(arm: Arm) -> str:
+    """Arms whose base model is loaded the same way (same model, same quantization) share base scores."""
+    from tunelab.methods import get_method
+
+    exp = arm.experiment
+    quant = sorted(get_method(exp.method.name).load_kwargs(exp.method)) if arm.kind == "finetune" else []
+    return json.dumps({"model": exp.model.model_dump(mode="json"), "quant": quant,
+                       "bench": exp.benchmarks.model_dump(mode="json"), "eval": exp.evaluation.precision}, sort_keys=True)
+
+
+def run_arm(arm: Arm, directory: Path, show_progress: bool = True, echo=print,
+            base_benchmarks: dict[str, dict[str, Any]] | None = None) -> Path:
     final = directory / arm.name
     stage = staging_dir(final)
     stage.rmdir()  # RunDir.create makes it
@@ -101,7 +112,13 @@ def run_arm(arm: Arm, directory: Path, show_progress: bool = True, echo=print) -
         if arm.kind == "prompting":
             prompting_arm(arm, stage, show_progress)
         else:
-            finetune(arm.experiment, run_path=stage, show_progress=show_progress, echo=None)
+            key = base_suite_key(arm)
+            shared = base_benchmarks.get(key) if base_benchmarks is not None else None
+            result = finetune(arm.experiment, run_path=stage, show_progress=show_progress, echo=None,
+                              base_benchmarks=shared)
+            if base_benchmarks is not None and shared is None and (stage / "benchmarks_before.json").is_file():
+                base_benchmarks[key] = json.loads((stage / "benchmarks_before.json").read_text())
+            del result
         atomic_write_json(stage / ARM_FILE, arm.signature())
         atomic_replace_dir(stage, final)
     except BaseException:
@@ -118,6 +135,7 @@ def compare(config: str | Path | CompareConfig, overrides: tuple[str, ...] = (),
     directory = cfg.directory
     directory.mkdir(parents=True, exist_ok=True)
     arms, reused = {}, []
+    base_benchmarks: dict[str, dict[str, Any]] = {}
     for i, arm in enumerate(cfg.arms, 1):
         arm_dir = directory / arm.name
         if _is_reusable(arm_dir, arm):
@@ -128,7 +146,7 @@ def compare(config: str | Path | CompareConfig, overrides: tuple[str, ...] = (),
             if echo:
                 echo(f"[{i}/{len(cfg.arms)}] {arm.name}: running ({arm.kind}"
                      f"{', ' + arm.experiment.method.name if arm.kind == 'finetune' else f', {arm.shots} shots'})")
-            run_arm(arm, directory, show_progress, echo)
+            run_arm(arm, directory, show_progress, echo, base_benchmarks)
         arms[arm.name] = arm_dir
     report = write_report(directory, list(arms))
     if echo:

@@ -28,6 +28,7 @@ from tunelab.recipes.components import (
 )
 from tunelab.reporting.tables import before_after_table, cost_table
 from tunelab.runs import RunDir
+from tunelab.training.checkpoint import latest_checkpoint, remove_incomplete
 from tunelab.training.loop import train_model
 
 
@@ -38,11 +39,22 @@ class FinetuneResult:
 
 
 def finetune(cfg: ExperimentConfig, run_path: str | Path | None = None, show_progress: bool = True,
-             echo=print) -> FinetuneResult:
-    run = RunDir.create(cfg, run_path)
+             echo=print, base_benchmarks: dict[str, Any] | None = None, resume: bool = False) -> FinetuneResult:
+    """Evaluate the base, train with the configured method, evaluate again; see the module docstring.
+
+    `base_benchmarks`: the base model's suite results when already known (a comparison shares them
+    between arms on the same base), instead of running the suite again before training.
+    `resume`: continue an unfinished run directory from its latest checkpoint (or start it)."""
+    if resume:
+        run, resuming = RunDir.create_or_resume(cfg, run_path)
+    else:
+        run, resuming = RunDir.create(cfg, run_path), False
+    remove_incomplete(run.checkpoint_dir)
+    latest = latest_checkpoint(run.checkpoint_dir) if resuming else None
     set_seed(cfg.seed)
     session = open_session(cfg)
     eval_examples = load_eval_examples(cfg)
+    earlier = run.read_json("metrics.json") if resuming else None
     metrics: dict[str, Any] = {"name": cfg.name, "model": cfg.model.name, "arch": session.loaded.arch,
                                "method": cfg.method.name, "dataset": cfg.data.source,
                                "evaluation_split": cfg.evaluation.split,
@@ -53,13 +65,21 @@ def finetune(cfg: ExperimentConfig, run_path: str | Path | None = None, show_pro
                                             "max_new_tokens": cfg.evaluation.max_new_tokens,
                                             "eval_template": session.templates.eval.prompt}}
 
-    if cfg.evaluation.before:
+    if earlier and "before" in earlier:
+        metrics["before"] = earlier["before"]
+        if echo:
+            echo(f"resuming {run.path}" + (f" from {latest.name}" if latest else " (no checkpoint yet)"))
+    elif cfg.evaluation.before:
         before = evaluate_summaries(session.model, session.loaded.tokenizer, session.loaded.arch, session.encoder,
                                     session.templates.eval, eval_examples, cfg.evaluation, cfg.seed, "eval before")
         metrics["before"] = before.metrics
         run.write_predictions(before.predictions, "predictions_before.jsonl")
         run.write_metrics(metrics)
-    bench_before = benchmark_session(session, show_progress=show_progress) if cfg.benchmarks.tasks else None
+    bench_before = None
+    if cfg.benchmarks.tasks:
+        bench_before = (run.read_json("benchmarks_before.json") if resuming else None) or base_benchmarks \
+            or benchmark_session(session, show_progress=show_progress)
+        run.write_metrics(bench_before, "benchmarks_before.json")
 
     train_examples, train_templates, mixture_stats = training_examples(session)
     session.encoder.stats.__init__()
@@ -76,6 +96,7 @@ def finetune(cfg: ExperimentConfig, run_path: str | Path | None = None, show_pro
     counts = parameter_counts(model)
     training = train_model(model, session.loaded.tokenizer, session.loaded.arch, train_set, eval_set, cfg.training,
                            seed=cfg.seed, device=session.device, log_dir=run.path / "tensorboard",
+                           checkpoint_dir=run.checkpoint_dir, resume_from=latest,
                            regularizer=build_regularizer(session, model), show_progress=show_progress)
     artefact = save_artefact(model, session.loaded.tokenizer, cfg, session.method.is_peft, run.path,
                              session.loaded.source.path)

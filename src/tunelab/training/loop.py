@@ -8,6 +8,7 @@ supplies device placement, mixed precision, gradient accumulation and DDP/FSDP.
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -27,6 +28,14 @@ from tunelab.data.collate import LengthGroupedBatches, TrainCollator
 from tunelab.data.encoding import IGNORE_INDEX, Arch, Encoded
 from tunelab.errors import TrainingError
 from tunelab.models.precision import resolve_precision
+from tunelab.training.checkpoint import (
+    TrainingState,
+    _fault,
+    latest_checkpoint,
+    load_checkpoint,
+    restore_rng,
+    save_checkpoint,
+)
 from tunelab.training.loss import completion_loss
 from tunelab.training.memory import PeakMemory
 
@@ -59,6 +68,17 @@ def mixed_precision(cfg: TrainingConfig, device: torch.device) -> str:
     return {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[resolve_precision(cfg.precision, device)]
 
 
+def _fresh_accelerator_state(precision: str) -> None:
+    """accelerate keeps one process-wide AcceleratorState and refuses a second Accelerator with another
+    mixed precision; a notebook or a comparison trains several models in one process, so the
+    (non-distributed) state is reset between trainings. The process group itself is kept."""
+    from accelerate.state import AcceleratorState
+
+    state = AcceleratorState._shared_state
+    if state and state.get("_mixed_precision") != precision:
+        AcceleratorState._reset_state(reset_partial_state=False)
+
+
 def total_optimizer_steps(cfg: TrainingConfig, batches_per_epoch: int) -> int:
     if cfg.max_steps:
         return cfg.max_steps
@@ -81,16 +101,20 @@ def evaluation_loss(model: torch.nn.Module, loader: DataLoader, arch: Arch) -> f
 
 def train_model(model: torch.nn.Module, tokenizer, arch: Arch, train_set: Sequence[Encoded],
                 eval_set: Sequence[Encoded] | None, cfg: TrainingConfig, *, seed: int, device: torch.device,
-                log_dir: Path | None = None,
-                save_checkpoint: Callable[[Accelerator, int], None] | None = None,
+                log_dir: Path | None = None, checkpoint_dir: Path | None = None, resume_from: Path | None = None,
                 regularizer: Callable[[], torch.Tensor] | None = None,
                 show_progress: bool = True) -> TrainResult:
+    """Train `model` in place. With `checkpoint_dir` and `cfg.save_every`, checkpoints are written every
+    N optimizer steps; `resume_from` continues from one exactly (weights, optimizer, scheduler, RNG,
+    data position and loss history), giving the same result as an uninterrupted run."""
     if not train_set:
         raise TrainingError("the training set is empty")
     set_seed(seed)
+    _fresh_accelerator_state(mixed_precision(cfg, device))
     accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum, mixed_precision=mixed_precision(cfg, device),
-                              cpu=device.type == "cpu")
+                              cpu=device.type == "cpu", split_batches=True)
     collator = TrainCollator(tokenizer.pad_token_id, arch)
+    # split_batches: `batch_size` is the global batch; under DDP each process takes its slice of it.
     batches = LengthGroupedBatches([e.length for e in train_set], cfg.batch_size, seed, cfg.group_by_length)
     loader = DataLoader(list(train_set), batch_sampler=batches, collate_fn=collator)
     eval_loader = (DataLoader(list(eval_set), batch_size=cfg.batch_size, collate_fn=collator) if eval_set else None)
@@ -106,26 +130,62 @@ def train_model(model: torch.nn.Module, tokenizer, arch: Arch, train_set: Sequen
     if eval_loader is not None:
         eval_loader = accelerator.prepare(eval_loader)
 
+    result = TrainResult(steps=0, epochs=0.0, seconds=0.0, precision=resolve_precision(cfg.precision, device))
+    step, epoch, skip = 0, 0, 0
+    window = {"loss": 0.0, "n": 0}
+    pending_rng = None
+    if resume_from is not None:
+        state = load_checkpoint(resume_from, accelerator.unwrap_model(model), optimizer, scheduler)
+        step, epoch, skip, pending_rng = state.step, state.epoch, state.batch_in_epoch, state.rng
+        h = state.history
+        result.train_loss = [tuple(x) for x in h["train_loss"]]
+        result.eval_loss = [tuple(x) for x in h["eval_loss"]]
+        result.completion_tokens, result.padded_tokens = h["completion_tokens"], h["padded_tokens"]
+        result.seconds = h["seconds"]
+        window = h["window"]
+
     writer = None
     if log_dir is not None and accelerator.is_main_process:
         from torch.utils.tensorboard import SummaryWriter
 
-        writer = SummaryWriter(str(log_dir))
+        writer = SummaryWriter(str(log_dir), purge_step=step + 1 if resume_from is not None else None)
     memory = PeakMemory(device)
-    result = TrainResult(steps=0, epochs=0.0, seconds=0.0, precision=resolve_precision(cfg.precision, device))
-    step, epoch, window_loss, window_n = 0, 0, 0.0, 0
     model.train()
-    bar = tqdm(total=total_steps, desc="train", unit="step", disable=not show_progress or not accelerator.is_main_process)
-    t0 = time.perf_counter()
+    bar = tqdm(total=total_steps, initial=step, desc="train", unit="step",
+               disable=not show_progress or not accelerator.is_main_process)
+    t0 = time.perf_counter() - result.seconds
+
+    def checkpoint(batch_in_epoch: int) -> None:
+        if checkpoint_dir is None:
+            return
+        history = {"train_loss": result.train_loss, "eval_loss": result.eval_loss, "window": window,
+                   "completion_tokens": result.completion_tokens, "padded_tokens": result.padded_tokens,
+                   "seconds": time.perf_counter() - t0}
+        if accelerator.is_main_process:
+            save_checkpoint(checkpoint_dir, accelerator.unwrap_model(model), optimizer, scheduler,
+                            TrainingState(step, epoch, batch_in_epoch, history))
+        accelerator.wait_for_everyone()
+        _fault("after-checkpoint", step)
+
     while step < total_steps:
         batches.set_epoch(epoch)
-        for batch in loader:
+        epoch_loader = accelerator.skip_first_batches(loader, skip) if skip else loader
+        iterator = iter(epoch_loader)
+        first = next(iterator, None)  # starting an epoch's iterator draws from the RNG (DataLoader seeding)
+        if pending_rng is not None:  # so a resumed run restores the RNG after that draw, as it was saved
+            restore_rng(pending_rng)
+            pending_rng = None
+        batch_in_epoch = skip
+        for batch in itertools.chain([first] if first is not None else [], iterator):
+            batch_in_epoch += 1
             with accelerator.accumulate(model):
                 loss = completion_loss(model, batch, arch)
                 memory.sample()
                 if not torch.isfinite(loss):
+                    last = latest_checkpoint(checkpoint_dir) if checkpoint_dir else None
                     raise TrainingError(f"non-finite training loss ({loss.item()}) at optimizer step {step + 1}; "
-                                        "training stopped; checkpoints written before this step are intact")
+                                        "training stopped" + (f"; last good checkpoint: {last}" if last else
+                                                              "; no checkpoint was written before it"))
                 total = loss + regularizer() if regularizer is not None else loss
                 accelerator.backward(total)
                 memory.sample()
@@ -136,29 +196,30 @@ def train_model(model: torch.nn.Module, tokenizer, arch: Arch, train_set: Sequen
                 optimizer.zero_grad(set_to_none=True)
             result.completion_tokens += int((batch["labels"] != IGNORE_INDEX).sum())
             result.padded_tokens += int(batch["input_ids"].numel() + (batch["labels"].numel() if arch == "seq2seq" else 0))
-            window_loss += float(loss.detach())
-            window_n += 1
+            window["loss"] += float(loss.detach())
+            window["n"] += 1
             if not accelerator.sync_gradients:
                 continue
             step += 1
             bar.update(1)
             if step % cfg.log_every == 0 or step == total_steps:
-                mean = window_loss / window_n
+                mean = window["loss"] / window["n"]
                 result.train_loss.append((step, mean))
                 bar.set_postfix(loss=f"{mean:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
                 if writer:
                     writer.add_scalar("train/loss", mean, step)
                     writer.add_scalar("train/lr", scheduler.get_last_lr()[0], step)
-                window_loss, window_n = 0.0, 0
+                window = {"loss": 0.0, "n": 0}
             if eval_loader is not None and cfg.eval_every and step % cfg.eval_every == 0 and step < total_steps:
                 result.eval_loss.append((step, evaluation_loss(model, eval_loader, arch)))
                 if writer:
                     writer.add_scalar("eval/loss", result.eval_loss[-1][1], step)
-            if save_checkpoint and cfg.save_every and step % cfg.save_every == 0 and step < total_steps:
-                save_checkpoint(accelerator, step)
+            if cfg.save_every and step % cfg.save_every == 0 and step < total_steps:
+                checkpoint(batch_in_epoch)
             if step >= total_steps:
                 break
         epoch += 1
+        skip = 0
     result.seconds = time.perf_counter() - t0
     bar.close()
     if eval_loader is not None:

@@ -1,0 +1,117 @@
+"""Training checkpoints that resume exactly.
+
+A checkpoint folder `checkpoints/step-N/` holds:
+    trainable.safetensors   the trainable parameters only (all of them for full fine-tuning; the
+                            adapter for PEFT, so a LoRA checkpoint is megabytes, not the whole base)
+    optimizer.pt            optimizer state (tensors and numbers; loaded with weights_only=True)
+    scheduler.pt            LR scheduler state (weights_only)
+    rng.pt                  torch CPU/CUDA generator states (weights_only)
+    state.json              step, epoch, batch position inside the epoch, loss history so far
+It is written into a temporary folder and renamed, so a crash mid-write leaves the previous one intact.
+Only tunelab's own checkpoints are loaded this way; no arbitrary pickles are read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from tunelab.io import atomic_replace_dir, staging_dir
+
+_STEP = re.compile(r"^step-(\d+)$")
+
+
+@dataclass
+class TrainingState:
+    step: int
+    epoch: int
+    batch_in_epoch: int  # micro-batches of the current epoch already consumed
+    history: dict[str, Any]
+    rng: dict[str, Any] | None = None  # applied by the loop once its data iterator exists
+
+
+def restore_rng(rng: dict[str, Any]) -> None:
+    torch.set_rng_state(rng["cpu"])
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+
+
+def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def _fault(name: str, step: int) -> None:
+    """Fault injection for the crash tests: TUNELAB_FAULT=<name>:<step> kills this process there."""
+    if os.environ.get("TUNELAB_FAULT") == f"{name}:{step}":
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def save_checkpoint(folder: Path, model: torch.nn.Module, optimizer, scheduler, state: TrainingState,
+                    keep_last: int = 2) -> Path:
+    final = folder / f"step-{state.step}"
+    stage = staging_dir(final)
+    try:
+        save_file(trainable_state(model), str(stage / "trainable.safetensors"))
+        torch.save(optimizer.state_dict(), stage / "optimizer.pt")
+        _fault("checkpoint-write", state.step)
+        torch.save(scheduler.state_dict(), stage / "scheduler.pt")
+        rng = {"cpu": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        torch.save(rng, stage / "rng.pt")
+        (stage / "state.json").write_text(json.dumps({"step": state.step, "epoch": state.epoch,
+                                                      "batch_in_epoch": state.batch_in_epoch,
+                                                      "history": state.history}))
+        atomic_replace_dir(stage, final)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    for old in list_checkpoints(folder)[:-keep_last]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def list_checkpoints(folder: Path) -> list[Path]:
+    """Complete checkpoints, oldest first (temporary folders of interrupted writes are ignored)."""
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _STEP.match(p.name)) and (p / "state.json").is_file()]
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(folder: Path) -> Path | None:
+    ckpts = list_checkpoints(folder)
+    return ckpts[-1] if ckpts else None
+
+
+def remove_incomplete(folder: Path) -> None:
+    if folder.is_dir():
+        for p in folder.glob(".step-*.tmp"):
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def load_checkpoint(path: Path, model: torch.nn.Module, optimizer, scheduler) -> TrainingState:
+    weights = load_file(str(path / "trainable.safetensors"))
+    params = dict(model.named_parameters())
+    missing = [n for n, p in params.items() if p.requires_grad and n not in weights]
+    unexpected = [n for n in weights if n not in params]
+    if missing or unexpected:
+        raise ValueError(f"checkpoint {path} does not match the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    with torch.no_grad():
+        for n, t in weights.items():
+            params[n].copy_(t)
+    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
+    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
+    raw = json.loads((path / "state.json").read_text())
+    return TrainingState(raw["step"], raw["epoch"], raw["batch_in_epoch"], raw["history"],
+                         torch.load(path / "rng.pt", weights_only=True))
