@@ -39,3 +39,22 @@ def generate_texts(model: torch.nn.Module, tokenizer, prompts: Sequence[Encoded]
     finally:
         model.train(was_training)
     return outputs
+
+
+def generate_texts_sharded(model: torch.nn.Module, tokenizer, prompts: Sequence[Encoded], arch: Arch,
+                           **kwargs) -> list[str]:
+    """`generate_texts` over all processes of a distributed run: each takes a contiguous shard of the
+    prompts and the predictions are gathered back in input order (one process: plain generation)."""
+    from accelerate import PartialState
+    from accelerate.utils import gather_object
+
+    state = PartialState()
+    if state.num_processes == 1:
+        return generate_texts(model, tokenizer, prompts, arch, **kwargs)
+    with state.split_between_processes(list(range(len(prompts)))) as mine:
+        local = generate_texts(model, tokenizer, [prompts[i] for i in mine], arch,
+                               **{**kwargs, "show_progress": kwargs.get("show_progress", True) and state.is_main_process})
+        pairs = list(zip(mine, local))
+    gathered = gather_object(pairs)
+    by_index = dict(gathered)
+    return [by_index[i] for i in range(len(prompts))]

@@ -14,7 +14,7 @@ from tunelab.data.encoding import Arch, PromptEncoder
 from tunelab.data.records import Example
 from tunelab.data.templates import Template
 from tunelab.evaluation import metrics
-from tunelab.evaluation.generation import generate_texts
+from tunelab.evaluation.generation import generate_texts_sharded
 from tunelab.models.precision import resolve_precision
 
 
@@ -30,7 +30,7 @@ def evaluate_summaries(model: torch.nn.Module, tokenizer, arch: Arch, encoder: P
     encoder.stats.__init__()  # count truncation for this split alone
     prompts = [encoder.encode_for_generation(template, ex) for ex in examples]
     t0 = time.perf_counter()
-    preds = generate_texts(model, tokenizer, prompts, arch, batch_size=cfg.batch_size,
+    preds = generate_texts_sharded(model, tokenizer, prompts, arch, batch_size=cfg.batch_size,
                            max_new_tokens=cfg.max_new_tokens, num_beams=cfg.num_beams, desc=desc,
                            precision=cfg.precision)
     gen_seconds = time.perf_counter() - t0

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from accelerate.utils import set_seed
+from accelerate import PartialState
+from accelerate.utils import broadcast_object_list, set_seed
 
 from tunelab.config.schema import ExperimentConfig
 from tunelab.data.encoding import encode_training_set
@@ -27,6 +28,7 @@ from tunelab.recipes.components import (
     training_examples,
 )
 from tunelab.reporting.tables import before_after_table, cost_table
+from tunelab.models.loading import pick_device
 from tunelab.runs import RunDir
 from tunelab.training.checkpoint import latest_checkpoint, remove_incomplete
 from tunelab.training.loop import train_model
@@ -45,11 +47,17 @@ def finetune(cfg: ExperimentConfig, run_path: str | Path | None = None, show_pro
     `base_benchmarks`: the base model's suite results when already known (a comparison shares them
     between arms on the same base), instead of running the suite again before training.
     `resume`: continue an unfinished run directory from its latest checkpoint (or start it)."""
-    if resume:
-        run, resuming = RunDir.create_or_resume(cfg, run_path)
-    else:
-        run, resuming = RunDir.create(cfg, run_path), False
-    remove_incomplete(run.checkpoint_dir)
+    # one process, or one of several under torchrun / accelerate launch (gloo on CPU, nccl on GPU)
+    dist = PartialState(cpu=pick_device(cfg.training.device).type == "cpu")
+    main = dist.is_main_process
+    path_and_state: list[Any] = [None, False]
+    if main:  # only the main process creates, writes and reports; the others train and generate
+        run, resuming = (RunDir.create_or_resume(cfg, run_path) if resume else (RunDir.create(cfg, run_path), False))
+        remove_incomplete(run.checkpoint_dir)
+        path_and_state = [str(run.path), resuming]
+    if dist.num_processes > 1:
+        broadcast_object_list(path_and_state)
+        run, resuming = RunDir(Path(path_and_state[0])), bool(path_and_state[1])
     latest = latest_checkpoint(run.checkpoint_dir) if resuming else None
     set_seed(cfg.seed)
     session = open_session(cfg)
@@ -73,13 +81,16 @@ def finetune(cfg: ExperimentConfig, run_path: str | Path | None = None, show_pro
         before = evaluate_summaries(session.model, session.loaded.tokenizer, session.loaded.arch, session.encoder,
                                     session.templates.eval, eval_examples, cfg.evaluation, cfg.seed, "eval before")
         metrics["before"] = before.metrics
-        run.write_predictions(before.predictions, "predictions_before.jsonl")
-        run.write_metrics(metrics)
+        if main:
+            run.write_predictions(before.predictions, "predictions_before.jsonl")
+            run.write_metrics(metrics)
     bench_before = None
     if cfg.benchmarks.tasks:
-        bench_before = (run.read_json("benchmarks_before.json") if resuming else None) or base_benchmarks \
-            or benchmark_session(session, show_progress=show_progress)
-        run.write_metrics(bench_before, "benchmarks_before.json")
+        if main:
+            bench_before = (run.read_json("benchmarks_before.json") if resuming else None) or base_benchmarks \
+                or benchmark_session(session, show_progress=show_progress)
+            run.write_metrics(bench_before, "benchmarks_before.json")
+        dist.wait_for_everyone()
 
     train_examples, train_templates, mixture_stats = training_examples(session)
     session.encoder.stats.__init__()
@@ -98,8 +109,10 @@ def finetune(cfg: ExperimentConfig, run_path: str | Path | None = None, show_pro
                            seed=cfg.seed, device=session.device, log_dir=run.path / "tensorboard",
                            checkpoint_dir=run.checkpoint_dir, resume_from=latest,
                            regularizer=build_regularizer(session, model), show_progress=show_progress)
-    artefact = save_artefact(model, session.loaded.tokenizer, cfg, session.method.is_peft, run.path,
-                             session.loaded.source.path)
+    artefact = run.path / ("adapter" if session.method.is_peft else "model")
+    if main:
+        save_artefact(model, session.loaded.tokenizer, cfg, session.method.is_peft, run.path, session.loaded.source.path)
+    dist.wait_for_everyone()
     metrics["training"] = {**training.as_dict(), "examples": len(train_set), "truncation": train_truncation,
                            **({"mixture": mixture_stats} if mixture_stats else {}),
                            "regularization": cfg.training.regularization.model_dump()}
@@ -109,6 +122,9 @@ def finetune(cfg: ExperimentConfig, run_path: str | Path | None = None, show_pro
     after = evaluate_summaries(model, session.loaded.tokenizer, session.loaded.arch, session.encoder,
                                session.templates.eval, eval_examples, cfg.evaluation, cfg.seed, "eval after")
     metrics["after"] = after.metrics
+    if not main:
+        dist.wait_for_everyone()
+        return FinetuneResult(run.path, metrics)
     run.write_predictions(after.predictions)
     if bench_before is not None:
         bench_after = benchmark_session(session, show_progress=show_progress)
@@ -120,6 +136,7 @@ def finetune(cfg: ExperimentConfig, run_path: str | Path | None = None, show_pro
         metrics["forgetting_mean_delta"] = report["mean_delta"]
     run.write_metrics(metrics)
     run.mark_complete()
+    dist.wait_for_everyone()
     if echo:
         echo(f"\nrun: {run.path}  ({cfg.method.name} on {cfg.model.name}, {len(eval_examples)} "
              f"{cfg.evaluation.split} examples)\n")

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, DataLoaderConfiguration
 from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -86,17 +86,19 @@ def total_optimizer_steps(cfg: TrainingConfig, batches_per_epoch: int) -> int:
 
 
 @torch.no_grad()
-def evaluation_loss(model: torch.nn.Module, loader: DataLoader, arch: Arch) -> float:
-    """Mean token-level loss over a data set (each token weighs the same, whatever its batch)."""
+def evaluation_loss(model: torch.nn.Module, loader: DataLoader, arch: Arch,
+                    accelerator: Accelerator | None = None) -> float:
+    """Mean token-level loss over a data set (each token weighs the same, whatever its batch or process)."""
     was_training = model.training
     model.eval()
-    total, tokens = 0.0, 0
+    sums = torch.zeros(2, dtype=torch.float64)
     for batch in loader:
         n = int((batch["labels"] != IGNORE_INDEX).sum())
-        total += float(completion_loss(model, batch, arch)) * n
-        tokens += n
+        sums += torch.tensor([float(completion_loss(model, batch, arch)) * n, n], dtype=torch.float64)
     model.train(was_training)
-    return total / max(tokens, 1)
+    if accelerator is not None and accelerator.num_processes > 1:
+        sums = accelerator.reduce(sums.to(accelerator.device), "sum").cpu()
+    return float(sums[0] / max(sums[1], 1))
 
 
 def train_model(model: torch.nn.Module, tokenizer, arch: Arch, train_set: Sequence[Encoded],
@@ -112,7 +114,7 @@ def train_model(model: torch.nn.Module, tokenizer, arch: Arch, train_set: Sequen
     set_seed(seed)
     _fresh_accelerator_state(mixed_precision(cfg, device))
     accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum, mixed_precision=mixed_precision(cfg, device),
-                              cpu=device.type == "cpu", split_batches=True)
+                              cpu=device.type == "cpu", dataloader_config=DataLoaderConfiguration(split_batches=True))
     collator = TrainCollator(tokenizer.pad_token_id, arch)
     # split_batches: `batch_size` is the global batch; under DDP each process takes its slice of it.
     batches = LengthGroupedBatches([e.length for e in train_set], cfg.batch_size, seed, cfg.group_by_length)
@@ -194,9 +196,16 @@ def train_model(model: torch.nn.Module, tokenizer, arch: Arch, train_set: Sequen
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
-            result.completion_tokens += int((batch["labels"] != IGNORE_INDEX).sum())
-            result.padded_tokens += int(batch["input_ids"].numel() + (batch["labels"].numel() if arch == "seq2seq" else 0))
-            window["loss"] += float(loss.detach())
+            padded = batch["input_ids"].numel() + (batch["labels"].numel() if arch == "seq2seq" else 0)
+            stats = torch.tensor([float(loss.detach()), float((batch["labels"] != IGNORE_INDEX).sum()), float(padded)],
+                                 device=accelerator.device)
+            if accelerator.num_processes > 1:  # loss: mean over processes; token counts: their sum
+                stats = accelerator.reduce(stats, "sum") / torch.tensor([accelerator.num_processes, 1, 1],
+                                                                       device=accelerator.device)
+            logged, completion, padded = stats.tolist()
+            result.completion_tokens += int(completion)
+            result.padded_tokens += int(padded)
+            window["loss"] += logged
             window["n"] += 1
             if not accelerator.sync_gradients:
                 continue
@@ -211,7 +220,7 @@ def train_model(model: torch.nn.Module, tokenizer, arch: Arch, train_set: Sequen
                     writer.add_scalar("train/lr", scheduler.get_last_lr()[0], step)
                 window = {"loss": 0.0, "n": 0}
             if eval_loader is not None and cfg.eval_every and step % cfg.eval_every == 0 and step < total_steps:
-                result.eval_loss.append((step, evaluation_loss(model, eval_loader, arch)))
+                result.eval_loss.append((step, evaluation_loss(model, eval_loader, arch, accelerator)))
                 if writer:
                     writer.add_scalar("eval/loss", result.eval_loss[-1][1], step)
             if cfg.save_every and step % cfg.save_every == 0 and step < total_steps:
@@ -223,7 +232,7 @@ def train_model(model: torch.nn.Module, tokenizer, arch: Arch, train_set: Sequen
     result.seconds = time.perf_counter() - t0
     bar.close()
     if eval_loader is not None:
-        result.eval_loss.append((step, evaluation_loss(model, eval_loader, arch)))
+        result.eval_loss.append((step, evaluation_loss(model, eval_loader, arch, accelerator)))
         if writer:
             writer.add_scalar("eval/loss", result.eval_loss[-1][1], step)
     if writer:
