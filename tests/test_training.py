@@ -110,3 +110,16 @@ def test_completion_only_logits_give_the_standard_loss(method, tiny_llama_chat_d
     reference = model(input_ids=_pad(ids, loaded.tokenizer.pad_token_id), attention_mask=_mask(ids),
                       labels=_pad([e.labels for e in batch], -100)).loss
     assert ours.item() == pytest.approx(reference.item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("method", [{"name": "full"}, {"name": "lora", "r": 4, "dropout": 0.0}])
+def test_gradient_checkpointing_gives_the_same_training(method, tiny_llama_dir):
+    runs = []
+    for gc in (False, True):
+        cfg, loaded, model, train, _ = _setup(tiny_llama_dir, method, {"max_steps": 4, "log_every": 1,
+                                                                        "precision": "fp32", "gradient_checkpointing": gc})
+        runs.append(train_model(model, loaded.tokenizer, loaded.arch, train, None, cfg.training, seed=0,
+                                device=torch.device("cpu"), show_progress=False).train_loss)
+        assert not model.get_base_model().is_gradient_checkpointing if hasattr(model, "get_base_model") \
+            else not model.is_gradient_checkpointing
+    assert [x for _, x in runs[0]] == pytest.approx([x for _, x in runs[1]], rel=1e-5)

@@ -11,14 +11,11 @@ from tunelab.methods.base import Method, MethodConfigBase, ModelContext
 
 class FullConfig(MethodConfigBase):
     name: Literal["full"] = "full"
-    gradient_checkpointing: bool = False
 
 
 def prepare(model: torch.nn.Module, cfg: FullConfig, ctx: ModelContext) -> torch.nn.Module:
     for p in model.parameters():
         p.requires_grad_(True)
-    if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
     return model
 
 

@@ -20,7 +20,6 @@ class QLoraConfig(LoraSettings):
     quant_type: Literal["nf4", "fp4"] = "nf4"
     double_quant: bool = True
     compute_dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
-    gradient_checkpointing: bool = False
 
 
 def load_kwargs(cfg: QLoraConfig) -> dict[str, Any]:
@@ -37,7 +36,8 @@ def load_kwargs(cfg: QLoraConfig) -> dict[str, Any]:
 
 
 def prepare(model: torch.nn.Module, cfg: QLoraConfig, ctx: ModelContext) -> torch.nn.Module:
-    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
+    # activation checkpointing is training.gradient_checkpointing, applied by the loop for every method
+    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     return get_peft_model(model, peft_lora_config(cfg, ctx))
 
 

@@ -68,6 +68,17 @@ def mixed_precision(cfg: TrainingConfig, device: torch.device) -> str:
     return {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[resolve_precision(cfg.precision, device)]
 
 
+def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if hasattr(base, "activation_checkpointing_enable"):  # transformers >= 5.x name
+        base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    # with a frozen embedding the checkpointed blocks would get inputs without grad: make them require it
+    if hasattr(base, "enable_input_require_grads"):
+        base.enable_input_require_grads()
+
+
 def _fresh_accelerator_state(precision: str) -> None:
     """accelerate keeps one process-wide AcceleratorState and refuses a second Accelerator with another
     mixed precision; a notebook or a comparison trains several models in one process, so the
@@ -125,6 +136,8 @@ def train_model(model: torch.nn.Module, tokenizer, arch: Arch, train_set: Sequen
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise TrainingError("the model has no trainable parameters")
+    if cfg.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = get_scheduler(cfg.scheduler, optimizer, num_warmup_steps=math.ceil(cfg.warmup_ratio * total_steps),
                               num_training_steps=total_steps)
@@ -242,5 +255,8 @@ def train_model(model: torch.nn.Module, tokenizer, arch: Arch, train_set: Sequen
     result.memory = memory.as_dict()
     accelerator.wait_for_everyone()
     # accelerate patched forward() with autocast for mixed precision; restore the caller's model as it was.
-    accelerator.unwrap_model(model, keep_fp32_wrapper=False)
+    model = accelerator.unwrap_model(model, keep_fp32_wrapper=False)
+    if cfg.gradient_checkpointing:
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        (getattr(base, "activation_checkpointing_disable", None) or base.gradient_checkpointing_disable)()
     return result
