@@ -29,7 +29,8 @@ METHOD_CONFIGS = {
 }
 
 
-def worker(method: str, batch_size: int, steps: int, max_input_tokens: int) -> dict:
+def worker(method: str, batch_size: int, steps: int, max_input_tokens: int, precision: str = "auto",
+           checkpointing: bool = False) -> dict:
     import torch
 
     import tunelab
@@ -38,6 +39,8 @@ def worker(method: str, batch_size: int, steps: int, max_input_tokens: int) -> d
     from tunelab.evaluation.costs import parameter_counts
     from tunelab.methods import ModelContext, get_method
     from tunelab.models import load_model, pick_device
+    from tunelab.models.precision import autocast, resolve_precision
+    from tunelab.training.loop import enable_gradient_checkpointing
     from tunelab.training.loss import completion_loss
 
     cfg = tunelab.build_config({"method": METHOD_CONFIGS[method]})
@@ -53,6 +56,9 @@ def worker(method: str, batch_size: int, steps: int, max_input_tokens: int) -> d
     torch.manual_seed(0)
     model = m.prepare(loaded.model, cfg.method, ModelContext("causal", loaded.source.path, ts.eval.instruction))
     model.train()
+    if checkpointing:
+        enable_gradient_checkpointing(model)
+    amp = resolve_precision(precision, device)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-5)
     rss_ready = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -61,7 +67,8 @@ def worker(method: str, batch_size: int, steps: int, max_input_tokens: int) -> d
     times = []
     for i in range(steps + 1):
         t0 = time.perf_counter()
-        loss = completion_loss(model, batch, "causal")
+        with autocast(device, amp):
+            loss = completion_loss(model, batch, "causal")
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -69,7 +76,7 @@ def worker(method: str, batch_size: int, steps: int, max_input_tokens: int) -> d
             torch.cuda.synchronize()
         if i:
             times.append(time.perf_counter() - t0)
-    out = {"method": method, "step_seconds": sorted(times)[len(times) // 2], "step_seconds_all": times,
+    out = {"method": method + (" +ckpt" if checkpointing else ""), "precision": amp, "step_seconds": sorted(times)[len(times) // 2], "step_seconds_all": times,
            "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
            "rss_after_load_bytes": rss_ready, "batch_shape": list(batch["input_ids"].shape),
            "completion_tokens": int((batch["labels"] != -100).sum()), **parameter_counts(model)}
@@ -84,16 +91,23 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--max-input-tokens", type=int, default=256)
+    ap.add_argument("--precision", default="auto", help="autocast precision, as training.precision")
+    ap.add_argument("--checkpointing", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--also-checkpointing", default="full,lora",
+                    help="methods also measured with training.gradient_checkpointing")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "methods.json"))
     args = ap.parse_args()
     if args.worker:
-        print(json.dumps(worker(args.worker, args.batch, args.steps, args.max_input_tokens)))
+        print(json.dumps(worker(args.worker, args.batch, args.steps, args.max_input_tokens, args.precision,
+                                args.checkpointing)))
         return
     rows = []
-    for method in args.methods.split(","):
+    runs = [(m, False) for m in args.methods.split(",")] + [(m, True) for m in args.also_checkpointing.split(",") if m]
+    for method, ckpt in runs:
         cmd = [sys.executable, __file__, "--worker", method, "--batch", str(args.batch), "--steps", str(args.steps),
-               "--max-input-tokens", str(args.max_input_tokens)]
+               "--max-input-tokens", str(args.max_input_tokens), "--precision", args.precision] \
+            + (["--checkpointing"] if ckpt else [])
         proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
         if proc.returncode != 0:
             print(f"{method}: failed\n{proc.stderr[-2000:]}", file=sys.stderr)
@@ -102,8 +116,8 @@ def main() -> None:
         print(f"  measured {method}", file=sys.stderr)
     ref = next((r for r in rows if r["method"] == "full"), rows[0])
     mem_key = "peak_cuda_allocated_bytes" if "peak_cuda_allocated_bytes" in ref else "peak_rss_bytes"
-    print(f"\nbatch {ref['batch_shape']} (DialogSum train, chat template), median of {args.steps} steps after 1 warm-up; "
-          f"memory = {mem_key}\n")
+    print(f"\nbatch {ref['batch_shape']} (DialogSum train, chat template), precision {ref['precision']}, median of "
+          f"{args.steps} steps after 1 warm-up; memory = {mem_key} (whole process, model included)\n")
     print("| method | trainable % | step s | step / full | peak memory GiB | memory / full |")
     print("|---|---|---|---|---|---|")
     for r in rows:

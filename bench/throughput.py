@@ -1,0 +1,250 @@
+"""tunelab vs the standard Hugging Face recipe, measured side by side in one run on this machine.
+
+    python bench/throughput.py [--quick]
+
+1. Training throughput, LoRA and full fine-tuning, on smollm2-135m-instruct (causal) and a random T5 of
+   flan-t5-small's shape (seq2seq; SmolLM2's tokenizer, as no T5 tokenizer is available offline).
+   Reference: `transformers.Trainer` with a PEFT model, as the course notebooks write it (causal:
+   DataCollatorForLanguageModeling, dynamic padding, loss on every token; seq2seq: inputs and labels
+   padded to max_length, default_data_collator). Both sides see the same examples, batch size, max length
+   and steps; the second epoch over the same examples is timed. tunelab runs fp32 (like for like) and
+   `precision: auto` (bf16 autocast where the CPU has native bf16); the reference fp32 and bf16.
+2. Evaluation: tunelab's batched generation vs the per-example `model.generate` loop of the course lab,
+   greedy, fp32 on both sides; predictions are asserted identical.
+3. Hardware bound: a GEMM microbenchmark (fp32, bf16) and the model FLOPs of a training step (MFU).
+Prints ratios and writes bench/results/throughput.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TQDM_DISABLE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+
+import tunelab  # noqa: E402
+from tunelab.data import PromptEncoder, TemplateSet  # noqa: E402
+from tunelab.data.encoding import encode_training_set  # noqa: E402
+from tunelab.data.sources import load_split  # noqa: E402
+from tunelab.evaluation.generation import generate_texts  # noqa: E402
+from tunelab.methods import ModelContext, get_method  # noqa: E402
+from tunelab.training import train_model  # noqa: E402
+
+CPU = torch.device("cpu")
+LORA = {"name": "lora", "r": 16, "alpha": 32, "dropout": 0.0, "target_modules": "all-linear"}
+
+
+def gemm_flops(dtype: torch.dtype, n: int = 2048, reps: int = 10) -> float:
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a @ b
+    t = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    return 2 * n ** 3 * reps / (time.perf_counter() - t)
+
+
+def smol_tokenizer():
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tunelab.pull_model("smollm2-135m-instruct"))
+
+
+def make_model(arch: str):
+    from transformers import AutoModelForCausalLM, T5Config, T5ForConditionalGeneration
+
+    if arch == "causal":
+        return AutoModelForCausalLM.from_pretrained(tunelab.pull_model("smollm2-135m-instruct"), dtype=torch.float32)
+    tok = smol_tokenizer()
+    torch.manual_seed(0)
+    cfg = T5Config(vocab_size=len(tok), d_model=512, d_kv=64, d_ff=1024, num_layers=8, num_decoder_layers=8,
+                   num_heads=6, feed_forward_proj="gated-gelu", tie_word_embeddings=False,
+                   pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, decoder_start_token_id=tok.pad_token_id)
+    return T5ForConditionalGeneration(cfg)
+
+
+def examples(n: int):
+    cfg = tunelab.build_config({})
+    return load_split(cfg.data, "train")[:n]
+
+
+def tunelab_train(arch: str, method: dict, exs, batch: int, max_input: int, precision: str) -> dict:
+    tok = smol_tokenizer()
+    chat = arch == "causal"
+    model = make_model(arch)
+    m = get_method(method["name"])
+    cfg = tunelab.build_config({"method": method, "training": {"max_steps": 2 * len(exs) // batch, "batch_size": batch,
+                                                               "lr": 1e-5, "warmup_ratio": 0.0, "log_every": 1,
+                                                               "precision": precision}})
+    model = m.prepare(model, cfg.method, ModelContext(arch, "", ""))
+    enc = PromptEncoder(tok, arch, chat, max_input, 64)
+    ts = TemplateSet("dialogue_summarization")
+    train = encode_training_set(enc, exs, [ts.eval] * len(exs))
+    times = []
+
+    import tunelab.training.loop as loop
+
+    real = loop.completion_loss
+
+    def timed(model_, batch_, arch_):  # time stamps at each micro-batch start
+        times.append(time.perf_counter())
+        return real(model_, batch_, arch_)
+
+    loop.completion_loss = timed
+    try:
+        r = train_model(model, tok, arch, train, None, cfg.training, seed=0, device=CPU, show_progress=False)
+    finally:
+        loop.completion_loss = real
+    steps = len(exs) // batch
+    end = times[0] + r.seconds  # training ended r.seconds after it started (~ first stamp)
+    epoch2 = end - times[steps]
+    completion = sum(sum(1 for x in e.labels if x != -100) for e in train)
+    return {"side": f"tunelab {precision}", "epoch_seconds": epoch2, "completion_tokens_per_s": completion / epoch2,
+            "padded_tokens_per_s": r.padded_tokens / 2 / epoch2, "precision": r.precision}
+
+
+def reference_train(arch: str, method: dict, exs, batch: int, max_input: int, bf16: bool) -> dict:
+    """The recipe of the course notebooks: Trainer + PEFT model + the default collators."""
+    from datasets import Dataset
+    from peft import LoraConfig, get_peft_model
+    from transformers import (DataCollatorForLanguageModeling, Trainer, TrainerCallback, TrainingArguments,
+                              default_data_collator)
+
+    tok = smol_tokenizer()
+    model = make_model(arch)
+    if method["name"] == "lora":
+        model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM" if arch == "causal" else "SEQ_2_SEQ_LM",
+                                                 r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear"))
+    ts = TemplateSet("dialogue_summarization")
+    prompts = [ts.eval.render(e.input) for e in exs]
+    if arch == "causal":
+        texts = [tok.apply_chat_template([{"role": "user", "content": p}, {"role": "assistant", "content": e.target}],
+                                         tokenize=False) for p, e in zip(prompts, exs)]
+        ds = Dataset.from_dict(tok(texts, truncation=True, max_length=max_input + 96))
+        collator = DataCollatorForLanguageModeling(tok, mlm=False)
+    else:
+        inputs = tok(prompts, padding="max_length", truncation=True, max_length=max_input + 32)
+        labels = tok([e.target for e in exs], padding="max_length", truncation=True, max_length=128)["input_ids"]
+        labels = [[x if x != tok.pad_token_id else -100 for x in row] for row in labels]
+        ds = Dataset.from_dict({**inputs, "labels": labels})
+        collator = default_data_collator
+    stamps = []
+
+    class Stamp(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kw):
+            stamps.append(time.perf_counter())
+
+        def on_train_end(self, args, state, control, **kw):
+            stamps.append(time.perf_counter())
+
+    with tempfile.TemporaryDirectory() as out:
+        args = TrainingArguments(output_dir=out, per_device_train_batch_size=batch, max_steps=2 * len(exs) // batch,
+                                 learning_rate=1e-5, save_strategy="no", report_to=[], use_cpu=True, bf16=bf16,
+                                 logging_steps=1000, disable_tqdm=True, seed=0)
+        Trainer(model=model, args=args, train_dataset=ds, data_collator=collator, callbacks=[Stamp()]).train()
+    steps = len(exs) // batch
+    epoch2 = stamps[-1] - stamps[steps]
+    enc = PromptEncoder(tok, arch, arch == "causal", max_input, 64)
+    completion = sum(len(enc._completion_ids(e.target)) for e in exs)
+    padded = sum(len(r) for r in ds["input_ids"]) if arch == "seq2seq" else None
+    return {"side": f"reference {'bf16' if bf16 else 'fp32'}", "epoch_seconds": epoch2,
+            "completion_tokens_per_s": completion / epoch2,
+            "padded_tokens_per_s": (padded + 128 * len(exs)) / epoch2 if padded else None}
+
+
+def eval_compare(n: int, max_new: int) -> dict:
+    from transformers import AutoModelForCausalLM
+
+    tok = smol_tokenizer()
+    model = AutoModelForCausalLM.from_pretrained(tunelab.pull_model("smollm2-135m-instruct")).eval()
+    enc = PromptEncoder(tok, "causal", True, 320, 64)
+    ts = TemplateSet("dialogue_summarization")
+    exs = load_split(tunelab.build_config({}).data, "test")[:n]
+    prompts = [enc.encode_for_generation(ts.eval, e) for e in exs]
+    t = time.perf_counter()
+    ours = generate_texts(model, tok, prompts, "causal", batch_size=n, max_new_tokens=max_new, show_progress=False,
+                          precision="fp32")
+    t_ours = time.perf_counter() - t
+    t = time.perf_counter()
+    ours_auto = generate_texts(model, tok, prompts, "causal", batch_size=n, max_new_tokens=max_new,
+                               show_progress=False, precision="auto")
+    t_auto = time.perf_counter() - t
+    t = time.perf_counter()
+    loop = []
+    with torch.no_grad():
+        for p in prompts:  # the course lab's loop: one example at a time
+            ids = torch.tensor([p.input_ids])
+            out = model.generate(input_ids=ids, max_new_tokens=max_new, do_sample=False)
+            loop.append(tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip())
+    t_loop = time.perf_counter() - t
+    same = sum(a == b for a, b in zip(ours, loop))
+    return {"examples": n, "max_new_tokens": max_new, "tunelab_fp32_ex_per_s": n / t_ours,
+            "tunelab_auto_ex_per_s": n / t_auto, "loop_ex_per_s": n / t_loop, "speedup_fp32": t_loop / t_ours,
+            "speedup_auto": t_loop / t_auto, "identical_predictions_fp32": f"{same}/{n}",
+            "identical_predictions_auto": f"{sum(a == b for a, b in zip(ours_auto, loop))}/{n}"}
+
+
+def step_flops(model_params: int, head_params: int, tokens: int, kept: int, full: bool) -> float:
+    k = 6 if full else 4  # frozen base: no weight gradients (2 fewer FLOPs per parameter per token)
+    return k * (model_params - head_params) * tokens + k * head_params * kept
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="fewer examples (a smoke run)")
+    args = ap.parse_args()
+    n, batch, max_input = (8, 4, 192) if args.quick else (16, 4, 320)
+    exs = examples(n)
+    rows = []
+    for arch in ("causal", "seq2seq"):
+        for method in (LORA, {"name": "full"}):
+            ref = reference_train(arch, method, exs, batch, max_input, bf16=False)
+            ref_bf16 = reference_train(arch, method, exs, batch, max_input, bf16=True)
+            ours = tunelab_train(arch, method, exs, batch, max_input, "fp32")
+            ours_auto = tunelab_train(arch, method, exs, batch, max_input, "auto")
+            for r in (ref, ref_bf16, ours, ours_auto):
+                rows.append({"arch": arch, "method": method["name"], **r})
+            print(f"{arch:8} {method['name']:5} tunelab fp32 / reference fp32: "
+                  f"{ours['completion_tokens_per_s'] / ref['completion_tokens_per_s']:.2f}x   "
+                  f"tunelab auto({ours_auto['precision']}) / reference bf16: "
+                  f"{ours_auto['completion_tokens_per_s'] / ref_bf16['completion_tokens_per_s']:.2f}x   "
+                  f"tunelab auto / reference fp32: "
+                  f"{ours_auto['completion_tokens_per_s'] / ref['completion_tokens_per_s']:.2f}x", flush=True)
+    ev = eval_compare(16 if not args.quick else 6, 48)
+    print(f"evaluation: tunelab batched fp32 {ev['speedup_fp32']:.2f}x the per-example loop "
+          f"(identical predictions {ev['identical_predictions_fp32']}); with auto precision {ev['speedup_auto']:.2f}x "
+          f"(identical {ev['identical_predictions_auto']})", flush=True)
+    peak32, peak16 = gemm_flops(torch.float32), gemm_flops(torch.bfloat16)
+    model = make_model("causal")
+    n_params = sum(p.numel() for p in model.parameters())
+    head = model.get_output_embeddings().weight.numel()
+    tok = smol_tokenizer()
+    enc = PromptEncoder(tok, "causal", True, max_input, 64)
+    train = encode_training_set(enc, exs, [TemplateSet("dialogue_summarization").eval] * len(exs))
+    tokens = sum(len(e.input_ids) for e in train)
+    kept = sum(sum(1 for x in e.labels if x != -100) for e in train)
+    mfu = {}
+    for r in rows:
+        if r["arch"] == "causal" and r["side"].startswith("tunelab"):
+            flops = step_flops(n_params, head, tokens, kept, r["method"] == "full") / r["epoch_seconds"]
+            peak = peak16 if r["precision"] == "bf16" else peak32
+            mfu[f"{r['method']} {r['precision']}"] = {"model_tflops": flops / 1e12, "peak_tflops": peak / 1e12,
+                                                      "mfu": flops / peak}
+    print(f"GEMM peak: fp32 {peak32 / 1e12:.3f} TFLOP/s, bf16 {peak16 / 1e12:.3f} TFLOP/s")
+    for k, v in mfu.items():
+        print(f"MFU causal {k}: {v['model_tflops']:.3f} TFLOP/s of {v['peak_tflops']:.3f} = {100 * v['mfu']:.0f}%")
+    out = Path(__file__).parent / "results" / "throughput.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "machine": platform.platform(),
+                               "cpus": os.cpu_count(), "train": rows, "eval": ev, "mfu": mfu}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
