@@ -245,3 +245,40 @@ def test_lora_trainable_count_matches_a_hand_count(tiny_llama_dir, tmp_path):
     full_bytes = full_checkpoint_bytes(model, counts, is_peft=True)
     assert full_bytes == 4 * (all_params - hand)
     assert hand * 4 <= adapter_bytes < full_bytes / 10
+
+
+def _greedy_without_cache(model, tok, prompt_ids, arch, steps):
+    """Reference decoding: recompute the whole sequence each step (no KV cache, no batching)."""
+    ids = torch.tensor([prompt_ids])
+    out = []
+    with torch.no_grad():
+        for _ in range(steps):
+            if arch == "causal":
+                logits = model(input_ids=torch.tensor([prompt_ids + out])).logits
+            else:
+                dec = torch.tensor([[model.get_base_model().config.decoder_start_token_id] + out]) \
+                    if hasattr(model, "get_base_model") else None
+                logits = model(input_ids=ids, decoder_input_ids=dec).logits
+            nxt = int(logits[0, -1].argmax())
+            if nxt == tok.eos_token_id:
+                break
+            out.append(nxt)
+    return tok.decode(out, skip_special_tokens=True).strip()
+
+
+@pytest.mark.parametrize("arch", ["llama", "t5"])
+@pytest.mark.parametrize("key", ["prompt_tuning", "ia3", "rslora", "prefix_tuning"])
+def test_generation_equals_cache_free_greedy_decoding(key, arch, tiny_llama_dir, tiny_t5_dir):
+    from tunelab.evaluation.generation import generate_texts
+
+    model_dir = tiny_llama_dir if arch == "llama" else tiny_t5_dir
+    method_cfg, lr = METHODS[key]
+    cfg, loaded, model, train, held, enc, ts = prepare(model_dir, method_cfg, lr, steps=20)
+    train_model(model, loaded.tokenizer, loaded.arch, train, None, cfg.training, seed=0, device=CPU,
+                show_progress=False)
+    model.eval()
+    prompts = [enc.encode_for_generation(ts.eval, ex) for ex in dialogues(3, 7)]
+    batched = generate_texts(model, loaded.tokenizer, prompts, loaded.arch, batch_size=3, max_new_tokens=6,
+                             show_progress=False, precision="fp32")
+    reference = [_greedy_without_cache(model, loaded.tokenizer, p.input_ids, loaded.arch, 6) for p in prompts]
+    assert batched == reference

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from tunelab.config.schema import EvaluationConfig
-from tunelab.data.encoding import Arch, PromptEncoder
+from tunelab.data.encoding import Arch, Encoded, PromptEncoder
 from tunelab.data.records import Example
 from tunelab.data.templates import Template
 from tunelab.evaluation import metrics
@@ -29,18 +29,26 @@ def evaluate_summaries(model: torch.nn.Module, tokenizer, arch: Arch, encoder: P
                        desc: str = "evaluate") -> EvalResult:
     encoder.stats.__init__()  # count truncation for this split alone
     prompts = [encoder.encode_for_generation(template, ex) for ex in examples]
+    result = score_prompts(model, tokenizer, arch, prompts, examples, cfg, seed, desc)
+    result.metrics["truncation"] = encoder.stats.as_dict()
+    return result
+
+
+def score_prompts(model: torch.nn.Module, tokenizer, arch: Arch, prompts: Sequence[Encoded],
+                  examples: Sequence[Example], cfg: EvaluationConfig, seed: int = 0,
+                  desc: str = "evaluate") -> EvalResult:
+    """Generate from already-encoded prompts (one per example) and score against the examples' references."""
     t0 = time.perf_counter()
     preds = generate_texts_sharded(model, tokenizer, prompts, arch, batch_size=cfg.batch_size,
-                           max_new_tokens=cfg.max_new_tokens, num_beams=cfg.num_beams, desc=desc,
-                           precision=cfg.precision)
+                                   max_new_tokens=cfg.max_new_tokens, num_beams=cfg.num_beams, desc=desc,
+                                   precision=cfg.precision)
     gen_seconds = time.perf_counter() - t0
     refs = [list(ex.references) for ex in examples]
     device = next(model.parameters()).device
     result: dict[str, Any] = {"examples": len(examples), "generation_seconds": gen_seconds,
                               "precision": resolve_precision(cfg.precision, device),
                               "examples_per_second": len(examples) / gen_seconds if gen_seconds else None,
-                              "empty_predictions": sum(not p for p in preds),
-                              "truncation": encoder.stats.as_dict()}
+                              "empty_predictions": sum(not p for p in preds)}
     per_example = metrics.rouge_per_example(preds, refs) if "rouge" in cfg.metrics else [{} for _ in preds]
     if "rouge" in cfg.metrics:
         result["rouge"] = metrics.aggregate_rouge(per_example, cfg.bootstrap_samples, seed)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import random
 import shutil
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,9 +18,8 @@ from accelerate.utils import set_seed
 
 from tunelab.config.compare import Arm, CompareConfig, load_compare_config
 from tunelab.data.sources import load_split
-from tunelab.evaluation import metrics as metric_fns
-from tunelab.evaluation.generation import generate_texts
 from tunelab.evaluation.metrics import rouge_protocol
+from tunelab.evaluation.summarization import score_prompts
 from tunelab.io import atomic_replace_dir, atomic_write_json, staging_dir
 from tunelab.recipes.components import load_eval_examples, open_session
 from tunelab.recipes.finetune import finetune
@@ -53,17 +51,9 @@ def prompting_arm(arm: Arm, run_path: Path, show_progress: bool = True) -> dict[
         enc, full = session.encoder.encode_few_shot(session.templates.eval, shots, ex, budget)
         prompts.append(enc)
         lengths.append(full)
-    t0 = time.perf_counter()
-    preds = generate_texts(session.model, session.loaded.tokenizer, prompts, session.loaded.arch,
-                           batch_size=cfg.evaluation.batch_size, max_new_tokens=cfg.evaluation.max_new_tokens,
-                           num_beams=cfg.evaluation.num_beams, desc=f"{arm.name}", show_progress=show_progress,
-                           precision=cfg.evaluation.precision)
-    seconds = time.perf_counter() - t0
-    refs = [list(ex.references) for ex in examples]
-    per = metric_fns.rouge_per_example(preds, refs)
-    after = {"examples": len(examples), "generation_seconds": seconds, "examples_per_second": len(examples) / seconds,
-             "rouge": metric_fns.aggregate_rouge(per, cfg.evaluation.bootstrap_samples, cfg.seed),
-             "bleu": metric_fns.bleu(preds, refs),
+    scored = score_prompts(session.model, session.loaded.tokenizer, session.loaded.arch, prompts, examples,
+                           cfg.evaluation, cfg.seed, arm.name)
+    after = {**scored.metrics,
              "context": {"shots": arm.shots, "window": window, "mean_prompt_tokens": sum(lengths) / len(lengths),
                          "max_prompt_tokens": max(lengths),
                          "prompts_over_window": sum(budget is not None and n > budget for n in lengths)}}
@@ -78,9 +68,7 @@ def prompting_arm(arm: Arm, run_path: Path, show_progress: bool = True) -> dict[
                                      "ci95_high": 0.0, "significant": False, "note": "weights unchanged"}
                                  for t in cfg.benchmarks.tasks}
         metrics["forgetting_mean_delta"] = 0.0
-    run.write_predictions([{"id": ex.id, "prediction": p, "references": list(ex.references),
-                            "rouge": {k: round(v["f1"], 3) for k, v in s.items()}}
-                           for ex, p, s in zip(examples, preds, per)])
+    run.write_predictions(scored.predictions)
     run.write_metrics(metrics)
     run.mark_complete()
     return metrics

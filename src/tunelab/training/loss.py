@@ -28,8 +28,10 @@ def _base_forward_accepts(model: torch.nn.Module, name: str) -> bool:
 
 
 def is_prompt_learning(model: torch.nn.Module) -> bool:
+    """Soft prompts prepended to the input (prompt tuning, p-tuning): PEFT ignores position ids there.
+    Prefix tuning is not included: PEFT offsets given position ids past its prefix, so they are kept."""
     cfg = getattr(_unwrap(model), "active_peft_config", None)
-    return bool(cfg is not None and cfg.is_prompt_learning)
+    return bool(cfg is not None and cfg.is_prompt_learning and cfg.peft_type.value != "PREFIX_TUNING")
 
 
 def completion_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], arch: Arch) -> torch.Tensor:
