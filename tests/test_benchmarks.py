@@ -10,7 +10,7 @@ from conftest import make_tokenizer
 from tunelab.benchmarks import forgetting_report, get_task, paired_bootstrap_delta, run_task
 from tunelab.benchmarks.loaders import load_documents, select
 from tunelab.benchmarks.runner import _fewshot_prefix
-from tunelab.benchmarks.scoring import Request, encode_pair, expected_calibration_error, loglikelihoods
+from tunelab.benchmarks.scoring import encode_pair, expected_calibration_error, loglikelihoods
 from tunelab.models import load_model
 from tunelab.config import build_config
 

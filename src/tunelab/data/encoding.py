@@ -25,6 +25,9 @@ class TruncationStats:
     inputs_truncated: int = 0
     targets_truncated: int = 0
 
+    def reset(self) -> None:
+        self.examples = self.inputs_truncated = self.targets_truncated = 0
+
     def as_dict(self) -> dict[str, int]:
         return {"examples": self.examples, "inputs_truncated": self.inputs_truncated,
                 "targets_truncated": self.targets_truncated}

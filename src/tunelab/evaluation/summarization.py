@@ -27,7 +27,7 @@ class EvalResult:
 def evaluate_summaries(model: torch.nn.Module, tokenizer, arch: Arch, encoder: PromptEncoder, template: Template,
                        examples: Sequence[Example], cfg: EvaluationConfig, seed: int = 0,
                        desc: str = "evaluate") -> EvalResult:
-    encoder.stats.__init__()  # count truncation for this split alone
+    encoder.stats.reset()  # count truncation for this split alone
     prompts = [encoder.encode_for_generation(template, ex) for ex in examples]
     result = score_prompts(model, tokenizer, arch, prompts, examples, cfg, seed, desc)
     result.metrics["truncation"] = encoder.stats.as_dict()

@@ -6,14 +6,17 @@ Adapters stay separate PEFT-format folders (`adapter_config.json` + `adapter_mod
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from tunelab.errors import ModelError
 
 BASE = "__base__"  # adapter name that means "no adapter" in a mixed batch (PEFT's convention)
+ADAPTER_META = "tunelab.json"  # beside PEFT's files: base model, method, task (plain PEFT ignores it)
 
 
 def is_quantized(model: torch.nn.Module) -> bool:
@@ -22,10 +25,34 @@ def is_quantized(model: torch.nn.Module) -> bool:
                 or getattr(getattr(base, "config", None), "quantization_config", None))
 
 
+def read_adapter_meta(adapter_dir: Path) -> dict[str, Any]:
+    meta = adapter_dir / ADAPTER_META
+    return json.loads(meta.read_text()) if meta.is_file() else {}
+
+
+def attach_adapter(model: torch.nn.Module, adapter_dir: Path, base_name: str, adapter_name: str = "default"):
+    """Load a PEFT adapter onto `model`; a wrong base model gives an error naming both."""
+    from peft import PeftModel
+
+    adapter_dir = Path(adapter_dir)
+    if not (adapter_dir / "adapter_config.json").is_file():
+        raise ModelError(f"{adapter_dir} is not a PEFT adapter folder (no adapter_config.json)")
+    meta = read_adapter_meta(adapter_dir)
+    trained_on = meta.get("base_model")
+    if trained_on and trained_on != base_name:
+        raise ModelError(f"adapter {adapter_dir} was trained on base model {trained_on!r}, not {base_name!r}")
+    try:
+        if hasattr(model, "load_adapter") and hasattr(model, "peft_config"):
+            model.load_adapter(str(adapter_dir), adapter_name=adapter_name)
+            return model
+        return PeftModel.from_pretrained(model, str(adapter_dir), adapter_name=adapter_name)
+    except (RuntimeError, ValueError, KeyError) as e:
+        raise ModelError(f"adapter {adapter_dir} (trained on {trained_on or 'an unrecorded base'}) does not fit "
+                         f"base model {base_name!r}: {str(e).splitlines()[0]}") from None
+
+
 def load_adapters(model: torch.nn.Module, adapters: Mapping[str, str | Path], base_name: str):
     """Attach several named adapters to `model` (a plain base model); the first becomes active."""
-    from tunelab.recipes.components import attach_adapter
-
     if not adapters:
         raise ModelError("no adapters given")
     for name, path in adapters.items():

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import random
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -17,12 +15,11 @@ from tunelab.data.encoding import PromptEncoder
 from tunelab.data.records import Example
 from tunelab.data.sources import load_split
 from tunelab.data.templates import TemplateSet
-from tunelab.errors import ModelError
 from tunelab.io import atomic_replace_dir, atomic_write_json, staging_dir
 from tunelab.methods import Method, ModelContext, get_method
+from tunelab.methods.adapters import ADAPTER_META
 from tunelab.models.loading import LoadedModel, load_model, pick_device
 
-ADAPTER_META = "tunelab.json"
 
 
 @dataclass
@@ -92,32 +89,6 @@ def save_artefact(model: torch.nn.Module, tokenizer, cfg: ExperimentConfig, is_p
         shutil.rmtree(stage, ignore_errors=True)
         raise
     return final
-
-
-def read_adapter_meta(adapter_dir: Path) -> dict[str, Any]:
-    meta = adapter_dir / ADAPTER_META
-    return json.loads(meta.read_text()) if meta.is_file() else {}
-
-
-def attach_adapter(model: torch.nn.Module, adapter_dir: Path, base_name: str, adapter_name: str = "default"):
-    """Load a PEFT adapter onto `model`; a wrong base model gives an error naming both."""
-    from peft import PeftModel
-
-    adapter_dir = Path(adapter_dir)
-    if not (adapter_dir / "adapter_config.json").is_file():
-        raise ModelError(f"{adapter_dir} is not a PEFT adapter folder (no adapter_config.json)")
-    meta = read_adapter_meta(adapter_dir)
-    trained_on = meta.get("base_model")
-    if trained_on and trained_on != base_name:
-        raise ModelError(f"adapter {adapter_dir} was trained on base model {trained_on!r}, not {base_name!r}")
-    try:
-        if hasattr(model, "load_adapter") and hasattr(model, "peft_config"):
-            model.load_adapter(str(adapter_dir), adapter_name=adapter_name)
-            return model
-        return PeftModel.from_pretrained(model, str(adapter_dir), adapter_name=adapter_name)
-    except (RuntimeError, ValueError, KeyError) as e:
-        raise ModelError(f"adapter {adapter_dir} (trained on {trained_on or 'an unrecorded base'}) does not fit "
-                         f"base model {base_name!r}: {str(e).splitlines()[0]}") from None
 
 
 def training_examples(session: Session) -> tuple[list[Example], list, dict]:

@@ -11,7 +11,8 @@ from tunelab.errors import RunDirError
 from tunelab.evaluation.metrics import rouge_protocol
 from tunelab.evaluation.summarization import evaluate_summaries
 from tunelab.io import atomic_write_json, atomic_write_jsonl
-from tunelab.recipes.components import Session, attach_adapter, load_eval_examples, open_session
+from tunelab.methods.adapters import attach_adapter
+from tunelab.recipes.components import Session, load_eval_examples, open_session
 from tunelab.runs import RunDir
 
 

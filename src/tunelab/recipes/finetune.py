@@ -93,7 +93,7 @@ def finetune(cfg: ExperimentConfig, run_path: str | Path | None = None, show_pro
         dist.wait_for_everyone()
 
     train_examples, train_templates, mixture_stats = training_examples(session)
-    session.encoder.stats.__init__()
+    session.encoder.stats.reset()
     train_set = encode_training_set(session.encoder, train_examples, train_templates)
     train_truncation = session.encoder.stats.as_dict()
     eval_set = None
