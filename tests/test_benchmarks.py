@@ -147,3 +147,14 @@ def test_unknown_task_lists_the_tasks():
 
     with pytest.raises(ConfigError, match="boolq.*mmlu"):
         get_task("superglue_everything")
+
+
+def test_shared_context_scoring_equals_separate_scoring(tiny_llama_dir):
+    loaded = load_model(build_config({"model": {"name": str(tiny_llama_dir)}}).model, device=torch.device("cpu"))
+    tok = loaded.tokenizer
+    reqs = [encode_pair(tok, "anna wants a red", c, "causal") for c in (" car", " bike", " lamp", " red car")]
+    reqs.append(encode_pair(tok, "hello , ben here", " yes", "causal"))
+    assert len({tuple(r.context) for r in reqs[:3]}) == 1 and all(len(r.continuation) == 1 for r in reqs[:3])
+    together = loglikelihoods(loaded.model, tok, "causal", reqs, batch_size=8, show_progress=False)
+    alone = [loglikelihoods(loaded.model, tok, "causal", [r], show_progress=False)[0] for r in reqs]
+    assert together == pytest.approx(alone, abs=1e-4)

@@ -40,7 +40,7 @@ def encode_pair(tokenizer, context: str, continuation: str, arch: Arch) -> Reque
 
 
 @torch.no_grad()
-def _causal_batch(model, reqs: Sequence[Request], pad_id: int, max_length: int | None) -> list[float]:
+def _causal_batch(model, reqs: Sequence[Request], pad_id: int, max_length: int | None, return_last: bool = False):
     seqs = [(r.context + r.continuation)[:-1] for r in reqs]
     if max_length:
         seqs = [s[-max_length:] for s in seqs]
@@ -60,7 +60,8 @@ def _causal_batch(model, reqs: Sequence[Request], pad_id: int, max_length: int |
         n = len(r.continuation)
         target = torch.tensor(r.continuation, device=logprobs.device)
         out.append(float(logprobs[row, keep - n:, :].gather(-1, target[:, None]).sum()))
-    return out
+    # log-probabilities at the position that predicts a one-token continuation, for shared contexts
+    return (out, logprobs[:, -1, :]) if return_last else out
 
 
 @torch.no_grad()
@@ -76,17 +77,37 @@ def _seq2seq_batch(model, reqs: Sequence[Request], pad_id: int, max_length: int 
 
 def loglikelihoods(model, tokenizer, arch: Arch, requests: Sequence[Request], batch_size: int = 8,
                    max_length: int | None = None, desc: str = "loglik", show_progress: bool = True) -> list[float]:
-    """Sum of log-probabilities of each request's continuation given its context."""
+    """Sum of log-probabilities of each request's continuation given its context.
+
+    Causal requests with one-token continuations that share a context (MMLU's " A".." D") are scored
+    from a single forward pass of that context, as lm-evaluation-harness does."""
     was_training = model.training
     model.eval()
-    order = sorted(range(len(requests)), key=lambda i: -len(requests[i].context) - len(requests[i].continuation))
     scores = [0.0] * len(requests)
+    groups: dict[tuple[int, ...], list[int]] = {}
+    if arch == "causal":
+        for i, r in enumerate(requests):
+            if len(r.continuation) == 1:
+                groups.setdefault(tuple(r.context), []).append(i)
+    shared = {i for members in groups.values() if len(members) > 1 for i in members}
+    # one representative request per shared context; its last-position log-probabilities serve them all
+    work = [i for i in range(len(requests)) if i not in shared] + \
+        [members[0] for members in groups.values() if len(members) > 1]
+    order = sorted(work, key=lambda i: -len(requests[i].context) - len(requests[i].continuation))
     fn = _causal_batch if arch == "causal" else _seq2seq_batch
     try:
         for start in tqdm(range(0, len(order), batch_size), desc=desc, leave=False, disable=not show_progress):
             idx = order[start:start + batch_size]
-            for i, s in zip(idx, fn(model, [requests[i] for i in idx], tokenizer.pad_token_id, max_length)):
+            batch = [requests[i] for i in idx]
+            if arch == "causal":
+                rows, last = _causal_batch(model, batch, tokenizer.pad_token_id, max_length, return_last=True)
+            else:
+                rows, last = fn(model, batch, tokenizer.pad_token_id, max_length), None
+            for k, (i, s) in enumerate(zip(idx, rows)):
                 scores[i] = s
+                if i in shared:
+                    for j in groups[tuple(requests[i].context)]:
+                        scores[j] = float(last[k, requests[j].continuation[0]])
     finally:
         model.train(was_training)
     return scores
