@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration
+from accelerate.utils import DistributedType
 from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -126,6 +127,11 @@ def train_model(model: torch.nn.Module, tokenizer, arch: Arch, train_set: Sequen
     _fresh_accelerator_state(mixed_precision(cfg, device))
     accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum, mixed_precision=mixed_precision(cfg, device),
                               cpu=device.type == "cpu", dataloader_config=DataLoaderConfiguration(split_batches=True))
+    if accelerator.distributed_type == DistributedType.FSDP:
+        # Checkpoints and artefacts are saved from rank 0's parameters, which FSDP shards: refuse rather
+        # than write partial weights. (FSDP needs an accelerator; it could not be tested on this project's CPUs.)
+        raise TrainingError("FSDP is not supported yet: tunelab's checkpoints and saved models would hold only rank 0's "
+                            "shard. Use data-parallel training (configs/accelerate/ddp_gpu.yaml or ddp_cpu.yaml).")
     collator = TrainCollator(tokenizer.pad_token_id, arch)
     # split_batches: `batch_size` is the global batch; under DDP each process takes its slice of it.
     batches = LengthGroupedBatches([e.length for e in train_set], cfg.batch_size, seed, cfg.group_by_length)
