@@ -3,7 +3,7 @@
 Why an accelerate loop rather than `transformers.Trainer`: tunelab needs a few things inside the step
 (length-grouped batches over pre-tokenized examples, token counts for throughput, peak-memory samples,
 a hard stop on a non-finite loss) and stays small enough to read in one sitting; accelerate still
-supplies device placement, mixed precision, gradient accumulation and DDP/FSDP.
+supplies device placement, mixed precision, gradient accumulation and DDP.
 """
 
 from __future__ import annotations
