@@ -133,3 +133,22 @@ def test_cli_errors_are_one_clear_line(tmp_path, capsys, dialogue_files, tiny_t5
     assert "missing.jsonl: no such file" in capsys.readouterr().err
     assert main(["generate", "--run", str(tmp_path)]) == 2
     assert "not a tunelab run directory" in capsys.readouterr().err
+
+
+def test_eval_cli_on_a_config_and_benchmarks_on_a_run(lora_run, tiny_llama_chat_dir, dialogue_files, tmp_path,
+                                                      capsys, dialogsum_dir):
+    cfg = _write_config(tmp_path, experiment(tiny_llama_chat_dir, dialogue_files, tmp_path, name="base-only"))
+    assert main(["eval", str(cfg), "--max-samples", "2"]) == 0
+    base = tmp_path / "runs" / "base-only"
+    assert json.loads((base / "metrics.json").read_text())["base"]["examples"] == 2
+    assert (base / "COMPLETE").exists()
+
+    assert main(["eval", str(cfg), "--set", "name=base-bench", "--tasks", "sst2,copa", "--limit", "3"]) == 0
+    bench = tmp_path / "runs" / "base-bench"
+    results = json.loads((bench / "benchmarks.json").read_text())
+    assert set(results) == {"sst2", "copa"} and all(r["n"] == 3 for r in results.values())
+    assert yaml.safe_load((bench / "config.yaml").read_text())["benchmarks"]["limit"] == 3
+
+    assert main(["eval", str(lora_run.run_dir), "--tasks", "sst2", "--limit", "4"]) == 0
+    assert json.loads((lora_run.run_dir / "benchmarks.json").read_text())["sst2"]["n"] == 4
+    assert "| sst2" in capsys.readouterr().out
