@@ -7,11 +7,18 @@ from typing import Any
 
 from tunelab.benchmarks import forgetting_report, forgetting_table, get_task, run_suite
 from tunelab.config.loader import load_config
-from tunelab.config.schema import BenchmarksConfig
+from tunelab.config.schema import BenchmarksConfig, ExperimentConfig
 from tunelab.io import atomic_write_json, atomic_write_text
 from tunelab.recipes.components import Session, open_session
-from tunelab.recipes.evaluate import open_run
+from tunelab.recipes.evaluate import open_run, open_target
 from tunelab.runs import RunDir
+
+
+def with_limit(cfg: ExperimentConfig, limit: int | None) -> ExperimentConfig:
+    """The config with `benchmarks.limit` replaced (examples per task), when a limit is given."""
+    if not limit:
+        return cfg
+    return cfg.model_copy(update={"benchmarks": cfg.benchmarks.model_copy(update={"limit": limit})})
 
 
 def task_specs(bcfg: BenchmarksConfig, tasks: list[str] | None = None):
@@ -48,9 +55,7 @@ def measure_forgetting(run_path: str | Path, tasks: list[str] | None = None, lim
                        show_progress: bool = True) -> dict[str, Any]:
     """Run the suite on the run's base model and on its fine-tuned model; write forgetting.json/.md."""
     run = RunDir.open(run_path)
-    cfg = load_config(run.config_path)
-    if limit:
-        cfg = cfg.model_copy(update={"benchmarks": cfg.benchmarks.model_copy(update={"limit": limit})})
+    cfg = with_limit(load_config(run.config_path), limit)
     tasks = tasks or cfg.benchmarks.tasks
     if not tasks:
         from tunelab.errors import ConfigError
@@ -71,19 +76,10 @@ def measure_forgetting(run_path: str | Path, tasks: list[str] | None = None, lim
 def benchmark(target: str | Path, tasks: list[str], limit: int | None = None, overrides: tuple[str, ...] = (),
               show_progress: bool = True) -> tuple[Path, dict[str, Any]]:
     """Run tasks on a config's base model (new run directory) or on a finished run; writes benchmarks.json."""
-    if Path(target).is_file():
-        cfg = load_config(target, overrides)
-        if limit:
-            cfg = cfg.model_copy(update={"benchmarks": cfg.benchmarks.model_copy(update={"limit": limit})})
-        run = RunDir.create(cfg)
-        session = open_session(cfg, quantize_for_method=False)
-        out = run.path
-    else:
-        session = open_run(target)
-        if limit:
-            session.cfg = session.cfg.model_copy(
-                update={"benchmarks": session.cfg.benchmarks.model_copy(update={"limit": limit})})
-        out, run = Path(target), None
+    limit_override = (f"benchmarks.limit={limit}",) if limit else ()  # recorded in a new run's config.yaml
+    session, run = open_target(target, (*overrides, *limit_override))
+    session.cfg = with_limit(session.cfg, limit)
+    out = run.path if run is not None else Path(target)
     results = benchmark_session(session, tasks, show_progress)
     atomic_write_json(out / "benchmarks.json", results)
     if run is not None:

@@ -30,6 +30,17 @@ def open_run(run_path: str | Path) -> Session:
     raise RunDirError(f"{run.path} holds no trained artefact (adapter/ or model/); did training finish?")
 
 
+def open_target(target: str | Path | ExperimentConfig,
+                overrides: tuple[str, ...] = ()) -> tuple[Session, RunDir | None]:
+    """A config (or its path) gives its base model and a new run directory for the results; a run
+    directory gives its trained model (and no new directory: results go inside it)."""
+    if isinstance(target, ExperimentConfig) or Path(target).is_file():
+        cfg = target if isinstance(target, ExperimentConfig) else load_config(target, overrides)
+        run = RunDir.create(cfg)
+        return open_session(cfg, quantize_for_method=False), run
+    return open_run(target), None
+
+
 def evaluate_session(session: Session, split: str | None = None, max_samples: int | None = None,
                      desc: str = "evaluate") -> tuple[dict[str, Any], list[dict[str, Any]]]:
     cfg = session.cfg
@@ -48,17 +59,13 @@ def evaluate(target: str | Path | ExperimentConfig, split: str | None = None, ma
 
     Returns the folder holding metrics.json and predictions.jsonl, and the metrics.
     """
-    if isinstance(target, ExperimentConfig) or Path(target).is_file():
-        cfg = target if isinstance(target, ExperimentConfig) else load_config(target, overrides)
-        run = RunDir.create(cfg)
-        session = open_session(cfg, quantize_for_method=False)
+    session, run = open_target(target, overrides)
+    if run is not None:
         metrics, preds = evaluate_session(session, split, max_samples, "eval base")
-        out = run.path
         run.write_predictions(preds)
         run.write_metrics({"base": metrics})
         run.mark_complete()
-        return out, metrics
-    session = open_run(target)
+        return run.path, metrics
     metrics, preds = evaluate_session(session, split, max_samples, "eval run")
     out = Path(target) / f"eval-{metrics['split']}"
     atomic_write_jsonl(out / "predictions.jsonl", preds)
