@@ -11,6 +11,7 @@ from tqdm.auto import tqdm
 from tunelab.data.collate import generation_batch, position_ids_from_mask
 from tunelab.data.encoding import Arch, Encoded
 from tunelab.models.precision import autocast, resolve_precision
+from tunelab.training.distributed import is_sharded, reshard, unshard_root
 
 
 def _is_soft_prompt(model: torch.nn.Module) -> bool:
@@ -62,6 +63,10 @@ def generate_texts(model: torch.nn.Module, tokenizer, prompts: Sequence[Encoded]
                    max_new_tokens: int = 96, num_beams: int = 1, desc: str = "generate",
                    show_progress: bool = True, precision: str = "fp32") -> list[str]:
     device = next(p for p in model.parameters()).device
+    # under FSDP each forward pass gathers parameters from all processes: they decode in lockstep
+    synced = {"synced_gpus": True} if is_sharded(model) else {}
+    if synced:
+        unshard_root(model)
     amp = resolve_precision(precision, device)
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i].input_ids))
     outputs: list[str] = [""] * len(prompts)
@@ -81,12 +86,14 @@ def generate_texts(model: torch.nn.Module, tokenizer, prompts: Sequence[Encoded]
                     elif arch == "causal" and _is_prefix(model):
                         new_tokens = _greedy_recompute(model, batch, gen)
                     else:
-                        out = model.generate(**batch, **gen)
+                        out = model.generate(**batch, **gen, **synced)
                         new_tokens = out if arch == "seq2seq" else out[:, batch["input_ids"].shape[1]:]
                 for i, row in zip(idx, new_tokens, strict=True):
                     outputs[i] = tokenizer.decode(row, skip_special_tokens=True).strip()
                 bar.update(len(idx))
     finally:
+        if synced:
+            reshard(model)
         model.train(was_training)
     return outputs
 
@@ -94,14 +101,15 @@ def generate_texts(model: torch.nn.Module, tokenizer, prompts: Sequence[Encoded]
 def generate_texts_sharded(model: torch.nn.Module, tokenizer, prompts: Sequence[Encoded], arch: Arch,
                            **kwargs) -> list[str]:
     """`generate_texts` over all processes of a distributed run: each takes a contiguous shard of the
-    prompts and the predictions are gathered back in input order (one process: plain generation)."""
+    prompts and the predictions are gathered back in input order (one process: plain generation).
+    Under FSDP the shards are padded to equal length, so all processes run the same number of batches."""
     from accelerate import PartialState
     from accelerate.utils import gather_object
 
     state = PartialState()
     if state.num_processes == 1:
         return generate_texts(model, tokenizer, prompts, arch, **kwargs)
-    with state.split_between_processes(list(range(len(prompts)))) as mine:
+    with state.split_between_processes(list(range(len(prompts))), apply_padding=is_sharded(model)) as mine:
         local = generate_texts(model, tokenizer, [prompts[i] for i in mine], arch,
                                **{**kwargs, "show_progress": kwargs.get("show_progress", True) and state.is_main_process})
         pairs = list(zip(mine, local))

@@ -71,12 +71,13 @@ def load_eval_examples(cfg: ExperimentConfig, split: str | None = None, max_samp
 
 
 def save_artefact(model: torch.nn.Module, tokenizer, cfg: ExperimentConfig, is_peft: bool, run_path: Path,
-                  base_path: str) -> Path:
-    """Save the trained adapter (PEFT format) or full model, written to a temp folder and renamed."""
+                  base_path: str, state_dict: dict[str, torch.Tensor] | None = None) -> Path:
+    """Save the trained adapter (PEFT format) or full model, written to a temp folder and renamed.
+    `state_dict`: whole tensors gathered from a sharded (FSDP) model, saved instead of its own slices."""
     final = run_path / ("adapter" if is_peft else "model")
     stage = staging_dir(final)
     try:
-        model.save_pretrained(stage)
+        model.save_pretrained(stage, **({"state_dict": state_dict} if state_dict is not None else {}))
         if is_peft:
             atomic_write_json(stage / ADAPTER_META, {
                 "base_model": cfg.model.name, "base_model_path": base_path, "method": cfg.method.name,

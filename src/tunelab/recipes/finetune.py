@@ -31,6 +31,7 @@ from tunelab.reporting.tables import before_after_table, cost_table
 from tunelab.models.loading import pick_device
 from tunelab.runs import RunDir
 from tunelab.training.checkpoint import latest_checkpoint, remove_incomplete
+from tunelab.training.distributed import is_sharded, whole_model_state, whole_trainable_state
 from tunelab.training.loop import train_model
 
 
@@ -110,8 +111,11 @@ def finetune(cfg: ExperimentConfig, run_path: str | Path | None = None, show_pro
                            checkpoint_dir=run.checkpoint_dir, resume_from=latest,
                            regularizer=build_regularizer(session, model), show_progress=show_progress)
     artefact = run.path / ("adapter" if session.method.is_peft else "model")
+    sharded = is_sharded(model)  # FSDP: gather whole tensors on every process, the main one writes them
+    whole = (whole_trainable_state(model) if session.method.is_peft else whole_model_state(model)) if sharded else None
     if main:
-        save_artefact(model, session.loaded.tokenizer, cfg, session.method.is_peft, run.path, session.loaded.source.path)
+        save_artefact(model, session.loaded.tokenizer, cfg, session.method.is_peft, run.path, session.loaded.source.path,
+                      state_dict=whole)
     dist.wait_for_everyone()
     metrics["training"] = {**training.as_dict(), "examples": len(train_set), "truncation": train_truncation,
                            **({"mixture": mixture_stats} if mixture_stats else {}),
@@ -123,6 +127,8 @@ def finetune(cfg: ExperimentConfig, run_path: str | Path | None = None, show_pro
                                session.templates.eval, eval_examples, cfg.evaluation, cfg.seed, "eval after")
     metrics["after"] = after.metrics
     if not main:
+        if sharded and cfg.benchmarks.tasks:
+            benchmark_session(session, show_progress=False)  # under FSDP every forward pass is collective
         dist.wait_for_everyone()
         return FinetuneResult(run.path, metrics)
     run.write_predictions(after.predictions)

@@ -3,7 +3,8 @@
 A checkpoint folder `checkpoints/step-N/` holds:
     trainable.safetensors   the trainable parameters only (all of them for full fine-tuning; the
                             adapter for PEFT, so a LoRA checkpoint is megabytes, not the whole base)
-    optimizer.pt            optimizer state (tensors and numbers; loaded with weights_only=True)
+    optimizer.pt            optimizer state keyed by parameter name (tensors and numbers; weights_only),
+                            whole tensors also under FSDP, so a checkpoint resumes with or without it
     scheduler.pt            LR scheduler state (weights_only)
     rng.pt                  torch CPU/CUDA generator states (weights_only)
     state.json              step, epoch, batch position inside the epoch, loss history so far
@@ -25,6 +26,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from tunelab.io import atomic_replace_dir, staging_dir
+from tunelab.training.distributed import load_optimizer_state, load_trainable_state
 
 _STEP = re.compile(r"^step-(\d+)$")
 
@@ -44,10 +46,6 @@ def restore_rng(rng: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(rng["cuda"])
 
 
-def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
-
-
 def _fault(name: str, step: int) -> None:
     """Fault injection for the crash tests: TUNELAB_FAULT=<name>:<step> kills this process there."""
     if os.environ.get("TUNELAB_FAULT") == f"{name}:{step}":
@@ -56,13 +54,14 @@ def _fault(name: str, step: int) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def save_checkpoint(folder: Path, model: torch.nn.Module, optimizer, scheduler, state: TrainingState,
-                    keep_last: int = 2) -> Path:
+def save_checkpoint(folder: Path, weights: dict[str, torch.Tensor], optimizer_state: dict[str, Any], scheduler,
+                    state: TrainingState, keep_last: int = 2) -> Path:
+    """Write a checkpoint from whole tensors (`whole_trainable_state`, `whole_optimizer_state`)."""
     final = folder / f"step-{state.step}"
     stage = staging_dir(final)
     try:
-        save_file(trainable_state(model), str(stage / "trainable.safetensors"))
-        torch.save(optimizer.state_dict(), stage / "optimizer.pt")
+        save_file(weights, str(stage / "trainable.safetensors"))
+        torch.save(optimizer_state, stage / "optimizer.pt")
         _fault("checkpoint-write", state.step)
         torch.save(scheduler.state_dict(), stage / "scheduler.pt")
         rng = {"cpu": torch.get_rng_state()}
@@ -107,10 +106,8 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer, scheduler) ->
     unexpected = [n for n in weights if n not in params]
     if missing or unexpected:
         raise ValueError(f"checkpoint {path} does not match the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
-    with torch.no_grad():
-        for n, t in weights.items():
-            params[n].copy_(t)
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
+    load_trainable_state(model, weights)
+    load_optimizer_state(model, optimizer, torch.load(path / "optimizer.pt", weights_only=True))
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
     raw = json.loads((path / "state.json").read_text())
     return TrainingState(raw["step"], raw["epoch"], raw["batch_in_epoch"], raw["history"],

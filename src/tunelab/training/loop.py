@@ -3,7 +3,7 @@
 Why an accelerate loop rather than `transformers.Trainer`: tunelab needs a few things inside the step
 (length-grouped batches over pre-tokenized examples, token counts for throughput, peak-memory samples,
 a hard stop on a non-finite loss) and stays small enough to read in one sitting; accelerate still
-supplies device placement, mixed precision, gradient accumulation and DDP.
+supplies device placement, mixed precision, gradient accumulation, DDP and FSDP (see distributed.py).
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration
-from accelerate.utils import DistributedType
 from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -36,6 +35,14 @@ from tunelab.training.checkpoint import (
     load_checkpoint,
     restore_rng,
     save_checkpoint,
+)
+from tunelab.training.distributed import (
+    check_fsdp_supported,
+    enable_fsdp,
+    reshard,
+    share_embedding_modules,
+    whole_optimizer_state,
+    whole_trainable_state,
 )
 from tunelab.training.loss import completion_loss
 from tunelab.training.memory import PeakMemory
@@ -107,6 +114,7 @@ def evaluation_loss(model: torch.nn.Module, loader: DataLoader, arch: Arch,
     for batch in loader:
         n = int((batch["labels"] != IGNORE_INDEX).sum())
         sums += torch.tensor([float(completion_loss(model, batch, arch)) * n, n], dtype=torch.float64)
+    reshard(model)
     model.train(was_training)
     if accelerator is not None and accelerator.num_processes > 1:
         sums = accelerator.reduce(sums.to(accelerator.device), "sum").cpu()
@@ -127,11 +135,9 @@ def train_model(model: torch.nn.Module, tokenizer, arch: Arch, train_set: Sequen
     _fresh_accelerator_state(mixed_precision(cfg, device))
     accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum, mixed_precision=mixed_precision(cfg, device),
                               cpu=device.type == "cpu", dataloader_config=DataLoaderConfiguration(split_batches=True))
-    if accelerator.distributed_type == DistributedType.FSDP:
-        # Checkpoints and artefacts are saved from rank 0's parameters, which FSDP shards: refuse rather
-        # than write partial weights. (FSDP needs an accelerator; it could not be tested on this project's CPUs.)
-        raise TrainingError("FSDP is not supported yet: tunelab's checkpoints and saved models would hold only rank 0's "
-                            "shard. Use data-parallel training (configs/accelerate/ddp_gpu.yaml or ddp_cpu.yaml).")
+    if enable_fsdp(accelerator, mixed_precision(cfg, device)):
+        check_fsdp_supported(model, regularizer is not None)
+        share_embedding_modules(model)
     collator = TrainCollator(tokenizer.pad_token_id, arch)
     # split_batches: `batch_size` is the global batch; under DDP each process takes its slice of it.
     batches = LengthGroupedBatches([e.length for e in train_set], cfg.batch_size, seed, cfg.group_by_length)
@@ -148,6 +154,7 @@ def train_model(model: torch.nn.Module, tokenizer, arch: Arch, train_set: Sequen
     scheduler = get_scheduler(cfg.scheduler, optimizer, num_warmup_steps=math.ceil(cfg.warmup_ratio * total_steps),
                               num_training_steps=total_steps)
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    params = [p for p in model.parameters() if p.requires_grad]  # FSDP replaces them with sharded ones
     if eval_loader is not None:
         eval_loader = accelerator.prepare(eval_loader)
 
@@ -182,8 +189,10 @@ def train_model(model: torch.nn.Module, tokenizer, arch: Arch, train_set: Sequen
         history = {"train_loss": result.train_loss, "eval_loss": result.eval_loss, "window": window,
                    "completion_tokens": result.completion_tokens, "padded_tokens": result.padded_tokens,
                    "seconds": time.perf_counter() - t0}
+        unwrapped = accelerator.unwrap_model(model)
+        weights, optimizer_state = whole_trainable_state(unwrapped), whole_optimizer_state(unwrapped, optimizer)
         if accelerator.is_main_process:
-            save_checkpoint(checkpoint_dir, accelerator.unwrap_model(model), optimizer, scheduler,
+            save_checkpoint(checkpoint_dir, weights, optimizer_state, scheduler,
                             TrainingState(step, epoch, batch_in_epoch, history))
         accelerator.wait_for_everyone()
         _fault("after-checkpoint", step)
