@@ -4,7 +4,12 @@ One fixed DialogSum batch shape for every method; each method runs in its own pr
 per-process high-water mark), one warm-up step then timed steps. Prints ratios to full fine-tuning and
 writes bench/results/methods.json.
 
-    python bench/methods.py [--methods full,lora,qlora,prompt_tuning,ia3] [--batch 4] [--steps 3]
+    python bench/methods.py [--methods full,lora,qlora,prompt_tuning,ia3] [--batch 4] [--steps 3] [--return-freed-memory]
+
+Peak RSS depends on the allocator: glibc keeps freed large blocks in its heap (its mmap threshold grows
+after the first frees), so the high-water mark also counts memory that no tensor holds any more.
+`--return-freed-memory` runs the workers with a fixed MALLOC_MMAP_THRESHOLD_, so freed tensors go back to
+the OS and peak RSS follows live memory (steps are slower then; compare step times from a default run).
 """
 
 from __future__ import annotations
@@ -93,8 +98,10 @@ def main() -> None:
     ap.add_argument("--max-input-tokens", type=int, default=256)
     ap.add_argument("--precision", default="auto", help="autocast precision, as training.precision")
     ap.add_argument("--checkpointing", action="store_true", help=argparse.SUPPRESS)
-    ap.add_argument("--also-checkpointing", default="full,lora",
+    ap.add_argument("--also-checkpointing", default="full,lora,qlora",
                     help="methods also measured with training.gradient_checkpointing")
+    ap.add_argument("--return-freed-memory", action="store_true",
+                    help="fixed glibc mmap threshold in the workers: peak RSS follows live memory")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "methods.json"))
     args = ap.parse_args()
@@ -108,7 +115,10 @@ def main() -> None:
         cmd = [sys.executable, __file__, "--worker", method, "--batch", str(args.batch), "--steps", str(args.steps),
                "--max-input-tokens", str(args.max_input_tokens), "--precision", args.precision] \
             + (["--checkpointing"] if ckpt else [])
-        proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
+        env = {**os.environ, "TQDM_DISABLE": "1"}
+        if args.return_freed_memory:
+            env["MALLOC_MMAP_THRESHOLD_"] = "65536"
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if proc.returncode != 0:
             print(f"{method}: failed\n{proc.stderr[-2000:]}", file=sys.stderr)
             continue
@@ -117,7 +127,8 @@ def main() -> None:
     ref = next((r for r in rows if r["method"] == "full"), rows[0])
     mem_key = "peak_cuda_allocated_bytes" if "peak_cuda_allocated_bytes" in ref else "peak_rss_bytes"
     print(f"\nbatch {ref['batch_shape']} (DialogSum train, chat template), precision {ref['precision']}, median of "
-          f"{args.steps} steps after 1 warm-up; memory = {mem_key} (whole process, model included)\n")
+          f"{args.steps} steps after 1 warm-up; memory = {mem_key} (whole process, model included)"
+          + ("; freed memory returned to the OS (fixed mmap threshold)" if args.return_freed_memory else "") + "\n")
     print("| method | trainable % | step s | step / full | peak memory GiB | memory / full |")
     print("|---|---|---|---|---|---|")
     for r in rows:
@@ -126,6 +137,7 @@ def main() -> None:
               f"{r[mem_key] / ref[mem_key]:.2f} |")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"machine": platform.platform(), "cpu_count": os.cpu_count(),
+                                          "return_freed_memory": args.return_freed_memory,
                                           "date": time.strftime("%Y-%m-%d"), "rows": rows}, indent=2))
 
 

@@ -10,7 +10,8 @@
    and steps; the second epoch over the same examples is timed. tunelab runs fp32 (like for like) and
    `precision: auto` (bf16 autocast where the CPU has native bf16); the reference fp32 and bf16.
 2. Evaluation: tunelab's batched generation vs the per-example `model.generate` loop of the course lab,
-   greedy, fp32 on both sides; predictions are asserted identical.
+   greedy, fp32 on both sides (predictions compared; bf16 shown too), and the fp32 bound: the prompts'
+   forward passes alone, which any method with the loop's arithmetic must also compute.
 3. Hardware bound: a GEMM microbenchmark (fp32, bf16) and the model FLOPs of a training step (MFU).
 Prints ratios and writes bench/results/throughput.json.
 """
@@ -36,6 +37,7 @@ from tunelab.data.encoding import encode_training_set  # noqa: E402
 from tunelab.data.sources import load_split  # noqa: E402
 from tunelab.evaluation.generation import generate_texts  # noqa: E402
 from tunelab.methods import ModelContext, get_method  # noqa: E402
+from tunelab.models.precision import resolve_precision  # noqa: E402
 from tunelab.training import train_model  # noqa: E402
 
 CPU = torch.device("cpu")
@@ -159,23 +161,19 @@ def reference_train(arch: str, method: dict, exs, batch: int, max_input: int, bf
             "padded_tokens_per_s": (padded + 128 * len(exs)) / epoch2 if padded else None}
 
 
-def eval_compare(n: int, max_new: int) -> dict:
+def eval_compare(n: int, max_new: int, batch_sizes: tuple[int, ...]) -> dict:
+    """tunelab's batched generation vs the course lab's per-example loop, greedy, same model and prompts.
+    Also measures the bound: the prompts' forward passes alone (what any method with the loop's fp32
+    arithmetic must also compute), so loop time / that time is the most batching can give."""
     from transformers import AutoModelForCausalLM
 
     tok = smol_tokenizer()
-    model = AutoModelForCausalLM.from_pretrained(tunelab.pull_model("smollm2-135m-instruct")).eval()
+    model = AutoModelForCausalLM.from_pretrained(tunelab.pull_model("smollm2-135m-instruct"),
+                                                 dtype=torch.float32).eval()
     enc = PromptEncoder(tok, "causal", True, 320, 64)
     ts = TemplateSet("dialogue_summarization")
     exs = load_split(tunelab.build_config({}).data, "test")[:n]
     prompts = [enc.encode_for_generation(ts.eval, e) for e in exs]
-    t = time.perf_counter()
-    ours = generate_texts(model, tok, prompts, "causal", batch_size=n, max_new_tokens=max_new, show_progress=False,
-                          precision="fp32")
-    t_ours = time.perf_counter() - t
-    t = time.perf_counter()
-    ours_auto = generate_texts(model, tok, prompts, "causal", batch_size=n, max_new_tokens=max_new,
-                               show_progress=False, precision="auto")
-    t_auto = time.perf_counter() - t
     t = time.perf_counter()
     loop = []
     with torch.no_grad():
@@ -184,11 +182,22 @@ def eval_compare(n: int, max_new: int) -> dict:
             out = model.generate(input_ids=ids, max_new_tokens=max_new, do_sample=False)
             loop.append(tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip())
     t_loop = time.perf_counter() - t
-    same = sum(a == b for a, b in zip(ours, loop))
-    return {"examples": n, "max_new_tokens": max_new, "tunelab_fp32_ex_per_s": n / t_ours,
-            "tunelab_auto_ex_per_s": n / t_auto, "loop_ex_per_s": n / t_loop, "speedup_fp32": t_loop / t_ours,
-            "speedup_auto": t_loop / t_auto, "identical_predictions_fp32": f"{same}/{n}",
-            "identical_predictions_auto": f"{sum(a == b for a, b in zip(ours_auto, loop))}/{n}"}
+    with torch.no_grad():
+        t = time.perf_counter()
+        for p in prompts:
+            model(input_ids=torch.tensor([p.input_ids]), logits_to_keep=1)
+        t_prompts = time.perf_counter() - t
+    result = {"examples": n, "max_new_tokens": max_new, "loop_ex_per_s": n / t_loop, "loop_seconds": t_loop,
+              "prompt_forward_seconds": t_prompts, "fp32_bound": t_loop / t_prompts, "tunelab": []}
+    for bs, precision in [(b, "fp32") for b in batch_sizes] + [(max(batch_sizes), "auto")]:
+        t = time.perf_counter()
+        ours = generate_texts(model, tok, prompts, "causal", batch_size=bs, max_new_tokens=max_new,
+                              show_progress=False, precision=precision)
+        secs = time.perf_counter() - t
+        result["tunelab"].append({"batch_size": bs, "precision": resolve_precision(precision, CPU),
+                                  "ex_per_s": n / secs, "speedup": t_loop / secs,
+                                  "identical": sum(a == b for a, b in zip(ours, loop))})
+    return result
 
 
 def step_flops(model_params: int, head_params: int, tokens: int, kept: int, full: bool) -> float:
@@ -199,11 +208,13 @@ def step_flops(model_params: int, head_params: int, tokens: int, kept: int, full
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="fewer examples (a smoke run)")
+    ap.add_argument("--parts", default="train,eval", help="train, eval or both; a partial run updates the JSON")
     args = ap.parse_args()
+    parts = set(args.parts.split(","))
     n, batch, max_input = (8, 4, 192) if args.quick else (16, 4, 320)
     exs = examples(n)
     rows = []
-    for arch in ("causal", "seq2seq"):
+    for arch in ("causal", "seq2seq") if "train" in parts else ():
         for method in (LORA, {"name": "full"}):
             ref = reference_train(arch, method, exs, batch, max_input, bf16=False)
             ref_bf16 = reference_train(arch, method, exs, batch, max_input, bf16=True)
@@ -217,10 +228,16 @@ def main() -> None:
                   f"{ours_auto['completion_tokens_per_s'] / ref_bf16['completion_tokens_per_s']:.2f}x   "
                   f"tunelab auto / reference fp32: "
                   f"{ours_auto['completion_tokens_per_s'] / ref['completion_tokens_per_s']:.2f}x", flush=True)
-    ev = eval_compare(16 if not args.quick else 6, 48)
-    print(f"evaluation: tunelab batched fp32 {ev['speedup_fp32']:.2f}x the per-example loop "
-          f"(identical predictions {ev['identical_predictions_fp32']}); with auto precision {ev['speedup_auto']:.2f}x "
-          f"(identical {ev['identical_predictions_auto']})", flush=True)
+    n_eval = 8 if args.quick else 32
+    ev = eval_compare(n_eval, 48, (4, 8) if args.quick else (16, 32)) if "eval" in parts else {"tunelab": []}
+    for r in ev["tunelab"]:
+        print(f"evaluation: tunelab batch {r['batch_size']} {r['precision']}: {r['speedup']:.2f}x the per-example loop "
+              f"({r['ex_per_s']:.2f} vs {ev['loop_ex_per_s']:.2f} ex/s), identical predictions {r['identical']}/{n_eval}",
+              flush=True)
+    if "eval" in parts:
+        print(f"evaluation bound: the prompts' forward passes alone take {ev['prompt_forward_seconds']:.1f} s of the loop's "
+              f"{ev['loop_seconds']:.1f} s, so no method with the loop's fp32 arithmetic exceeds "
+              f"{ev['fp32_bound']:.2f}x", flush=True)
     peak32, peak16 = gemm_flops(torch.float32), gemm_flops(torch.bfloat16)
     model = make_model("causal")
     n_params = sum(p.numel() for p in model.parameters())
@@ -242,8 +259,12 @@ def main() -> None:
         print(f"MFU causal {k}: {v['model_tflops']:.3f} TFLOP/s of {v['peak_tflops']:.3f} = {100 * v['mfu']:.0f}%")
     out = Path(__file__).parent / "results" / "throughput.json"
     out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "machine": platform.platform(),
-                               "cpus": os.cpu_count(), "train": rows, "eval": ev, "mfu": mfu}, indent=2))
+    kept_results = json.loads(out.read_text()) if out.exists() else {}
+    fresh = {"train": rows, "mfu": mfu} if "train" in parts else {}
+    if "eval" in parts:
+        fresh["eval"] = ev
+    out.write_text(json.dumps({**kept_results, "date": time.strftime("%Y-%m-%d"), "machine": platform.platform(),
+                               "cpus": os.cpu_count(), **fresh}, indent=2))
 
 
 if __name__ == "__main__":
