@@ -35,7 +35,7 @@ METHOD_CONFIGS = {
 
 
 def worker(method: str, batch_size: int, steps: int, max_input_tokens: int, precision: str = "auto",
-           checkpointing: bool = False) -> dict:
+           checkpointing: bool = False, attn: str = "auto") -> dict:
     import torch
 
     import tunelab
@@ -48,7 +48,7 @@ def worker(method: str, batch_size: int, steps: int, max_input_tokens: int, prec
     from tunelab.training.loop import enable_gradient_checkpointing
     from tunelab.training.loss import completion_loss
 
-    cfg = tunelab.build_config({"method": METHOD_CONFIGS[method]})
+    cfg = tunelab.build_config({"method": METHOD_CONFIGS[method], "model": {"attn_implementation": attn}})
     device = pick_device()
     m = get_method(method)
     loaded = load_model(cfg.model, device=device, extra_kwargs=m.load_kwargs(cfg.method))
@@ -81,7 +81,8 @@ def worker(method: str, batch_size: int, steps: int, max_input_tokens: int, prec
             torch.cuda.synchronize()
         if i:
             times.append(time.perf_counter() - t0)
-    out = {"method": method + (" +ckpt" if checkpointing else ""), "precision": amp, "step_seconds": sorted(times)[len(times) // 2], "step_seconds_all": times,
+    label = method + (" +ckpt" if checkpointing else "") + (f" [{attn}]" if attn != "auto" else "")
+    out = {"method": label, "precision": amp, "step_seconds": sorted(times)[len(times) // 2], "step_seconds_all": times,
            "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
            "rss_after_load_bytes": rss_ready, "batch_shape": list(batch["input_ids"].shape),
            "completion_tokens": int((batch["labels"] != -100).sum()), **parameter_counts(model)}
@@ -100,6 +101,7 @@ def main() -> None:
     ap.add_argument("--checkpointing", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--also-checkpointing", default="full,lora,qlora",
                     help="methods also measured with training.gradient_checkpointing")
+    ap.add_argument("--attn", default="auto", help="model.attn_implementation values to measure, comma-separated")
     ap.add_argument("--return-freed-memory", action="store_true",
                     help="fixed glibc mmap threshold in the workers: peak RSS follows live memory")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
@@ -107,13 +109,13 @@ def main() -> None:
     args = ap.parse_args()
     if args.worker:
         print(json.dumps(worker(args.worker, args.batch, args.steps, args.max_input_tokens, args.precision,
-                                args.checkpointing)))
+                                args.checkpointing, args.attn)))
         return
     rows = []
     runs = [(m, False) for m in args.methods.split(",")] + [(m, True) for m in args.also_checkpointing.split(",") if m]
-    for method, ckpt in runs:
+    for (method, ckpt), attn in ((r, a) for r in runs for a in args.attn.split(",")):
         cmd = [sys.executable, __file__, "--worker", method, "--batch", str(args.batch), "--steps", str(args.steps),
-               "--max-input-tokens", str(args.max_input_tokens), "--precision", args.precision] \
+               "--max-input-tokens", str(args.max_input_tokens), "--precision", args.precision, "--attn", attn] \
             + (["--checkpointing"] if ckpt else [])
         env = {**os.environ, "TQDM_DISABLE": "1"}
         if args.return_freed_memory:

@@ -123,3 +123,29 @@ def test_gradient_checkpointing_gives_the_same_training(method, tiny_llama_dir):
         assert not model.get_base_model().is_gradient_checkpointing if hasattr(model, "get_base_model") \
             else not model.is_gradient_checkpointing
     assert [x for _, x in runs[0]] == pytest.approx([x for _, x in runs[1]], rel=1e-5)
+
+
+def test_attention_implementation_is_chosen_by_config_and_computes_the_same_loss(tiny_llama_dir):
+    """model.attn_implementation picks transformers' kernel; eager and sdpa give the same loss (fp32),
+    and a kernel that is not installed is a clear ModelError."""
+    from tunelab.errors import ModelError
+    from tunelab.training.loss import completion_loss
+
+    def model_cfg(impl):
+        return build_config({"model": {"name": str(tiny_llama_dir), "attn_implementation": impl}}).model
+
+    losses = {}
+    for impl in ("sdpa", "eager"):
+        loaded = load_model(model_cfg(impl), device=torch.device("cpu"))
+        assert loaded.model.config._attn_implementation == impl
+        enc = PromptEncoder(loaded.tokenizer, "causal", False, 64, 16)
+        ts = TemplateSet("dialogue_summarization")
+        batch = TrainCollator(loaded.tokenizer.pad_token_id, "causal")(
+            encode_training_set(enc, _dialogues(4, 2), [ts.eval] * 4))
+        losses[impl] = float(completion_loss(loaded.model, batch, "causal"))
+    assert losses["eager"] == pytest.approx(losses["sdpa"], rel=1e-5)
+    try:
+        import flash_attn  # noqa: F401
+    except ImportError:
+        with pytest.raises(ModelError, match="attn_implementation 'flash_attention_2'"):
+            load_model(model_cfg("flash_attention_2"), device=torch.device("cpu"))

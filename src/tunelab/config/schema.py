@@ -21,6 +21,10 @@ class ModelConfig(Strict):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     chat_template: Literal["auto", "on", "off"] = "auto"
     """`auto`: wrap prompts in the tokenizer's chat template when the model has one (instruct models)."""
+    attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2", "flex_attention"] = "auto"
+    """transformers' attention kernel; `auto` keeps its default (sdpa). Measured on a 2-core CPU in bf16
+    (bench/results/methods_attention.md): `eager` made a LoRA step 0.77x as long but a full fine-tuning
+    step 1.2x, and keeps each layer's attention matrix for backward (+0.9-1.2 GiB at 4 x 339 tokens)."""
     revision: str | None = None
     trust_remote_code: bool = False
 

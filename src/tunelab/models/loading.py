@@ -113,10 +113,18 @@ def load_model(cfg: ModelConfig, device: torch.device | None = None, extra_kwarg
     dtype = dtype or pick_dtype(cfg.dtype, device)
     auto_cls = AutoModelForSeq2SeqLM if arch == "seq2seq" else AutoModelForCausalLM
     kwargs = dict(extra_kwargs or {})
+    if cfg.attn_implementation != "auto":
+        kwargs["attn_implementation"] = cfg.attn_implementation
     if "quantization_config" in kwargs:
         kwargs["device_map"] = {"": device.index if device.type == "cuda" else device.type}
-    model = auto_cls.from_pretrained(source.path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code,
-                                     dtype=dtype, **source.kwargs, **kwargs)
+    try:
+        model = auto_cls.from_pretrained(source.path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code,
+                                         dtype=dtype, **source.kwargs, **kwargs)
+    except (ImportError, ValueError) as e:
+        if "attn_implementation" not in kwargs:
+            raise
+        raise ModelError(f"model.attn_implementation {cfg.attn_implementation!r} is not available for "
+                         f"{cfg.name!r} here: {e}") from None
     if "quantization_config" not in kwargs:
         model.to(device)
     else:
