@@ -10,8 +10,9 @@
    and steps; the second epoch over the same examples is timed. tunelab runs fp32 (like for like) and
    `precision: auto` (bf16 autocast where the CPU has native bf16); the reference fp32 and bf16.
 2. Evaluation: tunelab's batched generation vs the per-example `model.generate` loop of the course lab,
-   greedy, fp32 on both sides (predictions compared; bf16 shown too), and the fp32 bound: the prompts'
-   forward passes alone, which any method with the loop's arithmetic must also compute.
+   greedy, on both models; fp32 on both sides with identical predictions asserted (bf16 shown too), and
+   the fp32 bound: the prompts' forward passes alone, which any method with the loop's arithmetic must
+   also compute. (The random T5 would emit EOS at once; both sides are held to 48 new tokens.)
 3. Hardware bound: a GEMM microbenchmark (fp32, bf16) and the model FLOPs of a training step (MFU).
 Prints ratios and writes bench/results/throughput.json.
 """
@@ -161,16 +162,15 @@ def reference_train(arch: str, method: dict, exs, batch: int, max_input: int, bf
             "padded_tokens_per_s": (padded + 128 * len(exs)) / epoch2 if padded else None}
 
 
-def eval_compare(n: int, max_new: int, batch_sizes: tuple[int, ...]) -> dict:
+def eval_compare(arch: str, n: int, max_new: int, batch_sizes: tuple[int, ...]) -> dict:
     """tunelab's batched generation vs the course lab's per-example loop, greedy, same model and prompts.
     Also measures the bound: the prompts' forward passes alone (what any method with the loop's fp32
     arithmetic must also compute), so loop time / that time is the most batching can give."""
-    from transformers import AutoModelForCausalLM
-
     tok = smol_tokenizer()
-    model = AutoModelForCausalLM.from_pretrained(tunelab.pull_model("smollm2-135m-instruct"),
-                                                 dtype=torch.float32).eval()
-    enc = PromptEncoder(tok, "causal", True, 320, 64)
+    model = make_model(arch).eval()
+    if arch == "seq2seq":  # random weights emit EOS at once; hold both sides to max_new tokens, as a summary
+        model.generation_config.min_new_tokens = max_new
+    enc = PromptEncoder(tok, arch, arch == "causal", 320, 64)
     ts = TemplateSet("dialogue_summarization")
     exs = load_split(tunelab.build_config({}).data, "test")[:n]
     prompts = [enc.encode_for_generation(ts.eval, e) for e in exs]
@@ -180,23 +180,28 @@ def eval_compare(n: int, max_new: int, batch_sizes: tuple[int, ...]) -> dict:
         for p in prompts:  # the course lab's loop: one example at a time
             ids = torch.tensor([p.input_ids])
             out = model.generate(input_ids=ids, max_new_tokens=max_new, do_sample=False)
-            loop.append(tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip())
+            new_tokens = out[0, ids.shape[1]:] if arch == "causal" else out[0]
+            loop.append(tok.decode(new_tokens, skip_special_tokens=True).strip())
     t_loop = time.perf_counter() - t
     with torch.no_grad():
         t = time.perf_counter()
         for p in prompts:
-            model(input_ids=torch.tensor([p.input_ids]), logits_to_keep=1)
+            ids = torch.tensor([p.input_ids])
+            model(input_ids=ids, logits_to_keep=1) if arch == "causal" else model.get_encoder()(input_ids=ids)
         t_prompts = time.perf_counter() - t
-    result = {"examples": n, "max_new_tokens": max_new, "loop_ex_per_s": n / t_loop, "loop_seconds": t_loop,
-              "prompt_forward_seconds": t_prompts, "fp32_bound": t_loop / t_prompts, "tunelab": []}
+    result = {"arch": arch, "examples": n, "max_new_tokens": max_new, "loop_ex_per_s": n / t_loop,
+              "loop_seconds": t_loop, "prompt_forward_seconds": t_prompts, "fp32_bound": t_loop / t_prompts,
+              "tunelab": []}
     for bs, precision in [(b, "fp32") for b in batch_sizes] + [(max(batch_sizes), "auto")]:
         t = time.perf_counter()
-        ours = generate_texts(model, tok, prompts, "causal", batch_size=bs, max_new_tokens=max_new,
+        ours = generate_texts(model, tok, prompts, arch, batch_size=bs, max_new_tokens=max_new,
                               show_progress=False, precision=precision)
         secs = time.perf_counter() - t
+        identical = sum(a == b for a, b in zip(ours, loop))
+        if precision == "fp32":  # like for like: batching must not change a single prediction
+            assert identical == n, f"{arch} batch {bs}: {n - identical}/{n} predictions differ from the loop"
         result["tunelab"].append({"batch_size": bs, "precision": resolve_precision(precision, CPU),
-                                  "ex_per_s": n / secs, "speedup": t_loop / secs,
-                                  "identical": sum(a == b for a, b in zip(ours, loop))})
+                                  "ex_per_s": n / secs, "speedup": t_loop / secs, "identical": identical})
     return result
 
 
@@ -229,14 +234,15 @@ def main() -> None:
                   f"tunelab auto / reference fp32: "
                   f"{ours_auto['completion_tokens_per_s'] / ref['completion_tokens_per_s']:.2f}x", flush=True)
     n_eval = 8 if args.quick else 32
-    ev = eval_compare(n_eval, 48, (4, 8) if args.quick else (16, 32)) if "eval" in parts else {"tunelab": []}
-    for r in ev["tunelab"]:
-        print(f"evaluation: tunelab batch {r['batch_size']} {r['precision']}: {r['speedup']:.2f}x the per-example loop "
-              f"({r['ex_per_s']:.2f} vs {ev['loop_ex_per_s']:.2f} ex/s), identical predictions {r['identical']}/{n_eval}",
-              flush=True)
-    if "eval" in parts:
-        print(f"evaluation bound: the prompts' forward passes alone take {ev['prompt_forward_seconds']:.1f} s of the loop's "
-              f"{ev['loop_seconds']:.1f} s, so no method with the loop's fp32 arithmetic exceeds "
+    evals = [eval_compare(arch, n_eval, 48, (4, 8) if args.quick else (16, 32))
+             for arch in ("causal", "seq2seq")] if "eval" in parts else []
+    for ev in evals:
+        for r in ev["tunelab"]:
+            print(f"evaluation {ev['arch']}: tunelab batch {r['batch_size']} {r['precision']}: {r['speedup']:.2f}x the "
+                  f"per-example loop ({r['ex_per_s']:.2f} vs {ev['loop_ex_per_s']:.2f} ex/s), identical predictions "
+                  f"{r['identical']}/{n_eval}", flush=True)
+        print(f"evaluation {ev['arch']} bound: the prompts' forward passes alone take {ev['prompt_forward_seconds']:.1f} s "
+              f"of the loop's {ev['loop_seconds']:.1f} s, so no method with the loop's fp32 arithmetic exceeds "
               f"{ev['fp32_bound']:.2f}x", flush=True)
     peak32, peak16 = gemm_flops(torch.float32), gemm_flops(torch.bfloat16)
     model = make_model("causal")
@@ -262,7 +268,7 @@ def main() -> None:
     kept_results = json.loads(out.read_text()) if out.exists() else {}
     fresh = {"train": rows, "mfu": mfu} if "train" in parts else {}
     if "eval" in parts:
-        fresh["eval"] = ev
+        fresh["eval"] = evals
     out.write_text(json.dumps({**kept_results, "date": time.strftime("%Y-%m-%d"), "machine": platform.platform(),
                                "cpus": os.cpu_count(), **fresh}, indent=2))
 
