@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 import yaml
 
 import tunelab
@@ -141,3 +142,19 @@ def test_truncation_is_counted_and_reported(tiny_t5_dir, dialogue_files, tmp_pat
     assert result.metrics["training"]["truncation"]["inputs_truncated"] == result.metrics["training"]["examples"]
     assert result.metrics["after"]["truncation"]["inputs_truncated"] == 6
     assert any("inputs cut at 6 tokens" in line for line in lines)
+
+
+def test_checkpoint_with_position_keyed_optimizer_state_is_refused_clearly(tmp_path, tiny_llama_dir):
+    """A checkpoint whose optimizer state is keyed by position (torch's Optimizer.state_dict(), as tunelab
+    wrote before FSDP support) cannot be matched to parameters: a TrainingError says so."""
+    from transformers import AutoModelForCausalLM
+
+    from tunelab.errors import TrainingError
+    from tunelab.training.distributed import load_optimizer_state
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
+    optimizer = torch.optim.AdamW(model.parameters())
+    model(input_ids=torch.tensor([[3, 4, 5]]), labels=torch.tensor([[3, 4, 5]])).loss.backward()
+    optimizer.step()
+    with pytest.raises(TrainingError, match="keyed by position"):
+        load_optimizer_state(model, optimizer, optimizer.state_dict())

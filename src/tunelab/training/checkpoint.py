@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from tunelab.errors import TrainingError
 from tunelab.io import atomic_replace_dir, staging_dir
 from tunelab.training.distributed import load_optimizer_state, load_trainable_state
 
@@ -105,7 +106,7 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer, scheduler) ->
     missing = [n for n, p in params.items() if p.requires_grad and n not in weights]
     unexpected = [n for n in weights if n not in params]
     if missing or unexpected:
-        raise ValueError(f"checkpoint {path} does not match the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
+        raise TrainingError(f"checkpoint {path} does not match the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
     load_trainable_state(model, weights)
     load_optimizer_state(model, optimizer, torch.load(path / "optimizer.pt", weights_only=True))
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))

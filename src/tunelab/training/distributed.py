@@ -150,5 +150,9 @@ def load_trainable_state(model: torch.nn.Module, weights: dict[str, torch.Tensor
 def load_optimizer_state(model: torch.nn.Module, optimizer: Any, state: dict[str, Any]) -> None:
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
+    if any(isinstance(k, int) for k in state.get("state", {})):
+        raise TrainingError("the checkpoint's optimizer state is keyed by position (torch's Optimizer.state_dict(); "
+                            "tunelab's checkpoints key it by parameter name since FSDP support), so it cannot be "
+                            "matched to the parameters: start the run again")
     set_optimizer_state_dict(model, _inner(optimizer), optim_state_dict=state,
                              options=StateDictOptions(full_state_dict=is_sharded(model)))
