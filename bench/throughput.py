@@ -263,7 +263,7 @@ def main() -> None:
     print(f"GEMM peak: fp32 {peak32 / 1e12:.3f} TFLOP/s, bf16 {peak16 / 1e12:.3f} TFLOP/s")
     for k, v in mfu.items():
         print(f"MFU causal {k}: {v['model_tflops']:.3f} TFLOP/s of {v['peak_tflops']:.3f} = {100 * v['mfu']:.0f}%")
-    out = Path(__file__).parent / "results" / "throughput.json"
+    out = Path(__file__).parent / "results" / ("throughput_quick.json" if args.quick else "throughput.json")
     out.parent.mkdir(exist_ok=True)
     kept_results = json.loads(out.read_text()) if out.exists() else {}
     fresh = {"train": rows, "mfu": mfu} if "train" in parts else {}
