@@ -13,11 +13,11 @@ Layout:
 from __future__ import annotations
 
 import os
-
-import yaml
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from tunelab.config.loader import config_to_dict
 from tunelab.config.schema import ExperimentConfig

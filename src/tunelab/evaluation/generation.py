@@ -12,11 +12,7 @@ from tunelab.data.collate import generation_batch, position_ids_from_mask
 from tunelab.data.encoding import Arch, Encoded
 from tunelab.models.precision import autocast, resolve_precision
 from tunelab.training.distributed import is_sharded, reshard, unshard_root
-
-
-def _is_soft_prompt(model: torch.nn.Module) -> bool:
-    cfg = getattr(model, "active_peft_config", None)
-    return cfg is not None and cfg.peft_type.value in ("PROMPT_TUNING", "P_TUNING")
+from tunelab.training.loss import is_prompt_learning
 
 
 def _is_prefix(model: torch.nn.Module) -> bool:
@@ -81,7 +77,7 @@ def generate_texts(model: torch.nn.Module, tokenizer, prompts: Sequence[Encoded]
                 gen = {"max_new_tokens": max_new_tokens, "num_beams": num_beams, "do_sample": False,
                        "pad_token_id": tokenizer.pad_token_id, "eos_token_id": tokenizer.eos_token_id}
                 with autocast(device, amp):
-                    if arch == "causal" and _is_soft_prompt(model):
+                    if arch == "causal" and is_prompt_learning(model):
                         new_tokens = _generate_with_soft_prompt(model, batch, gen)
                     elif arch == "causal" and _is_prefix(model):
                         new_tokens = _greedy_recompute(model, batch, gen)

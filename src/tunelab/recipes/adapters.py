@@ -7,9 +7,8 @@ from pathlib import Path
 
 from tunelab.errors import ModelError, RunDirError
 from tunelab.io import atomic_replace_dir, staging_dir
-from tunelab.methods.adapters import merge_adapter
+from tunelab.methods.adapters import attach_adapter, merge_adapter
 from tunelab.methods.prompt_tuning import nearest_tokens
-from tunelab.methods.adapters import attach_adapter
 from tunelab.recipes.components import open_session
 from tunelab.recipes.evaluate import open_run
 from tunelab.runs import RunDir

@@ -8,6 +8,7 @@ from typing import Any
 from tunelab.benchmarks import forgetting_report, forgetting_table, get_task, run_suite
 from tunelab.config.loader import load_config
 from tunelab.config.schema import BenchmarksConfig, ExperimentConfig
+from tunelab.errors import ConfigError
 from tunelab.io import atomic_write_json, atomic_write_text
 from tunelab.recipes.components import Session, open_session
 from tunelab.recipes.evaluate import open_run, open_target
@@ -58,8 +59,6 @@ def measure_forgetting(run_path: str | Path, tasks: list[str] | None = None, lim
     cfg = with_limit(load_config(run.config_path), limit)
     tasks = tasks or cfg.benchmarks.tasks
     if not tasks:
-        from tunelab.errors import ConfigError
-
         raise ConfigError("no benchmark tasks: pass --tasks or set benchmarks.tasks in the run's config")
     base = open_session(cfg)
     before = benchmark_session(base, tasks, show_progress)
@@ -67,9 +66,7 @@ def measure_forgetting(run_path: str | Path, tasks: list[str] | None = None, lim
     tuned = open_run(run.path)
     tuned.cfg = cfg
     after = benchmark_session(tuned, tasks, show_progress)
-    import json
-
-    metrics = json.loads((run.path / "metrics.json").read_text()) if (run.path / "metrics.json").is_file() else {}
+    metrics = run.read_json("metrics.json") or {}
     return write_forgetting(run.path, before, after, target_gain(metrics), cfg.benchmarks.bootstrap_samples, cfg.seed)
 
 

@@ -76,8 +76,12 @@ def mixed_precision(cfg: TrainingConfig, device: torch.device) -> str:
     return {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[resolve_precision(cfg.precision, device)]
 
 
+def _base(model: torch.nn.Module) -> torch.nn.Module:
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = _base(model)
     if hasattr(base, "activation_checkpointing_enable"):  # transformers >= 5.x name
         base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     else:
@@ -85,6 +89,11 @@ def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
     # with a frozen embedding the checkpointed blocks would get inputs without grad: make them require it
     if hasattr(base, "enable_input_require_grads"):
         base.enable_input_require_grads()
+
+
+def disable_gradient_checkpointing(model: torch.nn.Module) -> None:
+    base = _base(model)
+    (getattr(base, "activation_checkpointing_disable", None) or base.gradient_checkpointing_disable)()
 
 
 def _fresh_accelerator_state(precision: str) -> None:
@@ -132,10 +141,11 @@ def train_model(model: torch.nn.Module, tokenizer, arch: Arch, train_set: Sequen
     if not train_set:
         raise TrainingError("the training set is empty")
     set_seed(seed)
-    _fresh_accelerator_state(mixed_precision(cfg, device))
-    accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum, mixed_precision=mixed_precision(cfg, device),
+    amp = mixed_precision(cfg, device)
+    _fresh_accelerator_state(amp)
+    accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum, mixed_precision=amp,
                               cpu=device.type == "cpu", dataloader_config=DataLoaderConfiguration(split_batches=True))
-    if enable_fsdp(accelerator, mixed_precision(cfg, device)):
+    if enable_fsdp(accelerator, amp):
         check_fsdp_supported(model, regularizer is not None)
         share_embedding_modules(model)
     collator = TrainCollator(tokenizer.pad_token_id, arch)
@@ -272,6 +282,5 @@ def train_model(model: torch.nn.Module, tokenizer, arch: Arch, train_set: Sequen
     # accelerate patched forward() with autocast for mixed precision; restore the caller's model as it was.
     model = accelerator.unwrap_model(model, keep_fp32_wrapper=False)
     if cfg.gradient_checkpointing:
-        base = model.get_base_model() if hasattr(model, "get_base_model") else model
-        (getattr(base, "activation_checkpointing_disable", None) or base.gradient_checkpointing_disable)()
+        disable_gradient_checkpointing(model)
     return result
