@@ -208,6 +208,9 @@ def train_model(model: torch.nn.Module, tokenizer, arch: Arch, train_set: Sequen
         _fault("after-checkpoint", step)
 
     while step < total_steps:
+        # accelerate's loader calls set_epoch(<its own iteration count>) on the batch sampler whenever it is
+        # iterated, and that count restarts at 0 after a resume: set both to tunelab's epoch.
+        loader.set_epoch(epoch)
         batches.set_epoch(epoch)
         epoch_loader = accelerator.skip_first_batches(loader, skip) if skip else loader
         iterator = iter(epoch_loader)
