@@ -102,7 +102,7 @@ def test_non_finite_loss_stops_and_names_the_step(tiny_t5_dir, dialogue_files, t
 
     monkeypatch.setattr(loop, "completion_loss", exploding)
     cfg = tunelab.load_config(_config(tmp_path, tiny_t5_dir, dialogue_files, METHODS["lora"], name="nan"))
-    with pytest.raises(TrainingError, match=r"non-finite training loss .* at optimizer step 5.*last good checkpoint: .*step-4"):
+    with pytest.raises(TrainingError, match=r"non-finite training loss .* at optimizer step 5.*last finite checkpoint: .*step-4"):
         tunelab.finetune(cfg, show_progress=False, echo=None)
     run = tmp_path / "runs" / "nan"
     assert (run / "checkpoints" / "step-4" / "trainable.safetensors").is_file()

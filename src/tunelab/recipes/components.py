@@ -15,10 +15,12 @@ from tunelab.data.encoding import PromptEncoder
 from tunelab.data.records import Example
 from tunelab.data.sources import load_split
 from tunelab.data.templates import TemplateSet
+from tunelab.errors import TrainingError
 from tunelab.io import atomic_replace_dir, atomic_write_json, staging_dir
 from tunelab.methods import Method, ModelContext, get_method
 from tunelab.methods.adapters import ADAPTER_META
 from tunelab.models.loading import LoadedModel, load_model, pick_device
+from tunelab.training.finite import non_finite_names
 
 
 
@@ -75,6 +77,11 @@ def save_artefact(model: torch.nn.Module, tokenizer, cfg: ExperimentConfig, is_p
     """Save the trained adapter (PEFT format) or full model, written to a temp folder and renamed.
     `state_dict`: whole tensors gathered from a sharded (FSDP) model, saved instead of its own slices."""
     final = run_path / ("adapter" if is_peft else "model")
+    named = state_dict.items() if state_dict is not None else (
+        (n, p) for n, p in model.named_parameters() if p.requires_grad or not is_peft)
+    bad = non_finite_names(named)
+    if bad:
+        raise TrainingError(f"refusing to save {final}: non-finite weights in {', '.join(bad)}")
     stage = staging_dir(final)
     try:
         model.save_pretrained(stage, **({"state_dict": state_dict} if state_dict is not None else {}))

@@ -28,6 +28,7 @@ from safetensors.torch import load_file, save_file
 from tunelab.errors import TrainingError
 from tunelab.io import atomic_replace_dir, staging_dir
 from tunelab.training.distributed import load_optimizer_state, load_trainable_state
+from tunelab.training.finite import non_finite_names
 
 _STEP = re.compile(r"^step-(\d+)$")
 
@@ -59,6 +60,9 @@ def save_checkpoint(folder: Path, weights: dict[str, torch.Tensor], optimizer_st
                     state: TrainingState, keep_last: int = 2) -> Path:
     """Write a checkpoint from whole tensors (`whole_trainable_state`, `whole_optimizer_state`)."""
     final = folder / f"step-{state.step}"
+    bad = non_finite_names(weights.items())
+    if bad:
+        raise TrainingError(f"refusing to write checkpoint {final}: non-finite values in {', '.join(bad)}")
     stage = staging_dir(final)
     try:
         save_file(weights, str(stage / "trainable.safetensors"))
@@ -107,6 +111,14 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer, scheduler) ->
     unexpected = [n for n in weights if n not in params]
     if missing or unexpected:
         raise TrainingError(f"checkpoint {path} does not match the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    bad = non_finite_names(weights.items())
+    if bad:
+        from tunelab.training.finite import latest_finite_checkpoint
+
+        good = latest_finite_checkpoint(path.parent)
+        raise TrainingError(f"checkpoint {path} holds non-finite weights ({', '.join(bad)}); "
+                            + (f"the last finite one is {good}: remove the newer ones to resume from it"
+                               if good else "no finite checkpoint exists"))
     load_trainable_state(model, weights)
     load_optimizer_state(model, optimizer, torch.load(path / "optimizer.pt", weights_only=True))
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))

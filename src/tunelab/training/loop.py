@@ -31,11 +31,11 @@ from tunelab.models.precision import resolve_precision
 from tunelab.training.checkpoint import (
     TrainingState,
     _fault,
-    latest_checkpoint,
     load_checkpoint,
     restore_rng,
     save_checkpoint,
 )
+from tunelab.training.finite import all_finite, stop_message
 from tunelab.training.distributed import (
     check_fsdp_supported,
     enable_fsdp,
@@ -225,18 +225,26 @@ def train_model(model: torch.nn.Module, tokenizer, arch: Arch, train_set: Sequen
                 loss = completion_loss(model, batch, arch)
                 memory.sample()
                 if not torch.isfinite(loss):
-                    last = latest_checkpoint(checkpoint_dir) if checkpoint_dir else None
-                    raise TrainingError(f"non-finite training loss ({loss.item()}) at optimizer step {step + 1}; "
-                                        "training stopped" + (f"; last good checkpoint: {last}" if last else
-                                                              "; no checkpoint was written before it"))
+                    raise TrainingError(stop_message(f"non-finite training loss ({loss.item()})", step + 1,
+                                                     checkpoint_dir))
                 total = loss + regularizer() if regularizer is not None else loss
                 accelerator.backward(total)
                 memory.sample()
-                if accelerator.sync_gradients and cfg.max_grad_norm:
-                    accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
+                if accelerator.sync_gradients:
+                    # a non-finite gradient would turn every weight it touches into NaN: stop before the step
+                    if cfg.max_grad_norm:
+                        norm = accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
+                        finite_grads = bool(torch.isfinite(norm))
+                    else:
+                        finite_grads = all_finite([p.grad for p in params if p.grad is not None], accelerator)
+                    if not finite_grads and accelerator.scaler is None:  # fp16's loss scaler skips such steps itself
+                        raise TrainingError(stop_message("non-finite gradient", step + 1, checkpoint_dir))
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
+                if accelerator.sync_gradients and not all_finite(params, accelerator):
+                    raise TrainingError(stop_message("non-finite weights after the update", step + 1,
+                                                     checkpoint_dir))
             padded = batch["input_ids"].numel() + (batch["labels"].numel() if arch == "seq2seq" else 0)
             stats = torch.tensor([float(loss.detach()), float((batch["labels"] != IGNORE_INDEX).sum()), float(padded)],
                                  device=accelerator.device)
