@@ -8,8 +8,8 @@ import torch
 
 from conftest import make_tokenizer
 from tunelab.benchmarks import forgetting_report, get_task, paired_bootstrap_delta, run_task
-from tunelab.benchmarks.loaders import load_documents, select
-from tunelab.benchmarks.runner import _fewshot_prefix
+from tunelab.benchmarks.loaders import evaluation_documents, load_documents
+from tunelab.benchmarks.runner import fewshot_prefix
 from tunelab.benchmarks.scoring import encode_pair, expected_calibration_error, loglikelihoods
 from tunelab.models import load_model
 from tunelab.config import build_config
@@ -44,7 +44,7 @@ def test_loglik_ranking_picks_the_known_answer(data_dir):
     tok = make_tokenizer()
     yes = tok(" yes", add_special_tokens=False)["input_ids"][0]
     spec = get_task("boolq", limit=40)
-    docs = select(load_documents(spec), spec.limit, spec.seed)
+    docs = evaluation_documents(spec)
     share_true = sum(str(d["label"]).lower() == "true" for d in docs) / len(docs)
     result = run_task(Oracle(len(tok), yes), tok, "causal", spec, show_progress=False)
     assert result.score == pytest.approx(100 * share_true)
@@ -99,7 +99,7 @@ def test_suite_runs_end_to_end_offline(data_dir, tiny_llama_dir):
 def test_mmlu_prompt_has_the_description_and_k_shots(data_dir):
     spec = get_task("mmlu", subjects=["anatomy"], num_fewshot=2)
     doc = load_documents(spec)[0]
-    prefix = _fewshot_prefix(spec, doc)
+    prefix = fewshot_prefix(spec, doc)
     assert prefix.startswith("The following are multiple choice questions (with answers) about anatomy.\n\n")
     assert prefix.count("\nAnswer:") == 2
     dev = load_documents(spec, "dev")[:2]

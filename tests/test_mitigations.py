@@ -48,21 +48,6 @@ def test_mixture_proportions_match_the_rates_within_sampling_error(strategy):
     assert len({e.id for e in small}) == 50  # a small component cycles through all its examples
 
 
-def test_benchmark_task_as_training_data_leaves_out_its_eval_examples(dialogsum_dir):
-    from tunelab.benchmarks import get_task
-    from tunelab.benchmarks.loaders import load_documents, select
-    from tunelab.config.schema import MixtureComponent
-    from tunelab.data.mixture import load_component
-
-    comp = load_component(MixtureComponent(task="sst2"))
-    spec = get_task("sst2")
-    docs = load_documents(spec)
-    evaluated = {d["sentence"] for d in select(docs, spec.limit, spec.seed)}
-    assert len(comp.examples) == len(docs) - len(evaluated)
-    assert not any(any(s in e.input for s in evaluated) for e in comp.examples)
-    assert {e.target for e in comp.examples} == {"negative", "positive"}
-
-
 def test_l2sp_gradient_and_zero_strength():
     p = torch.nn.Parameter(torch.tensor([1.0, 2.0]))
     pen = AnchoredPenalty([p], strength=0.5)

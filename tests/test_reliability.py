@@ -127,7 +127,9 @@ def test_full_disk_leaves_the_previous_file_whole(tmp_path, monkeypatch):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(os, "fsync", no_space)
-    with pytest.raises(OSError, match="No space left"):
+    from tunelab.io import DiskFullError
+
+    with pytest.raises(DiskFullError, match="no space left on the device writing file .*metrics.json"):
         atomic_write_json(target, {"ok": 2, "big": "x" * 1000})
     assert json.loads(target.read_text()) == {"ok": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]

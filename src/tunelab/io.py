@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -11,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from tunelab.errors import RunDirError
 
 
 def _fsync_dir(path: Path) -> None:
@@ -26,19 +29,64 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+class DiskFullError(RunDirError):
+    """No space left on the device while writing `path`."""
+
+
+def is_disk_full(error: BaseException, path: Path) -> bool:
+    """ENOSPC, or a native writer's failure without an errno (torch.save: "file write failed" /
+    "basic_ios::clear"; safetensors: its own error type) on a device with (almost) no space left."""
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+        return True
+    if not isinstance(error, Exception):  # KeyboardInterrupt, SystemExit
+        return False
+    if "No space left" in str(error):
+        return True
+    probe = Path(path)
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        return shutil.disk_usage(probe).free < (1 << 20)
+    except OSError:
+        return False
+
+
+def disk_full(path: Path, what: str, kept: str = "") -> DiskFullError:
+    return DiskFullError(f"no space left on the device writing {what} {path}" + (f"; {kept}" if kept else ""))
+
+
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
+
+
+def default_file_mode() -> int:
+    """The mode a plain open() would give a new file (temporary files are created 0600 whatever the umask)."""
+    return 0o666 & ~_umask()
+
+
+def default_dir_mode() -> int:
+    return 0o777 & ~_umask()
+
+
 def atomic_write_text(path: str | Path, text: str) -> Path:
     """Write `text` to `path` through a temporary file in the same folder and a rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, default_file_mode())
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
+        full = is_disk_full(e, path)
         Path(tmp).unlink(missing_ok=True)
+        if full:
+            raise disk_full(path, "file", "the previous version of the file is intact") from None
         raise
     _fsync_dir(path.parent)
     return path
@@ -75,4 +123,6 @@ def staging_dir(final: Path) -> Path:
     """A fresh temporary folder beside `final`, for writing a folder that appears by rename."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    stage = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    stage.chmod(default_dir_mode())
+    return stage

@@ -12,7 +12,13 @@ Layout:
 
 from __future__ import annotations
 
+import json
 import os
+import socket
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +31,8 @@ from tunelab.errors import RunDirError
 from tunelab.io import atomic_write_json, atomic_write_jsonl, atomic_write_text, atomic_write_yaml
 
 COMPLETE_MARKER = "COMPLETE"
+LOCK_FILE = ".lock"  # held (flock) for the life of a process writing into the run
+LOCK_OWNER = ".lock.owner.json"  # who holds it: pid, host, command, since
 
 
 def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
@@ -113,8 +121,35 @@ class RunDir:
     def checkpoint_dir(self) -> Path:
         return self.path / "checkpoints"
 
-    def read_json(self, name: str) -> dict[str, Any] | None:
-        import json
+    def owner(self) -> dict[str, Any] | None:
+        try:
+            return json.loads((self.path / LOCK_OWNER).read_text())
+        except (OSError, ValueError):
+            return None
 
+    @contextmanager
+    def locked(self) -> Iterator[RunDir]:
+        """Hold the run directory for this process: a second process writing into it fails at once,
+        naming the process that holds it. The lock is the kernel's (flock), so it dies with its process."""
+        from filelock import FileLock, Timeout
+
+        lock = FileLock(str(self.path / LOCK_FILE), timeout=0)
+        try:
+            lock.acquire()
+        except Timeout:
+            who = self.owner() or {}
+            by = (f"process {who.get('pid')} on {who.get('host')} ({who.get('command')}, since {who.get('since')})"
+                  if who else "another process")
+            raise RunDirError(f"{self.path} is in use by {by}; wait for it to finish or stop it") from None
+        try:
+            atomic_write_json(self.path / LOCK_OWNER, {
+                "pid": os.getpid(), "host": socket.gethostname(), "command": " ".join(sys.argv),
+                "since": time.strftime("%Y-%m-%d %H:%M:%S")})
+            yield self
+        finally:
+            (self.path / LOCK_OWNER).unlink(missing_ok=True)
+            lock.release()
+
+    def read_json(self, name: str) -> dict[str, Any] | None:
         p = self.path / name
         return json.loads(p.read_text()) if p.is_file() else None

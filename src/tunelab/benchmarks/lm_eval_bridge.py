@@ -10,8 +10,9 @@ from typing import Any
 
 import yaml
 
-from tunelab.benchmarks.loaders import load_documents, select
-from tunelab.benchmarks.runner import _choices, _fewshot_prefix, _fmt, _label
+from tunelab.benchmarks.loaders import evaluation_documents
+from tunelab.benchmarks.prompts import choices_of, label_of, render
+from tunelab.benchmarks.runner import fewshot_prefix
 from tunelab.benchmarks.spec import TaskSpec
 
 
@@ -20,14 +21,14 @@ def export_task(spec: TaskSpec, folder: Path) -> str:
     if spec.kind != "multiple_choice":
         raise ValueError("only multiple-choice tasks are exported")
     folder.mkdir(parents=True, exist_ok=True)
-    docs = select(load_documents(spec), spec.limit, spec.seed)
+    docs = evaluation_documents(spec)
     rows = []
     for d in docs:
-        choices = _choices(spec, d)
+        choices = choices_of(spec, d)
         if not all(c.startswith(" ") for c in choices):
             raise ValueError("choices must start with the space lm-eval's target delimiter adds")
-        rows.append({"text": _fewshot_prefix(spec, d) + _fmt(spec.prompt, d), "choices": [c[1:] for c in choices],
-                     "label": _label(spec, d)})
+        rows.append({"text": fewshot_prefix(spec, d) + render(spec.prompt, d), "choices": [c[1:] for c in choices],
+                     "label": label_of(spec, d)})
     data = folder / f"{spec.name}.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     name = f"tunelab_{spec.name}"

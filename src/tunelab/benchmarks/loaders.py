@@ -9,7 +9,7 @@ from typing import Any
 
 from tunelab.benchmarks.spec import TaskSpec
 from tunelab.data.readers import read_records
-from tunelab.errors import DataError
+from tunelab.errors import ConfigError, DataError
 from tunelab.paths import DATA_DIR_ENV, data_root
 
 Doc = dict[str, Any]
@@ -25,10 +25,14 @@ def _copa(doc: Doc) -> Doc:
 PREPROCESSORS = {"copa": _copa}
 
 
-def _root(spec: TaskSpec) -> Path | None:
+def _resolve(path_text: str) -> Path | None:
+    """An absolute path as it is, else relative to the data root; None when it does not exist."""
+    path = Path(path_text).expanduser()
+    if path.is_absolute():
+        return path if path.exists() else None
     root = data_root()
-    if root is not None and (root / spec.path).exists():
-        return root / spec.path
+    if root is not None and (root / path).exists():
+        return root / path
     return None
 
 
@@ -84,10 +88,18 @@ def _from_hub(spec: TaskSpec) -> list[Doc]:
     return [dict(r) for r in ds]
 
 
-def load_documents(spec: TaskSpec, split: str | None = None) -> list[Doc]:
-    """All documents of the task (before `limit`), preprocessed."""
-    path = _root(spec)
+def load_documents(spec: TaskSpec, split: str | None = None, *, training: bool = False) -> list[Doc]:
+    """All documents of the task's evaluation split (before any limit), preprocessed; with `training`,
+    those of its `train_source` instead."""
+    path_text = spec.path
+    if training and spec.train_source and spec.loader != "mmlu":
+        path_text = spec.train_source
+    elif training and spec.train_source:
+        split = spec.train_source
+    path = _resolve(path_text)
     if path is None:
+        if training:
+            raise DataError(f"task {spec.name}: training documents {path_text} not found (set {DATA_DIR_ENV})")
         docs = _from_hub(spec)
     elif spec.loader in ("jsonl", "json"):
         docs = [row for _, row in read_records(path, spec.loader)]
@@ -102,9 +114,42 @@ def load_documents(spec: TaskSpec, split: str | None = None) -> list[Doc]:
     return docs
 
 
-def select(docs: list[Doc], limit: int | None, seed: int) -> list[Doc]:
-    """A fixed, seeded subset (the same examples in every run, before and after fine-tuning)."""
-    if not limit or limit >= len(docs):
-        return docs
-    idx = sorted(random.Random(seed).sample(range(len(docs)), limit))
-    return [docs[i] for i in idx]
+def evaluation_pool(spec: TaskSpec, docs: list[Doc] | None = None) -> list[Doc]:
+    """The task's evaluation set: every document any evaluation of it may score, whatever the limit."""
+    docs = load_documents(spec) if docs is None else docs
+    return docs[: spec.eval_pool] if spec.eval_pool else docs
+
+
+def evaluation_documents(spec: TaskSpec) -> list[Doc]:
+    """The documents one evaluation scores: the first `limit` of the evaluation set, or a seeded `sample` of
+    it (nested: a smaller sample is part of a larger one with the same seed), or all of it."""
+    pool = evaluation_pool(spec)
+    wanted = spec.limit or spec.sample
+    if wanted and wanted > len(pool) and spec.eval_pool:
+        raise ConfigError(f"task {spec.name}: {wanted} documents asked for, but its evaluation set holds "
+                          f"{len(pool)} (eval_pool; the rest may be training data)")
+    if spec.limit:
+        return pool[: spec.limit]
+    if spec.sample and spec.sample < len(pool):
+        order = list(range(len(pool)))
+        random.Random(spec.seed).shuffle(order)
+        return [pool[i] for i in sorted(order[: spec.sample])]
+    return pool
+
+
+def training_documents(spec: TaskSpec) -> list[Doc]:
+    """Documents of the task that training may use: its `train_source`, or those after its evaluation set;
+    any document whose prompt equals an evaluation document's (a duplicate) is left out too."""
+    from tunelab.benchmarks.prompts import document_key
+
+    all_docs = load_documents(spec)
+    pool = evaluation_pool(spec, all_docs)
+    if spec.train_source:
+        candidates = load_documents(spec, training=True)
+    elif len(pool) < len(all_docs):
+        candidates = all_docs[len(pool):]
+    else:
+        raise ConfigError(f"task {spec.name}: every document is in its evaluation set, so none can be trained on "
+                          "without leaking into the benchmark; give the task file an eval_pool or train_source")
+    held = {document_key(spec, d) for d in pool}
+    return [d for d in candidates if document_key(spec, d) not in held]

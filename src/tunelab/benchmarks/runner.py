@@ -9,7 +9,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from tunelab.benchmarks.loaders import Doc, load_documents, select
+from tunelab.benchmarks.loaders import Doc, evaluation_documents, load_documents
+from tunelab.benchmarks.prompts import choices_of, label_of, references_of, render
 from tunelab.benchmarks.scoring import encode_pair, expected_calibration_error, loglikelihoods
 from tunelab.benchmarks.spec import TaskSpec
 from tunelab.data.encoding import Arch, Encoded
@@ -37,35 +38,12 @@ class TaskResult:
         return {**asdict(self), "examples_per_second": self.examples_per_second}
 
 
-def _fmt(template: str, doc: Doc) -> str:
-    try:
-        return template.format(**doc)
-    except KeyError as e:
-        raise DataError(f"prompt field {e} not in the task's documents (fields: {', '.join(doc)})") from None
-
-
-def _label(spec: TaskSpec, doc: Doc) -> int:
-    raw = doc[spec.label_field]
-    if spec.label_map is not None:
-        key = str(raw)
-        if key not in spec.label_map:
-            raise DataError(f"task {spec.name}: label {raw!r} not in label_map {spec.label_map}")
-        return spec.label_map[key]
-    return int(raw)
-
-
-def _choices(spec: TaskSpec, doc: Doc) -> list[str]:
-    if spec.choice_fields:
-        return [spec.choice_prefix + str(doc[f]) for f in spec.choice_fields]
-    return list(spec.choices or [])
-
-
-def _fewshot_prefix(spec: TaskSpec, doc: Doc) -> str:
-    prefix = _fmt(spec.description_prompt, doc) if spec.description_prompt else ""
+def fewshot_prefix(spec: TaskSpec, doc: Doc) -> str:
+    prefix = render(spec.description_prompt, doc) if spec.description_prompt else ""
     if spec.num_fewshot and spec.loader == "mmlu":
         pool = [d for d in load_documents(spec, spec.fewshot_split) if d["subject"] == doc["subject"]]
         for shot in pool[: spec.num_fewshot]:
-            prefix += _fmt(spec.prompt, shot) + spec.choices[shot[spec.label_field]] + "\n\n"
+            prefix += render(spec.prompt, shot) + spec.choices[shot[spec.label_field]] + "\n\n"
     return prefix
 
 
@@ -77,12 +55,12 @@ def run_multiple_choice(model, tokenizer, arch: Arch, spec: TaskSpec, docs: Sequ
     for doc in docs:
         key = doc.get("subject", "")
         if key not in prefixes:
-            prefixes[key] = _fewshot_prefix(spec, doc)
-        context = prefixes[key] + _fmt(spec.prompt, doc)
-        choices = _choices(spec, doc)
+            prefixes[key] = fewshot_prefix(spec, doc)
+        context = prefixes[key] + render(spec.prompt, doc)
+        choices = choices_of(spec, doc)
         spans.append((len(requests), len(requests) + len(choices)))
         requests += [encode_pair(tokenizer, context, c, arch) for c in choices]
-        labels.append(_label(spec, doc))
+        labels.append(label_of(spec, doc))
         choice_texts.append(choices)
     scores = loglikelihoods(model, tokenizer, arch, requests, batch_size, desc=spec.name, show_progress=show_progress)
     correct, correct_norm, confidence = [], [], []
@@ -105,12 +83,6 @@ def run_multiple_choice(model, tokenizer, arch: Arch, spec: TaskSpec, docs: Sequ
         per_example={"correct": correct, "loglik": [scores[a:b] for a, b in spans], "label": labels})
 
 
-def _references(spec: TaskSpec, doc: Doc) -> list[str]:
-    if spec.loader == "parallel":
-        return list(doc["references"])
-    return [str(doc[f]).strip() for f in spec.reference_fields or []]
-
-
 def run_generation(model, tokenizer, arch: Arch, spec: TaskSpec, docs: Sequence[Doc], batch_size: int,
                    use_chat_template: bool, show_progress: bool, precision: str = "fp32") -> TaskResult:
     t0 = time.perf_counter()
@@ -118,7 +90,7 @@ def run_generation(model, tokenizer, arch: Arch, spec: TaskSpec, docs: Sequence[
     for doc in docs:
         if spec.max_input_chars:
             doc = {k: (v[: spec.max_input_chars] if isinstance(v, str) else v) for k, v in doc.items()}
-        text = _fmt(spec.prompt, doc)
+        text = render(spec.prompt, doc)
         if use_chat_template:
             text = tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
                                                  add_generation_prompt=True)
@@ -130,7 +102,7 @@ def run_generation(model, tokenizer, arch: Arch, spec: TaskSpec, docs: Sequence[
                            desc=spec.name, show_progress=show_progress, precision=precision)
     # keep the first line: base models often continue with another example after the answer
     preds = [p.strip().split("\n")[0].strip() if spec.metric == "translation" else p for p in preds]
-    refs = [_references(spec, d) for d in docs]
+    refs = [references_of(spec, d) for d in docs]
     seconds = time.perf_counter() - t0
     if spec.metric == "rouge":
         per = metrics.rouge_per_example(preds, refs)
@@ -158,7 +130,7 @@ def run_task(model, tokenizer, arch: Arch, spec: TaskSpec, *, batch_size: int = 
              show_progress: bool = True, generation_precision: str = "fp32") -> TaskResult:
     """Score one task. Log-likelihoods are computed in fp32 (comparable with lm-evaluation-harness);
     generation tasks decode in `generation_precision`."""
-    docs = select(load_documents(spec), spec.limit, spec.seed)
+    docs = evaluation_documents(spec)
     if not docs:
         raise DataError(f"task {spec.name}: no documents")
     if spec.kind == "multiple_choice":

@@ -26,10 +26,20 @@ class TaskSpec(BaseModel):
     kind: Literal["multiple_choice", "generation"]
     description: str = ""
     loader: Literal["jsonl", "json", "tsv", "mmlu", "parallel"]
-    path: str  # relative to the data root
+    path: str  # absolute, relative to the task file's folder, or relative to the data root
     preprocess: str | None = None  # a registered document transform (loaders.PREPROCESSORS)
     prompt: str  # Python format string over the document's fields
-    limit: int | None = Field(100, gt=0)
+    # Which documents are scored (benchmarks/loaders.py decides, in one place):
+    eval_pool: int | None = Field(None, gt=0)
+    """The evaluation set: the first N documents of `path` (None: all). Evaluation only ever scores these;
+    training use of the task (a mixture component) only ever sees documents outside them."""
+    train_source: str | None = None
+    """Where training use of the task reads instead (then the whole evaluation set is held out): a file
+    like `path` (same loader), or for the mmlu loader a split folder (e.g. `val`)."""
+    limit: int | None = Field(None, gt=0)
+    """Score the first N documents of the evaluation set (as lm-evaluation-harness's --limit)."""
+    sample: int | None = Field(None, gt=0)
+    """Or score a seeded sample of N documents of the evaluation set (ignored when `limit` is set)."""
     seed: int = 1234
     hub: HubSource | None = None
     # multiple choice
@@ -65,14 +75,34 @@ def available_tasks() -> dict[str, Path]:
     return {p.stem: p for p in sorted(TASK_DIR.glob("*.yaml"))}
 
 
+def _anchor(spec: TaskSpec, folder: Path) -> TaskSpec:
+    """A user's task file may name its data relative to itself; such paths are made absolute."""
+    update = {}
+    for key in ("path", "train_source"):
+        value = getattr(spec, key)
+        if value and not Path(value).is_absolute() and (folder / value).exists():
+            update[key] = str((folder / value).resolve())
+    return spec.model_copy(update=update)
+
+
 def get_task(name_or_path: str, **overrides) -> TaskSpec:
-    """A task by registry name or YAML path; keyword overrides (e.g. limit=20) replace spec fields."""
-    path = Path(name_or_path)
-    if path.suffix in (".yaml", ".yml") and path.is_file():
-        spec = _load_spec(path)
+    """A task by registry name or YAML path; keyword overrides replace spec fields (None: keep).
+
+    `limit` (first N) and `sample` (seeded N) are alternatives: overriding one clears the other."""
+    path = Path(name_or_path).expanduser()
+    if path.suffix in (".yaml", ".yml"):
+        if not path.is_file():
+            raise ConfigError(f"benchmark task file not found: {path}")
+        spec = _anchor(_load_spec(path), path.parent)
     else:
         tasks = available_tasks()
         if name_or_path not in tasks:
-            raise ConfigError(f"unknown benchmark task {name_or_path!r}; tasks: {', '.join(tasks)}")
+            raise ConfigError(f"unknown benchmark task {name_or_path!r}; tasks: {', '.join(tasks)} "
+                              "(or the path of a task .yaml file)")
         spec = _load_spec(tasks[name_or_path])
-    return spec.model_copy(update={k: v for k, v in overrides.items() if v is not None})
+    update = {k: v for k, v in overrides.items() if v is not None}
+    if update.get("limit"):
+        update["sample"] = None
+    elif update.get("sample"):
+        update["limit"] = None
+    return spec.model_copy(update=update)

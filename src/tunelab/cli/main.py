@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
@@ -45,7 +46,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.tasks:
         from tunelab.recipes.benchmark import benchmark, results_table
 
-        out, results = benchmark(args.target, _task_list(args.tasks), args.limit, tuple(args.set))
+        out, results = benchmark(args.target, _task_list(args.tasks), args.limit, tuple(args.set),
+                                 sample=args.sample, seed=args.seed)
         print(results_table(results))
         print(f"\nresults: {out / 'benchmarks.json'}")
         return 0
@@ -96,7 +98,8 @@ def cmd_forgetting(args: argparse.Namespace) -> int:
     from tunelab.benchmarks import forgetting_table
     from tunelab.recipes import measure_forgetting
 
-    report = measure_forgetting(args.run, _task_list(args.tasks) or None, args.limit)
+    report = measure_forgetting(args.run, _task_list(args.tasks) or None, args.limit, sample=args.sample,
+                                seed=args.seed)
     print(forgetting_table(report))
     print(f"\nreport: {args.run}/forgetting.json")
     return 0
@@ -107,7 +110,9 @@ def cmd_tasks(args: argparse.Namespace) -> int:
 
     for name in available_tasks():
         spec = get_task(name)
-        print(f"{name:16} {spec.kind:16} limit {spec.limit!s:5} {spec.description}")
+        pool = f"eval set {spec.eval_pool}" if spec.eval_pool else "eval set: all"
+        scored = f"first {spec.limit}" if spec.limit else (f"sample {spec.sample}" if spec.sample else "all")
+        print(f"{name:16} {spec.kind:16} {pool:14} scored: {scored:11} {spec.description}")
     return 0
 
 
@@ -156,6 +161,11 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key, e.g. --set training.lr=1e-4 (repeatable)")
 
+    def add_subset(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--limit", type=int, help="score the first N documents of each task (as lm-eval's --limit)")
+        sp.add_argument("--sample", type=int, help="or score a seeded sample of N documents of each task")
+        sp.add_argument("--seed", type=int, help="seed of --sample (default: each task's own)")
+
     t = sub.add_parser("train", help="fine-tune: evaluate before, train, evaluate after")
     t.add_argument("config", nargs="?", help="experiment YAML (default: the built-in demo config)")
     t.add_argument("--run-dir", help="run directory (default: <output_dir>/<name>)")
@@ -168,8 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("target", help="experiment YAML or run directory")
     e.add_argument("--split")
     e.add_argument("--max-samples", type=int)
-    e.add_argument("--tasks", help="comma-separated benchmark tasks (see `tunelab tasks`) instead of the summarization eval")
-    e.add_argument("--limit", type=int, help="examples per benchmark task")
+    e.add_argument("--tasks", help="comma-separated benchmark tasks (names from `tunelab tasks`, or paths of task "
+                                   ".yaml files) instead of the summarization eval")
+    add_subset(e)
     add_set(e)
     e.set_defaults(func=cmd_eval)
 
@@ -205,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     fg = sub.add_parser("forgetting", help="benchmark suite on a run's base and fine-tuned model, with deltas")
     fg.add_argument("run")
     fg.add_argument("--tasks", help="comma-separated tasks (default: the run's benchmarks.tasks)")
-    fg.add_argument("--limit", type=int)
+    add_subset(fg)
     fg.set_defaults(func=cmd_forgetting)
 
     tk = sub.add_parser("tasks", help="list the benchmark tasks")
@@ -231,6 +242,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.func(args)
     except TunelabError as e:
         print(f"tunelab: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        if e.errno != errno.ENOSPC:
+            raise
+        print(f"tunelab: error: no space left on the device{f' writing {e.filename}' if e.filename else ''}",
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("tunelab: interrupted", file=sys.stderr)

@@ -157,10 +157,19 @@ class BenchmarksConfig(Strict):
     tasks: list[str] = Field(default_factory=list)
     """Benchmark tasks (`tunelab tasks list`) run before and after training to measure forgetting."""
     limit: int | None = Field(None, gt=0)
-    """Examples per task (overrides each task's own limit)."""
+    """Score the first N documents of each task's evaluation set (as lm-evaluation-harness's --limit)."""
+    sample: int | None = Field(None, gt=0)
+    """Or a seeded sample of N documents per task (the task's own seed unless `seed` is set)."""
+    seed: int | None = None
     num_fewshot: int | None = Field(None, ge=0)
     batch_size: int = Field(8, gt=0)
     bootstrap_samples: int = Field(1000, ge=0)
+
+    @model_validator(mode="after")
+    def _one_subset(self) -> BenchmarksConfig:
+        if self.limit and self.sample:
+            raise ValueError("give either limit (first N documents) or sample (seeded N documents), not both")
+        return self
 
 
 class ExperimentConfig(Strict):

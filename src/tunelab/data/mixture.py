@@ -29,22 +29,14 @@ def mixture_rates(sizes: Sequence[int], cfg: MixtureConfig) -> list[float]:
 
 
 def _task_examples(comp: MixtureComponent) -> list[Example]:
-    """A benchmark task's documents as instruction examples, minus the ones its evaluation scores."""
+    """A benchmark task's training documents (never its evaluation set) as instruction examples."""
     from tunelab.benchmarks import get_task
-    from tunelab.benchmarks.loaders import load_documents, select
-    from tunelab.benchmarks.runner import _choices, _fmt, _label, _references
+    from tunelab.benchmarks.loaders import training_documents
+    from tunelab.benchmarks.prompts import answer_of, document_key
 
     spec = get_task(comp.task)
-    docs = load_documents(spec)
-    held_out = {id(d) for d in select(docs, spec.limit, spec.seed)}
-    out = []
-    for i, d in enumerate(docs):
-        if id(d) in held_out:
-            continue
-        prompt = _fmt(spec.prompt, d)
-        target = (_choices(spec, d)[_label(spec, d)] if spec.kind == "multiple_choice" else _references(spec, d)[0])
-        out.append(Example(f"{spec.name}-{i}", prompt, (target.strip(),)))
-    return out
+    return [Example(f"{spec.name}-train-{i}", document_key(spec, d), (answer_of(spec, d),))
+            for i, d in enumerate(training_documents(spec))]
 
 
 def load_component(comp: MixtureComponent) -> Component:

@@ -39,7 +39,53 @@ def _looks_like_path(name: str) -> bool:
     return name.startswith((".", "/", "~")) or name.endswith(".gguf") or Path(name).exists()
 
 
-def resolve_source(name: str, pull: bool = True) -> ModelSource:
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub can be reached: False at once in offline mode (HF_HUB_OFFLINE) or when a
+    connection to its host fails within `timeout` seconds (instead of minutes of retries inside the hub client)."""
+    import os
+    import socket
+    import threading
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes") or \
+            os.environ.get("TRANSFORMERS_OFFLINE", "").lower() in ("1", "true", "yes"):
+        return False
+    url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    result: list[bool] = []
+
+    def probe() -> None:
+        try:
+            socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
+            result.append(True)
+        except OSError:
+            result.append(False)
+
+    worker = threading.Thread(target=probe, daemon=True)  # name resolution itself has no timeout
+    worker.start()
+    worker.join(timeout)
+    return bool(result and result[0])
+
+
+def _in_hub_cache(repo_id: str, revision: str | None) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        return isinstance(try_to_load_from_cache(repo_id, "config.json", revision=revision), str)
+    except Exception:  # an id the cache cannot even parse
+        return False
+
+
+def _unknown_model_message(name: str) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(name, list(ALIASES), n=3, cutoff=0.4)
+    hint = f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""
+    return (f"model {name!r} is not a built-in alias{hint}, not a local folder or .gguf file, and not in the "
+            f"Hugging Face cache, and the hub cannot be reached from here; built-in models: {', '.join(ALIASES)} "
+            "(`tunelab models list`)")
+
+
+def resolve_source(name: str, pull: bool = True, revision: str | None = None) -> ModelSource:
     if name in ALIASES:
         return ModelSource(str(pull_model(name)) if pull else name)
     if _looks_like_path(name):
@@ -53,6 +99,8 @@ def resolve_source(name: str, pull: bool = True) -> ModelSource:
         if not (p / "config.json").is_file():
             raise ModelError(f"model folder {p} has no config.json (is it a Hugging Face model folder?)")
         return ModelSource(str(p.resolve()))
+    if not _in_hub_cache(name, revision) and not hub_reachable():
+        raise ModelError(_unknown_model_message(name))
     return ModelSource(name)  # a hub id
 
 
@@ -99,16 +147,39 @@ def load_tokenizer(source: ModelSource, cfg: ModelConfig):
     return tok
 
 
+def load_model_config(source: ModelSource, cfg: ModelConfig):
+    try:
+        return AutoConfig.from_pretrained(source.path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code,
+                                          **source.kwargs)
+    except (OSError, ValueError) as e:
+        raise ModelError(f"could not load a model config from {source.path!r}: {str(e).splitlines()[0]}") from None
+
+
+def resolve_arch(hf_config, cfg: ModelConfig) -> Arch:
+    return detect_arch(hf_config) if cfg.arch == "auto" else cfg.arch
+
+
+def model_skeleton(hf_config, arch: Arch) -> torch.nn.Module:
+    """The model's modules on the meta device: names and shapes, no weights, no memory."""
+    auto_cls = AutoModelForSeq2SeqLM if arch == "seq2seq" else AutoModelForCausalLM
+    with torch.device("meta"):
+        return auto_cls.from_config(hf_config)
+
+
+def chat_template_in_use(tokenizer, arch: Arch, cfg: ModelConfig) -> bool:
+    """Whether prompts are wrapped in the tokenizer's chat template (causal instruct models)."""
+    has_chat = bool(getattr(tokenizer, "chat_template", None))
+    if cfg.chat_template == "on" and not has_chat:
+        raise ModelError(f"model.chat_template is 'on' but the tokenizer of {cfg.name!r} has no chat template")
+    return arch == "causal" and (cfg.chat_template == "on" or (cfg.chat_template == "auto" and has_chat))
+
+
 def load_model(cfg: ModelConfig, device: torch.device | None = None, extra_kwargs: dict[str, Any] | None = None,
                dtype: torch.dtype | None = None) -> LoadedModel:
     """Load the base model named by `cfg` (tokenizer included), ready for a method to adapt."""
-    source = resolve_source(cfg.name)
-    try:
-        hf_config = AutoConfig.from_pretrained(source.path, revision=cfg.revision,
-                                               trust_remote_code=cfg.trust_remote_code, **source.kwargs)
-    except (OSError, ValueError) as e:
-        raise ModelError(f"could not load a model config from {source.path!r}: {e}") from None
-    arch: Arch = detect_arch(hf_config) if cfg.arch == "auto" else cfg.arch
+    source = resolve_source(cfg.name, revision=cfg.revision)
+    hf_config = load_model_config(source, cfg)
+    arch: Arch = resolve_arch(hf_config, cfg)
     device = device or pick_device()
     dtype = dtype or pick_dtype(cfg.dtype, device)
     auto_cls = AutoModelForSeq2SeqLM if arch == "seq2seq" else AutoModelForCausalLM
@@ -130,10 +201,7 @@ def load_model(cfg: ModelConfig, device: torch.device | None = None, extra_kwarg
     else:
         _keep_bnb_weights_trainable(model)
     tok = load_tokenizer(source, cfg)
-    has_chat = bool(getattr(tok, "chat_template", None))
-    if cfg.chat_template == "on" and not has_chat:
-        raise ModelError(f"model.chat_template is 'on' but the tokenizer of {cfg.name!r} has no chat template")
-    use_chat = arch == "causal" and (cfg.chat_template == "on" or (cfg.chat_template == "auto" and has_chat))
+    use_chat = chat_template_in_use(tok, arch, cfg)
     if model.generation_config is not None and model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tok.pad_token_id
     return LoadedModel(model=model, tokenizer=tok, arch=arch, source=source, use_chat_template=use_chat)

@@ -15,15 +15,20 @@ from tunelab.recipes.evaluate import open_run, open_target
 from tunelab.runs import RunDir
 
 
-def with_limit(cfg: ExperimentConfig, limit: int | None) -> ExperimentConfig:
-    """The config with `benchmarks.limit` replaced (examples per task), when a limit is given."""
-    if not limit:
+def with_subset(cfg: ExperimentConfig, limit: int | None = None, sample: int | None = None,
+                seed: int | None = None) -> ExperimentConfig:
+    """The config with its benchmark subset replaced: the first `limit` documents or a seeded `sample`."""
+    if not (limit or sample or seed is not None):
         return cfg
-    return cfg.model_copy(update={"benchmarks": cfg.benchmarks.model_copy(update={"limit": limit})})
+    update: dict[str, Any] = {"limit": limit, "sample": sample} if (limit or sample) else {}
+    if seed is not None:
+        update["seed"] = seed
+    return cfg.model_copy(update={"benchmarks": cfg.benchmarks.model_copy(update=update)})
 
 
 def task_specs(bcfg: BenchmarksConfig, tasks: list[str] | None = None):
-    return [get_task(t, limit=bcfg.limit, num_fewshot=bcfg.num_fewshot) for t in (tasks or bcfg.tasks)]
+    return [get_task(t, limit=bcfg.limit, sample=bcfg.sample, seed=bcfg.seed, num_fewshot=bcfg.num_fewshot)
+            for t in (tasks or bcfg.tasks)]
 
 
 def benchmark_session(session: Session, tasks: list[str] | None = None, show_progress: bool = True) -> dict[str, Any]:
@@ -53,10 +58,11 @@ def write_forgetting(run_path: Path, before: dict[str, Any], after: dict[str, An
 
 
 def measure_forgetting(run_path: str | Path, tasks: list[str] | None = None, limit: int | None = None,
-                       show_progress: bool = True) -> dict[str, Any]:
+                       show_progress: bool = True, sample: int | None = None,
+                       seed: int | None = None) -> dict[str, Any]:
     """Run the suite on the run's base model and on its fine-tuned model; write forgetting.json/.md."""
     run = RunDir.open(run_path)
-    cfg = with_limit(load_config(run.config_path), limit)
+    cfg = with_subset(load_config(run.config_path), limit, sample, seed)
     tasks = tasks or cfg.benchmarks.tasks
     if not tasks:
         raise ConfigError("no benchmark tasks: pass --tasks or set benchmarks.tasks in the run's config")
@@ -71,11 +77,15 @@ def measure_forgetting(run_path: str | Path, tasks: list[str] | None = None, lim
 
 
 def benchmark(target: str | Path, tasks: list[str], limit: int | None = None, overrides: tuple[str, ...] = (),
-              show_progress: bool = True) -> tuple[Path, dict[str, Any]]:
-    """Run tasks on a config's base model (new run directory) or on a finished run; writes benchmarks.json."""
-    limit_override = (f"benchmarks.limit={limit}",) if limit else ()  # recorded in a new run's config.yaml
-    session, run = open_target(target, (*overrides, *limit_override))
-    session.cfg = with_limit(session.cfg, limit)
+              show_progress: bool = True, sample: int | None = None,
+              seed: int | None = None) -> tuple[Path, dict[str, Any]]:
+    """Run tasks on a config's base model (new run directory) or on a finished run; writes benchmarks.json.
+    `limit`: the first N documents of each task; `sample`: a seeded sample of N (`seed`: its seed)."""
+    subset = tuple(f"benchmarks.{k}={'null' if v is None else v}"  # recorded in a new run's config.yaml
+                   for k, v in (("limit", limit), ("sample", sample)) if limit or sample)
+    subset += (f"benchmarks.seed={seed}",) if seed is not None else ()
+    session, run = open_target(target, (*overrides, *subset))
+    session.cfg = with_subset(session.cfg, limit, sample, seed)
     out = run.path if run is not None else Path(target)
     results = benchmark_session(session, tasks, show_progress)
     atomic_write_json(out / "benchmarks.json", results)

@@ -16,7 +16,7 @@ from tunelab.data.records import Example
 from tunelab.data.sources import load_split
 from tunelab.data.templates import TemplateSet
 from tunelab.errors import TrainingError
-from tunelab.io import atomic_replace_dir, atomic_write_json, staging_dir
+from tunelab.io import atomic_replace_dir, atomic_write_json, disk_full, is_disk_full, staging_dir
 from tunelab.methods import Method, ModelContext, get_method
 from tunelab.methods.adapters import ADAPTER_META
 from tunelab.models.loading import LoadedModel, load_model, pick_device
@@ -93,8 +93,11 @@ def save_artefact(model: torch.nn.Module, tokenizer, cfg: ExperimentConfig, is_p
         else:
             tokenizer.save_pretrained(stage)
         atomic_replace_dir(stage, final)
-    except BaseException:
+    except BaseException as e:
+        full = is_disk_full(e, stage)
         shutil.rmtree(stage, ignore_errors=True)
+        if full:
+            raise disk_full(final, "the trained artefact", "checkpoints already written are intact") from None
         raise
     return final
 

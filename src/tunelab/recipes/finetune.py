@@ -6,6 +6,8 @@ function of the data, methods, training and evaluation packages.
 
 from __future__ import annotations
 
+import shutil
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,10 +18,12 @@ from accelerate.utils import broadcast_object_list, set_seed
 from tunelab.config.schema import ExperimentConfig
 from tunelab.data.encoding import encode_training_set
 from tunelab.data.sources import load_split
+from tunelab.errors import TunelabError
 from tunelab.evaluation.costs import full_checkpoint_bytes, parameter_counts, weight_file_bytes
 from tunelab.evaluation.metrics import rouge_protocol
 from tunelab.evaluation.summarization import evaluate_summaries
-from tunelab.recipes.benchmark import benchmark_session, target_gain, write_forgetting
+from tunelab.benchmarks.leakage import leakage_report
+from tunelab.recipes.benchmark import benchmark_session, target_gain, task_specs, write_forgetting
 from tunelab.recipes.components import (
     build_regularizer,
     load_eval_examples,
@@ -27,10 +31,11 @@ from tunelab.recipes.components import (
     save_artefact,
     training_examples,
 )
+from tunelab.recipes.preflight import check_experiment
 from tunelab.reporting.tables import before_after_table, cost_table
 from tunelab.models.loading import pick_device
 from tunelab.runs import RunDir
-from tunelab.training.checkpoint import latest_checkpoint, remove_incomplete
+from tunelab.training.checkpoint import latest_checkpoint, list_checkpoints, remove_incomplete
 from tunelab.training.distributed import is_sharded, whole_model_state, whole_trainable_state
 from tunelab.training.loop import train_model
 
@@ -53,12 +58,28 @@ def finetune(cfg: ExperimentConfig, run_path: str | Path | None = None, show_pro
     main = dist.is_main_process
     path_and_state: list[Any] = [None, False]
     if main:  # only the main process creates, writes and reports; the others train and generate
+        target = Path(run_path) if run_path else Path(cfg.output_dir) / cfg.name
+        if not target.exists():
+            check_experiment(cfg, target)  # before the run directory exists: a bad input leaves nothing behind
         run, resuming = (RunDir.create_or_resume(cfg, run_path) if resume else (RunDir.create(cfg, run_path), False))
-        remove_incomplete(run.checkpoint_dir)
         path_and_state = [str(run.path), resuming]
     if dist.num_processes > 1:
         broadcast_object_list(path_and_state)
         run, resuming = RunDir(Path(path_and_state[0])), bool(path_and_state[1])
+    try:
+        with run.locked() if main else nullcontext():
+            return _train_and_evaluate(cfg, run, resuming, dist, show_progress, echo, base_benchmarks)
+    except TunelabError:
+        if main and not resuming and not list_checkpoints(run.checkpoint_dir):
+            shutil.rmtree(run.path, ignore_errors=True)  # nothing to resume: the corrected config may rerun
+        raise
+
+
+def _train_and_evaluate(cfg: ExperimentConfig, run: RunDir, resuming: bool, dist: PartialState,
+                        show_progress: bool, echo, base_benchmarks: dict[str, Any] | None) -> FinetuneResult:
+    main = dist.is_main_process
+    if main:
+        remove_incomplete(run.checkpoint_dir)
     latest = latest_checkpoint(run.checkpoint_dir) if resuming else None
     set_seed(cfg.seed)
     session = open_session(cfg)
@@ -94,6 +115,8 @@ def finetune(cfg: ExperimentConfig, run_path: str | Path | None = None, show_pro
         dist.wait_for_everyone()
 
     train_examples, train_templates, mixture_stats = training_examples(session)
+    metrics["leakage"] = leakage_report(train_examples, task_specs(cfg.benchmarks),
+                                        f"{cfg.data.source}:{cfg.evaluation.split}", eval_examples)
     session.encoder.stats.reset()
     train_set = encode_training_set(session.encoder, train_examples, train_templates)
     train_truncation = session.encoder.stats.as_dict()
