@@ -418,3 +418,69 @@ def test_a_second_process_on_the_same_run_directory_fails_at_once(tiny_t5_dir, d
     finally:
         first.kill()
         first.wait()
+
+
+# --- the base model of an adapter is identified by what it is ------------------------------------------
+
+
+def test_an_adapter_loads_on_its_base_by_any_path_and_not_on_another_model(tiny_llama_dir, dialogue_files, tmp_path,
+                                                                           monkeypatch):
+    import torch
+
+    import tunelab
+    from conftest import make_tokenizer, tiny_llama
+    from tunelab.errors import ModelError
+
+    tree = experiment(tiny_llama_dir, dialogue_files, tmp_path, name="ident", training={"max_steps": 2},
+                      evaluation={"max_samples": 2, "before": False})
+    run = tunelab.finetune(tunelab.build_config(tree), show_progress=False, echo=None).run_dir
+    adapter = run / "adapter"
+    assert json.loads((adapter / "tunelab.json").read_text())["base_fingerprint"]["embedding_sha256"]
+    text = json.loads(open(dialogue_files["test"]).readline())["dialogue"]
+    def summary(**source):
+        return tunelab.summarize(tunelab.open_for_generation(**source), [text], max_new_tokens=8)
+
+    expected = summary(run=run)
+    link = tmp_path / "same-model-elsewhere"
+    link.symlink_to(tiny_llama_dir, target_is_directory=True)
+    monkeypatch.chdir(tiny_llama_dir.parent)
+    for name in (str(link), os.path.relpath(tiny_llama_dir)):
+        assert summary(model=name, adapter=adapter) == expected
+    # same architecture and config, other weights: refused, naming both and what differs
+    tok = make_tokenizer()
+    other = tiny_llama(len(tok))
+    with torch.no_grad():
+        other.model.embed_tokens.weight.add_(0.01)
+    other.save_pretrained(tmp_path / "other")
+    tok.save_pretrained(tmp_path / "other")
+    with pytest.raises(ModelError, match=r"trained on base model .*, not .*other.* \(they differ in embedding_sha256\)"):
+        tunelab.open_for_generation(model=str(tmp_path / "other"), adapter=adapter)
+    # an adapter written before fingerprints were recorded: matched by resolved path
+    meta = json.loads((adapter / "tunelab.json").read_text())
+    del meta["base_fingerprint"]
+    (adapter / "tunelab.json").write_text(json.dumps(meta))
+    assert summary(model=str(link), adapter=adapter) == expected
+    with pytest.raises(ModelError, match="trained on base model"):
+        tunelab.open_for_generation(model=str(tmp_path / "other"), adapter=adapter)
+
+
+# --- one config loader for train and compare -----------------------------------------------------------
+
+
+def test_compare_overrides_switch_methods_as_train_does(tmp_path):
+    from tunelab.config.compare import load_compare_config
+
+    base = {"method": {"name": "lora", "r": 4}, "training": {"max_steps": 3}}
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
+    cfg = _cfg_file(tmp_path, {"name": "c", "experiment": "base.yaml",
+                               "arms": [{"name": "switched"}, {"name": "own", "method": {"name": "ia3"}}]}, "cmp.yaml")
+    arms = {a.name: a.experiment for a in load_compare_config(cfg, ("method.name=full", "training.lr=0.001")).arms}
+    assert arms["switched"].method.name == "full" and arms["own"].method.name == "ia3"
+    assert arms["switched"].training.lr == arms["own"].training.lr == 0.001
+    import tunelab
+
+    assert tunelab.load_config(tmp_path / "base.yaml", ["method.name=full"]).method.name == "full"
+    (tmp_path / "base.yaml").unlink()
+    result = _cli("compare", cfg)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == f"tunelab: error: base experiment of {cfg} not found: {tmp_path / 'base.yaml'}"

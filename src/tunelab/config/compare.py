@@ -7,10 +7,9 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from tunelab.config.loader import build_config, config_to_dict, parse_override, set_by_path
+from tunelab.config.loader import apply_overrides, build_config, config_to_dict, read_yaml_mapping
 from tunelab.config.schema import ExperimentConfig
 from tunelab.errors import ConfigError
 
@@ -54,22 +53,16 @@ def _deep_merge(base: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
 
 def load_compare_config(path: str | Path, overrides: tuple[str, ...] = ()) -> CompareConfig:
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"comparison config not found: {path}")
-    try:
-        tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    tree = read_yaml_mapping(path, "comparison config")
     unknown = set(tree) - {"name", "output_dir", "experiment", "arms"}
     if unknown:
         raise ConfigError(f"{path}: unknown key(s) {sorted(unknown)}; expected name, output_dir, experiment, arms")
     base = tree.get("experiment") or {}
     if isinstance(base, str):
-        base_path = (path.parent / base) if not Path(base).is_absolute() else Path(base)
-        base = yaml.safe_load(base_path.read_text(encoding="utf-8")) or {}
-    for item in overrides:  # --set applies to the base experiment of every arm
-        key, value = parse_override(item)
-        set_by_path(base, key, value)
+        base = read_yaml_mapping(path.parent / base, f"base experiment of {path}")  # absolute paths stay absolute
+    if not isinstance(base, dict):
+        raise ConfigError(f"{path}: experiment must be a mapping or the path of an experiment config")
+    base = apply_overrides(base, overrides)  # --set applies to the base experiment of every arm, as in train
     name = tree.get("name") or path.stem
     output_dir = tree.get("output_dir", "runs")
     arms = []

@@ -64,12 +64,20 @@ def _method_switch(tree: dict[str, Any], key: str, value: Any) -> None:
         tree["method"] = {}
 
 
-def build_config(tree: Mapping[str, Any] | None, overrides: Iterable[str] = (), source: str = "<dict>") -> ExperimentConfig:
-    data: dict[str, Any] = dict(tree or {})
+def apply_overrides(tree: Mapping[str, Any] | None, overrides: Iterable[str]) -> dict[str, Any]:
+    """A copy of `tree` with each `key.path=value` applied (the one place --set is interpreted)."""
+    import copy
+
+    data: dict[str, Any] = copy.deepcopy(dict(tree or {}))
     for item in overrides:
         key, value = parse_override(item)
         _method_switch(data, key, value)
         set_by_path(data, key, value)
+    return data
+
+
+def build_config(tree: Mapping[str, Any] | None, overrides: Iterable[str] = (), source: str = "<dict>") -> ExperimentConfig:
+    data = apply_overrides(tree, overrides)
     if isinstance(data.get("method"), dict) and "name" not in data["method"]:
         data["method"] = {"name": "lora", **data["method"]}
     try:
@@ -78,22 +86,29 @@ def build_config(tree: Mapping[str, Any] | None, overrides: Iterable[str] = (), 
         raise ConfigError(_format_validation_error(e, source)) from None
 
 
-def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -> ExperimentConfig:
-    """Load and validate an experiment config; `path=None` gives the defaults (the embedded demo)."""
-    if path is None:
-        return build_config({}, overrides, "<defaults>")
+def read_yaml_mapping(path: str | Path, what: str = "config file") -> dict[str, Any]:
+    """A YAML file whose top level is a mapping (empty file: {}); every problem is a ConfigError naming it."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
+        raise ConfigError(f"{what} not found: {path}")
     try:
         tree = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
     except UnicodeDecodeError as e:
         raise ConfigError(f"{path}: not UTF-8 text ({e})") from None
+    except OSError as e:
+        raise ConfigError(f"cannot read {what} {path}: {e.strerror}") from None
     if tree is not None and not isinstance(tree, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(tree).__name__}")
-    return build_config(tree, overrides, str(path))
+    return tree or {}
+
+
+def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -> ExperimentConfig:
+    """Load and validate an experiment config; `path=None` gives the defaults (the embedded demo)."""
+    if path is None:
+        return build_config({}, overrides, "<defaults>")
+    return build_config(read_yaml_mapping(path), overrides, str(path))
 
 
 def config_to_dict(cfg: ExperimentConfig) -> dict[str, Any]:

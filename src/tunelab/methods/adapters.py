@@ -30,6 +30,50 @@ def read_adapter_meta(adapter_dir: Path) -> dict[str, Any]:
     return json.loads(meta.read_text()) if meta.is_file() else {}
 
 
+def base_fingerprint(model: torch.nn.Module) -> dict[str, Any]:
+    """What identifies a base model whatever path or name it is loaded by: its architecture's shape and a
+    hash of its input embedding (never quantized or trained by an adapter), taken in bf16 so that the same
+    weights loaded in fp32 or bf16 give the same hash."""
+    import hashlib
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    weight = base.get_input_embeddings().weight
+    rows = weight.detach()[: min(512, weight.shape[0])].to("cpu", torch.bfloat16).contiguous()
+    cfg = base.config
+    layers = getattr(cfg, "num_hidden_layers", None) or getattr(cfg, "num_layers", None)
+    return {"model_type": cfg.model_type, "vocab_size": int(weight.shape[0]), "hidden_size": int(weight.shape[1]),
+            "layers": layers, "embedding_sha256": hashlib.sha256(rows.view(torch.int16).numpy().tobytes()).hexdigest()}
+
+
+def _canonical(name: str | None) -> str | None:
+    """An alias and its cache folder, or two paths of one folder, give the same string."""
+    from tunelab.models.registry import ALIASES, alias_dir
+
+    if not name:
+        return None
+    if name in ALIASES:
+        return str(alias_dir(name).resolve())
+    path = Path(name).expanduser()
+    return str(path.resolve()) if path.exists() else name
+
+
+def check_base(model: torch.nn.Module, adapter_dir: Path, base_name: str) -> None:
+    """Refuse an adapter trained on another base model. The recorded fingerprint decides when there is one
+    (any path or alias of the same model passes); older adapters are matched by resolved name or path."""
+    meta = read_adapter_meta(adapter_dir)
+    trained_on = meta.get("base_model")
+    recorded = meta.get("base_fingerprint")
+    if recorded is not None:
+        if recorded == base_fingerprint(model):
+            return
+        differs = [k for k in recorded if recorded[k] != base_fingerprint(model).get(k)]
+        raise ModelError(f"adapter {adapter_dir} was trained on base model {trained_on!r}, not {base_name!r} "
+                         f"(they differ in {', '.join(differs)})")
+    known = {_canonical(trained_on), _canonical(meta.get("base_model_path"))} - {None}
+    if known and _canonical(base_name) not in known:
+        raise ModelError(f"adapter {adapter_dir} was trained on base model {trained_on!r}, not {base_name!r}")
+
+
 def attach_adapter(model: torch.nn.Module, adapter_dir: Path, base_name: str, adapter_name: str = "default"):
     """Load a PEFT adapter onto `model`; a wrong base model gives an error naming both."""
     from peft import PeftModel
@@ -37,10 +81,8 @@ def attach_adapter(model: torch.nn.Module, adapter_dir: Path, base_name: str, ad
     adapter_dir = Path(adapter_dir)
     if not (adapter_dir / "adapter_config.json").is_file():
         raise ModelError(f"{adapter_dir} is not a PEFT adapter folder (no adapter_config.json)")
-    meta = read_adapter_meta(adapter_dir)
-    trained_on = meta.get("base_model")
-    if trained_on and trained_on != base_name:
-        raise ModelError(f"adapter {adapter_dir} was trained on base model {trained_on!r}, not {base_name!r}")
+    check_base(model, adapter_dir, base_name)
+    trained_on = read_adapter_meta(adapter_dir).get("base_model")
     try:
         if hasattr(model, "load_adapter") and hasattr(model, "peft_config"):
             model.load_adapter(str(adapter_dir), adapter_name=adapter_name)

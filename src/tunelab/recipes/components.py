@@ -73,9 +73,11 @@ def load_eval_examples(cfg: ExperimentConfig, split: str | None = None, max_samp
 
 
 def save_artefact(model: torch.nn.Module, tokenizer, cfg: ExperimentConfig, is_peft: bool, run_path: Path,
-                  base_path: str, state_dict: dict[str, torch.Tensor] | None = None) -> Path:
+                  base_path: str, state_dict: dict[str, torch.Tensor] | None = None,
+                  base_fingerprint: dict | None = None) -> Path:
     """Save the trained adapter (PEFT format) or full model, written to a temp folder and renamed.
-    `state_dict`: whole tensors gathered from a sharded (FSDP) model, saved instead of its own slices."""
+    `state_dict`: whole tensors gathered from a sharded (FSDP) model, saved instead of its own slices.
+    `base_fingerprint`: the base model's identity (methods.adapters.base_fingerprint), kept beside an adapter."""
     final = run_path / ("adapter" if is_peft else "model")
     named = state_dict.items() if state_dict is not None else (
         (n, p) for n, p in model.named_parameters() if p.requires_grad or not is_peft)
@@ -88,7 +90,7 @@ def save_artefact(model: torch.nn.Module, tokenizer, cfg: ExperimentConfig, is_p
         if is_peft:
             atomic_write_json(stage / ADAPTER_META, {
                 "base_model": cfg.model.name, "base_model_path": base_path, "method": cfg.method.name,
-                "task": cfg.template.task, "dataset": cfg.data.source,
+                "task": cfg.template.task, "dataset": cfg.data.source, "base_fingerprint": base_fingerprint,
             })
         else:
             tokenizer.save_pretrained(stage)

@@ -33,6 +33,7 @@ from tunelab.recipes.components import (
 )
 from tunelab.recipes.preflight import check_experiment
 from tunelab.reporting.tables import before_after_table, cost_table
+from tunelab.methods.adapters import base_fingerprint
 from tunelab.models.loading import pick_device
 from tunelab.runs import RunDir
 from tunelab.training.checkpoint import latest_checkpoint, list_checkpoints, remove_incomplete
@@ -126,6 +127,7 @@ def _train_and_evaluate(cfg: ExperimentConfig, run: RunDir, resuming: bool, dist
         eval_set = encode_training_set(session.encoder, val, [session.templates.eval] * len(val))
 
     set_seed(cfg.seed)
+    fingerprint = base_fingerprint(session.model)  # before any sharding: identifies the base of the adapter
     model = session.method.prepare(session.model, cfg.method, session.context)
     session.loaded.model = model
     counts = parameter_counts(model)
@@ -138,7 +140,7 @@ def _train_and_evaluate(cfg: ExperimentConfig, run: RunDir, resuming: bool, dist
     whole = (whole_trainable_state(model) if session.method.is_peft else whole_model_state(model)) if sharded else None
     if main:
         save_artefact(model, session.loaded.tokenizer, cfg, session.method.is_peft, run.path, session.loaded.source.path,
-                      state_dict=whole)
+                      state_dict=whole, base_fingerprint=fingerprint)
     dist.wait_for_everyone()
     metrics["training"] = {**training.as_dict(), "examples": len(train_set), "truncation": train_truncation,
                            **({"mixture": mixture_stats} if mixture_stats else {}),
