@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 import yaml
 
 import tunelab
@@ -93,6 +94,13 @@ def test_same_config_and_seed_give_identical_metrics(tiny_t5_dir, dialogue_files
         runs.append(tunelab.finetune(tunelab.build_config(tree), show_progress=False, echo=None).metrics)
     assert runs[0]["training"]["train_loss"] == runs[1]["training"]["train_loss"]
     assert runs[0]["after"]["rouge"] == runs[1]["after"]["rouge"]
+    # what the numbers depend on besides the config is recorded with them
+    env = runs[0]["environment"]
+    from tunelab.models.precision import resolve_precision
+
+    assert env["precision"]["training"] == resolve_precision("auto", torch.device("cpu")) == runs[0]["training"]["precision"]
+    assert env["cpu"]["model"] and env["torch_threads"] == torch.get_num_threads()
+    assert env["packages"]["torch"] == torch.__version__
 
 
 # ---- CLI -------------------------------------------------------------------------------------------

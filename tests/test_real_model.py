@@ -51,3 +51,38 @@ def test_lora_on_real_model_lowers_loss_and_generates(smollm2, dialogsum_dir):
     outputs = generate_texts(model, loaded.tokenizer, prompts, "causal", max_new_tokens=24, show_progress=False)
     assert all(o.strip() for o in outputs), outputs
     assert not any("<|im_end|>" in o for o in outputs)
+
+
+def test_multi_turn_messages_file_on_real_model(smollm2, dialogsum_dir, tmp_path):
+    """Chat records with the real chat template: the loss mask is exactly each assistant turn and its
+    <|im_end|>, and a few LoRA steps on a messages file lower the loss."""
+    import json
+
+    cfg, loaded = smollm2
+    rows = [json.loads(x) for x in (dialogsum_dir / "dialogsum.dev.jsonl").read_text().splitlines()[:12]]
+    records = [{"messages": [{"role": "system", "content": "You summarize dialogues in one sentence."},
+                             {"role": "user", "content": r["dialogue"][:400]},
+                             {"role": "assistant", "content": "Got it."},
+                             {"role": "user", "content": "Summarize it."},
+                             {"role": "assistant", "content": r["summary"]}]} for r in rows]
+    data = tmp_path / "chat.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in records))
+    tok = loaded.tokenizer
+    enc = PromptEncoder(tok, "causal", True, 256, 64)
+    ex = load_split(tunelab.build_config({"data": {"source": "files", "files": {"train": str(data)}}}).data, "train")[0]
+    encoded = enc.encode_for_training(TemplateSet("dialogue_summarization").eval, ex)
+    trained = [t for t, label in zip(encoded.input_ids, encoded.labels) if label != -100]
+    expected = [tok(m["content"] + "<|im_end|>", add_special_tokens=False)["input_ids"]
+                for m in records[0]["messages"] if m["role"] == "assistant"]
+    assert trained == [t for turn in expected for t in turn]
+    tree = {"name": "chat", "output_dir": str(tmp_path / "runs"),
+            "data": {"source": "files", "files": {"train": str(data), "validation": str(data), "test": str(data)},
+                     "max_eval_samples": 8},
+            "template": {"max_input_tokens": 192, "max_target_tokens": 48},
+            "method": {"name": "lora", "r": 8, "target_modules": ["q_proj", "v_proj"]},
+            "training": {"max_steps": 4, "batch_size": 4, "lr": 1e-3, "warmup_ratio": 0.0, "log_every": 1},
+            "evaluation": {"max_samples": 2, "max_new_tokens": 16, "before": False, "bootstrap_samples": 0}}
+    metrics = tunelab.finetune(tunelab.build_config(tree), show_progress=False, echo=None).metrics
+    losses = [loss for _, loss in metrics["training"]["train_loss"]]
+    assert losses[-1] < losses[0], losses
+    assert metrics["training"]["eval_loss"][-1][1] < 10

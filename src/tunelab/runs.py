@@ -25,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from tunelab.config.loader import config_to_dict
+from tunelab.config.loader import build_config, config_to_dict
 from tunelab.config.schema import ExperimentConfig
 from tunelab.errors import RunDirError
 from tunelab.io import atomic_write_json, atomic_write_jsonl, atomic_write_text, atomic_write_yaml
@@ -44,13 +44,26 @@ def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
     return [] if a == b else [prefix.rstrip(".")]
 
 
+def unique_path(path: Path) -> Path:
+    """`path` if free, else the first free `path-2`, `path-3`, ..."""
+    candidate, n = Path(path), 1
+    while candidate.exists():
+        n += 1
+        candidate = path.with_name(f"{path.name}-{n}")
+    return candidate
+
+
 @dataclass(frozen=True)
 class RunDir:
     path: Path
 
     @classmethod
-    def create(cls, cfg: ExperimentConfig, path: str | Path | None = None) -> RunDir:
+    def create(cls, cfg: ExperimentConfig, path: str | Path | None = None, unique: bool = False) -> RunDir:
+        """A new run directory; an existing one is refused, or with `unique` a numbered sibling is made
+        (`name-2`, `name-3`, ...) so a rerun writes a new folder and loses nothing."""
         path = Path(path) if path else Path(cfg.output_dir) / cfg.name
+        if unique:
+            path = unique_path(path)
         if path.exists():
             state = "a finished" if (path / COMPLETE_MARKER).exists() else "an unfinished"
             hint = "" if state == "a finished" else ", or continue it with --resume"
@@ -74,7 +87,8 @@ class RunDir:
         run = cls.open(path)
         if run.is_complete:
             raise RunDirError(f"{path} holds a finished run; nothing to resume")
-        stored = yaml.safe_load(run.config_path.read_text())
+        # through the current schema: keys added by a newer tunelab (with their defaults) are no difference
+        stored = config_to_dict(build_config(yaml.safe_load(run.config_path.read_text()), source=str(run.config_path)))
         wanted = config_to_dict(cfg)
         if stored != wanted:
             diff = sorted(_diff_keys(stored, wanted))

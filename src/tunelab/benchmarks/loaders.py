@@ -79,6 +79,11 @@ def _from_hub(spec: TaskSpec) -> list[Doc]:
     if spec.hub is None:
         raise DataError(f"task {spec.name}: no local data at <data root>/{spec.path} (set {DATA_DIR_ENV}) "
                         "and no hub fallback")
+    from tunelab.models.loading import hub_reachable
+
+    if not hub_reachable():
+        raise DataError(f"task {spec.name}: no local data at <data root>/{spec.path} (set {DATA_DIR_ENV}) and the "
+                        "Hugging Face hub cannot be reached from here")
     import datasets
 
     try:

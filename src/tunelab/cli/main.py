@@ -40,19 +40,28 @@ def _task_list(text: str | None) -> list[str]:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from tunelab.errors import ConfigError
     from tunelab.recipes import evaluate
+    from tunelab.recipes.evaluate import config_for_model
     from tunelab.reporting import before_after_table
 
+    if (args.target is None) == (args.model is None):
+        raise ConfigError("tunelab eval needs a config or run directory, or --model (not both)")
+    if args.data and not args.model:
+        raise ConfigError("--data goes with --model (a config names its own data)")
+    target = args.target if args.model is None else config_for_model(args.model, args.data, args.name, tuple(args.set))
+    overrides = tuple(args.set) if args.model is None else ()
     if args.tasks:
         from tunelab.recipes.benchmark import benchmark, results_table
 
-        out, results = benchmark(args.target, _task_list(args.tasks), args.limit, tuple(args.set),
-                                 sample=args.sample, seed=args.seed)
+        out, results = benchmark(target, _task_list(args.tasks), args.limit, overrides, sample=args.sample,
+                                 seed=args.seed, adapter=args.adapter)
         print(results_table(results))
         print(f"\nresults: {out / 'benchmarks.json'}")
         return 0
 
-    out, metrics = evaluate(args.target, split=args.split, max_samples=args.max_samples, overrides=tuple(args.set))
+    out, metrics = evaluate(target, split=args.split, max_samples=args.max_samples, overrides=overrides,
+                            adapter=args.adapter)
     print(before_after_table(None, metrics))
     print(f"\nresults: {out}")
     return 0
@@ -102,6 +111,18 @@ def cmd_forgetting(args: argparse.Namespace) -> int:
                                 seed=args.seed)
     print(forgetting_table(report))
     print(f"\nreport: {args.run}/forgetting.json")
+    return 0
+
+
+def cmd_data_preview(args: argparse.Namespace) -> int:
+    from tunelab.config import load_config
+    from tunelab.recipes.preview import MARK, PLAIN_MARK, format_preview, preview_data
+
+    cfg = load_config(args.config, args.set)
+    marks = MARK if sys.stdout.isatty() and not args.plain else PLAIN_MARK
+    print(format_preview(preview_data(cfg, args.n, marks)))
+    if marks == PLAIN_MARK:
+        print(f"(trained tokens are between {PLAIN_MARK[0]} and {PLAIN_MARK[1]})")
     return 0
 
 
@@ -175,7 +196,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("eval", help="evaluate a config's base model or a finished run directory")
-    e.add_argument("target", help="experiment YAML or run directory")
+    e.add_argument("target", nargs="?", help="experiment YAML or run directory (or use --model)")
+    e.add_argument("--model", help="score this model (alias, folder, .gguf or hub id) without a config")
+    e.add_argument("--adapter", help="a PEFT adapter folder applied to --model (or to a config's base)")
+    e.add_argument("--data", help="with --model: a data file (any layout tunelab reads) scored as the test split")
+    e.add_argument("--name", help="with --model: the result folder's name under runs/ (numbered if taken)")
     e.add_argument("--split")
     e.add_argument("--max-samples", type=int)
     e.add_argument("--tasks", help="comma-separated benchmark tasks (names from `tunelab tasks`, or paths of task "
@@ -218,6 +243,14 @@ def build_parser() -> argparse.ArgumentParser:
     fg.add_argument("--tasks", help="comma-separated tasks (default: the run's benchmarks.tasks)")
     add_subset(fg)
     fg.set_defaults(func=cmd_forgetting)
+
+    dt = sub.add_parser("data", help="look at training data as the model will see it")
+    dt.add_argument("action", choices=["preview"])
+    dt.add_argument("config", nargs="?", help="experiment YAML (default: the built-in demo config)")
+    dt.add_argument("-n", type=int, default=5, help="examples to show (default 5)")
+    dt.add_argument("--plain", action="store_true", help="mark trained tokens with ⟦ ⟧ even on a terminal")
+    add_set(dt)
+    dt.set_defaults(func=cmd_data_preview)
 
     tk = sub.add_parser("tasks", help="list the benchmark tasks")
     tk.add_argument("action", choices=["list"], nargs="?", default="list")

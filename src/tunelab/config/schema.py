@@ -63,6 +63,18 @@ class MixtureConfig(Strict):
     """Training examples drawn from the mixture (default: as many as the target data has)."""
 
 
+class SplitConfig(Strict):
+    validation: float = Field(0.0, ge=0, lt=1)
+    test: float = Field(0.0, ge=0, lt=1)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _leaves_training_data(self) -> SplitConfig:
+        if self.validation + self.test >= 1:
+            raise ValueError("validation + test must leave some training data (sum < 1)")
+        return self
+
+
 class DataConfig(Strict):
     source: str = "dialogsum"
     """A built-in dataset name (`dialogsum`, `samsum`), `files` (see `files`), or `hub:<dataset id>`."""
@@ -71,6 +83,21 @@ class DataConfig(Strict):
     files: dict[str, str] = Field(default_factory=dict)
     """For `source: files`: split name -> path of a .jsonl/.json/.csv/.parquet file."""
     format: Literal["auto", "jsonl", "json", "csv", "parquet"] = "auto"
+    """The file type (from the extension when `auto`)."""
+    layout: Literal["auto", "columns", "alpaca", "sharegpt", "messages"] = "auto"
+    """How a record is laid out (`auto`: detected from the first record): `columns` (input_column ->
+    target_columns), `alpaca` (instruction, optional input, output), `sharegpt` (conversations of from/value),
+    `messages` (OpenAI/TRL chat: role/content, optional weight). See data/layouts.py."""
+    roles: dict[str, str] = Field(default_factory=dict)
+    """Chat layouts: extra role names mapped to system/user/assistant (e.g. {bot: assistant})."""
+    train_on: Literal["all_assistant", "last_assistant"] = "all_assistant"
+    """Chat records: the loss covers every assistant turn (default) or only the last one; never user/system."""
+    split: SplitConfig | None = None
+    """Cut validation and test sets out of the training file (deterministic, recorded in the run)."""
+    hub_config: str | None = None
+    """`hub:` datasets: the dataset's configuration name."""
+    hub_splits: dict[str, str] = Field(default_factory=dict)
+    """`hub:` datasets: tunelab split name -> the hub's split name (e.g. {validation: dev})."""
     id_column: str | None = None
     input_column: str = "dialogue"
     target_columns: list[str] = Field(default_factory=lambda: ["summary"])

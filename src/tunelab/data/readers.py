@@ -40,7 +40,7 @@ def read_jsonl(path: Path) -> list[tuple[int, Row]]:
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, start=1):
             try:
-                text = raw.decode("utf-8")
+                text = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")  # a BOM (Excel, Notepad) is dropped
             except UnicodeDecodeError as e:
                 raise DataError(f"{path}:{lineno}: not valid UTF-8 (byte {e.start})") from None
             if not text.strip():
@@ -57,7 +57,7 @@ def read_jsonl(path: Path) -> list[tuple[int, Row]]:
 
 def read_json(path: Path) -> list[tuple[int, Row]]:
     try:
-        obj = json.loads(path.read_bytes().decode("utf-8"))
+        obj = json.loads(path.read_bytes().decode("utf-8-sig"))
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: not valid UTF-8 (byte {e.start})") from None
     except json.JSONDecodeError as e:
@@ -76,7 +76,7 @@ def read_json(path: Path) -> list[tuple[int, Row]]:
 
 def read_csv(path: Path) -> list[tuple[int, Row]]:
     try:
-        with open(path, newline="", encoding="utf-8") as f:
+        with open(path, newline="", encoding="utf-8-sig") as f:  # Excel writes UTF-8 with a BOM
             reader = csv.DictReader(f)
             out = []
             for row in reader:

@@ -13,9 +13,17 @@ from tunelab.errors import DataError
 @dataclass(frozen=True)
 class Example:
     id: str
-    input: str
+    input: str  # what a template's {input} receives (and what truncation cuts)
     references: tuple[str, ...]  # first one is the training target; all are used for evaluation
     meta: dict = field(default_factory=dict, compare=False)
+    fields: dict[str, str] = field(default_factory=dict, compare=False)
+    """The record's other text columns, for template placeholders such as {instruction}."""
+    input_column: str = field(default="input", compare=False)
+    messages: tuple[dict, ...] | None = field(default=None, compare=False)
+    """Chat records: the whole conversation ({role, content, weight}); the last message is the target."""
+    system: str | None = field(default=None, compare=False)
+    template: str | None = field(default=None, compare=False)
+    """The record layout's own prompt (Alpaca's), used unless template.custom is set."""
 
     @property
     def target(self) -> str:
@@ -48,5 +56,7 @@ def rows_to_examples(rows: Sequence[tuple[int, Row]], *, source: str | Path, inp
                 raise DataError(f"{source}:{lineno}: column {c!r} is empty or not text")
             refs.append(ref.strip())
         ex_id = str(row[id_column]) if id_column else str(lineno)
-        examples.append(Example(id=ex_id, input=text.strip(), references=tuple(refs)))
+        fields = {k: v.strip() for k, v in row.items() if isinstance(v, str) and k != input_column}
+        examples.append(Example(id=ex_id, input=text.strip(), references=tuple(refs), fields=fields,
+                                input_column=input_column))
     return examples

@@ -7,23 +7,52 @@ one phrasing per example (seeded); evaluation uses one fixed phrasing so scores 
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from tunelab.errors import ConfigError
+from tunelab.errors import ConfigError, DataError
+
+
+_PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_PIECE = re.compile(r"\[\[(.*?)\]\]|\{([A-Za-z_][A-Za-z0-9_]*)\}", re.S)
 
 
 @dataclass(frozen=True)
 class Template:
-    prompt: str  # contains `{input}`
+    """A prompt with `{column}` placeholders (`{input}` is the example's input, cut to max_input_tokens);
+    text inside `[[ ]]` appears only when every column it names is non-empty (Alpaca's optional input)."""
 
-    def render(self, text: str) -> str:
-        return self.prompt.replace("{input}", text)
+    prompt: str
+    custom: bool = False  # the user's template.custom: it wins over a record layout's own template
+
+    def placeholders(self) -> list[str]:
+        return _PLACEHOLDER.findall(self.prompt)
+
+    def render(self, text: str, fields: Mapping[str, str] | None = None, input_column: str = "input") -> str:
+        values = {**(fields or {}), "input": text, input_column: text}
+
+        def value(name: str) -> str:
+            if name not in values:
+                raise DataError(f"template placeholder {{{name}}} is not a column of the record; columns: "
+                                f"{', '.join(sorted(values))}")
+            return values[name]
+
+        def piece(m: re.Match) -> str:
+            if m.group(2) is not None:
+                return value(m.group(2))
+            inner = m.group(1)
+            if any(not value(n).strip() for n in _PLACEHOLDER.findall(inner)):
+                return ""
+            return _PLACEHOLDER.sub(lambda x: value(x.group(1)), inner)
+
+        return _PIECE.sub(piece, self.prompt)
 
     @property
     def instruction(self) -> str:
-        """The template's words without the input, e.g. to initialise a soft prompt."""
-        return " ".join(self.prompt.replace("{input}", " ").split())
+        """The template's words without the placeholders, e.g. to initialise a soft prompt."""
+        words = _PIECE.sub(" ", self.prompt)
+        return " ".join(words.split())
 
 
 TEMPLATES: dict[str, tuple[Template, ...]] = {
@@ -57,9 +86,9 @@ class TemplateSet:
     def __init__(self, task: str, train_phrasings: str | Sequence[int] = "all", eval_phrasing: int = 0,
                  custom: str | None = None):
         if custom is not None:
-            if "{input}" not in custom:
-                raise ConfigError("template.custom needs an {input} placeholder")
-            phrasings: tuple[Template, ...] = (Template(custom),)
+            if not _PLACEHOLDER.search(custom):
+                raise ConfigError("template.custom needs a placeholder: {input} or a column such as {instruction}")
+            phrasings: tuple[Template, ...] = (Template(custom, custom=True),)
             train_phrasings, eval_phrasing = "all", 0
         elif task in TEMPLATES:
             phrasings = TEMPLATES[task]

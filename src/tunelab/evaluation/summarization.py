@@ -54,7 +54,8 @@ def score_prompts(model: torch.nn.Module, tokenizer, arch: Arch, prompts: Sequen
         result["rouge"] = metrics.aggregate_rouge(per_example, cfg.bootstrap_samples, seed)
     if "bleu" in cfg.metrics:
         result["bleu"] = metrics.bleu(preds, refs)
-    rows = [{"id": ex.id, "prediction": p, "references": list(ex.references),
+    rows = [{"id": ex.id, "prompt": enc.prompt if enc.prompt is not None else tokenizer.decode(enc.input_ids),
+             "prediction": p, "references": list(ex.references),
              **({"rouge": {k: round(v["f1"], 3) for k, v in s.items()}} if s else {})}
-            for ex, p, s in zip(examples, preds, per_example, strict=True)]
+            for ex, enc, p, s in zip(examples, prompts, preds, per_example, strict=True)]
     return EvalResult(metrics=result, predictions=rows)

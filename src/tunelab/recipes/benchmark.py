@@ -66,25 +66,27 @@ def measure_forgetting(run_path: str | Path, tasks: list[str] | None = None, lim
     tasks = tasks or cfg.benchmarks.tasks
     if not tasks:
         raise ConfigError("no benchmark tasks: pass --tasks or set benchmarks.tasks in the run's config")
-    base = open_session(cfg)
-    before = benchmark_session(base, tasks, show_progress)
-    del base
-    tuned = open_run(run.path)
-    tuned.cfg = cfg
-    after = benchmark_session(tuned, tasks, show_progress)
-    metrics = run.read_json("metrics.json") or {}
-    return write_forgetting(run.path, before, after, target_gain(metrics), cfg.benchmarks.bootstrap_samples, cfg.seed)
+    with run.locked():
+        base = open_session(cfg)
+        before = benchmark_session(base, tasks, show_progress)
+        del base
+        tuned = open_run(run.path)
+        tuned.cfg = cfg
+        after = benchmark_session(tuned, tasks, show_progress)
+        metrics = run.read_json("metrics.json") or {}
+        return write_forgetting(run.path, before, after, target_gain(metrics), cfg.benchmarks.bootstrap_samples,
+                                cfg.seed)
 
 
 def benchmark(target: str | Path, tasks: list[str], limit: int | None = None, overrides: tuple[str, ...] = (),
-              show_progress: bool = True, sample: int | None = None,
-              seed: int | None = None) -> tuple[Path, dict[str, Any]]:
+              show_progress: bool = True, sample: int | None = None, seed: int | None = None,
+              adapter: str | Path | None = None) -> tuple[Path, dict[str, Any]]:
     """Run tasks on a config's base model (new run directory) or on a finished run; writes benchmarks.json.
     `limit`: the first N documents of each task; `sample`: a seeded sample of N (`seed`: its seed)."""
     subset = tuple(f"benchmarks.{k}={'null' if v is None else v}"  # recorded in a new run's config.yaml
                    for k, v in (("limit", limit), ("sample", sample)) if limit or sample)
     subset += (f"benchmarks.seed={seed}",) if seed is not None else ()
-    session, run = open_target(target, (*overrides, *subset))
+    session, run = open_target(target, (*overrides, *subset), adapter)
     session.cfg = with_subset(session.cfg, limit, sample, seed)
     out = run.path if run is not None else Path(target)
     results = benchmark_session(session, tasks, show_progress)

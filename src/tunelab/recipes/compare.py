@@ -18,7 +18,9 @@ from accelerate.utils import set_seed
 
 from tunelab.config.compare import Arm, CompareConfig, load_compare_config
 from tunelab.data.sources import load_split
+from tunelab.environment import describe_environment
 from tunelab.evaluation.metrics import rouge_protocol
+from tunelab.models.precision import resolve_precision
 from tunelab.evaluation.summarization import score_prompts
 from tunelab.io import atomic_replace_dir, atomic_write_json, staging_dir
 from tunelab.recipes.components import load_eval_examples, open_session
@@ -62,7 +64,9 @@ def prompting_arm(arm: Arm, run_path: Path, show_progress: bool = True) -> dict[
                "dataset": cfg.data.source, "evaluation_split": cfg.evaluation.split, "after": after,
                "cost": {"trainable_parameters": 0, "total_parameters": n_params, "trainable_percent": 0.0,
                         "artefact": None, "artefact_bytes": 0, "full_checkpoint_bytes": 0},
-               "protocol": {"rouge": rouge_protocol(), "eval_template": session.templates.eval.prompt}}
+               "protocol": {"rouge": rouge_protocol(), "eval_template": session.templates.eval.prompt},
+               "environment": describe_environment(session.device, {
+                   "generation": resolve_precision(cfg.evaluation.precision, session.device)})}
     if cfg.benchmarks.tasks:
         metrics["forgetting"] = {t: {"metric": "-", "before": None, "after": None, "delta": 0.0, "ci95_low": 0.0,
                                      "ci95_high": 0.0, "significant": False, "note": "weights unchanged"}

@@ -53,7 +53,7 @@ def open_session(cfg: ExperimentConfig, quantize_for_method: bool = True) -> Ses
     templates = TemplateSet(cfg.template.task, cfg.template.train_phrasings, cfg.template.eval_phrasing,
                             cfg.template.custom)
     encoder = PromptEncoder(loaded.tokenizer, loaded.arch, loaded.use_chat_template, cfg.template.max_input_tokens,
-                            cfg.template.max_target_tokens)
+                            cfg.template.max_target_tokens, cfg.data.train_on)
     return Session(cfg=cfg, method=method, loaded=loaded, templates=templates, encoder=encoder, device=device)
 
 
