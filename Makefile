@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	# torch 2.13.0 (CPU build) is installed first from the local wheel store; the rest resolves from PyPI.
 	$(BIN)/pip install --quiet "torch==2.13.0"
-	$(BIN)/pip install --quiet -e ".[test,quant,compare]"
+	$(BIN)/pip install --quiet -e ".[test,quant,compare,serve]"
 	touch $(STAMP)
 
 setup: $(STAMP)

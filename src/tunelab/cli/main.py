@@ -126,6 +126,23 @@ def cmd_data_preview(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from tunelab.serving.server import ServeOptions, serve
+
+    adapters = {}
+    for item in args.adapter:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise TunelabError(f"--adapter expects NAME=PATH, got {item!r}")
+        adapters[name] = path
+    serve(ServeOptions(model=args.model, adapters=adapters, runs=args.runs, host=args.host, port=args.port,
+                       api_key=args.api_key, adapter_dirs=args.allow_adapter_loading,
+                       max_batch_size=args.max_batch_size, batch_window_ms=args.batch_window_ms,
+                       max_queue=args.max_queue, precision=args.precision, max_tokens=args.max_tokens_limit,
+                       max_prompt_tokens=args.max_prompt_tokens))
+    return 0
+
+
 def cmd_tasks(args: argparse.Namespace) -> int:
     from tunelab.benchmarks import available_tasks, get_task
 
@@ -251,6 +268,24 @@ def build_parser() -> argparse.ArgumentParser:
     dt.add_argument("--plain", action="store_true", help="mark trained tokens with ⟦ ⟧ even on a terminal")
     add_set(dt)
     dt.set_defaults(func=cmd_data_preview)
+
+    sv = sub.add_parser("serve", help="serve a base model and task adapters behind an OpenAI-compatible API")
+    sv.add_argument("runs", nargs="*", help="run directories (adapters named by the run; full runs as own models)")
+    sv.add_argument("--model", help="the base model (default: the runs' base)")
+    sv.add_argument("--adapter", action="append", default=[], metavar="NAME=PATH", help="a PEFT adapter (repeatable)")
+    sv.add_argument("--host", default="127.0.0.1", help="address to bind (not loopback: needs an API key)")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--api-key", help="required as 'Authorization: Bearer KEY' on /v1 (or $TUNELAB_API_KEY)")
+    sv.add_argument("--allow-adapter-loading", action="append", default=[], metavar="DIR",
+                    help="enable /v1/load_lora_adapter for adapters under DIR (repeatable)")
+    sv.add_argument("--max-batch-size", type=int, default=16)
+    sv.add_argument("--batch-window-ms", type=float, default=15.0, help="how long a batch waits for more requests")
+    sv.add_argument("--max-queue", type=int, default=64, help="waiting requests beyond this get HTTP 429")
+    sv.add_argument("--precision", choices=["fp32", "bf16", "auto"], default="fp32",
+                    help="fp32 (default): a greedy answer is the same alone or in any batch")
+    sv.add_argument("--max-tokens-limit", type=int, default=1024, help="largest max_tokens a request may ask")
+    sv.add_argument("--max-prompt-tokens", type=int, default=4096)
+    sv.set_defaults(func=cmd_serve)
 
     tk = sub.add_parser("tasks", help="list the benchmark tasks")
     tk.add_argument("action", choices=["list"], nargs="?", default="list")
