@@ -15,7 +15,17 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e ".[test,quant,compare,serve]"
 	touch $(STAMP)
 
-setup: $(STAMP)
+# The browser tests (report, playground) use Debian's chromium; installed here when missing and possible
+# (root with apt-get), otherwise those tests skip and say why.
+BROWSER_STAMP := $(VENV)/.browser
+$(BROWSER_STAMP): | $(STAMP)
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
+		echo "note: chromium not installed; the browser tests will skip"
+	touch $(BROWSER_STAMP)
+
+setup: $(STAMP) $(BROWSER_STAMP)
 
 ## Compare zero-shot, LoRA, prompt tuning and full fine-tuning of smollm2-135m-instruct on DialogSum:
 ## task gain, forgetting and cost, in runs/dialogsum-compare/report.html (~15-20 min on 2 CPU cores).

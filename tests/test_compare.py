@@ -105,20 +105,17 @@ def sst2_available():
 
 
 def _chromium() -> str | None:
+    """The browser `make setup` installs (Debian's chromium) when the machine allows it; tests never install."""
     for name in ("chromium", "chromium-browser", "google-chrome"):
         if shutil.which(name):
             return shutil.which(name)
-    if os.geteuid() == 0 and shutil.which("apt-get"):
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        subprocess.run(["apt-get", "update", "-qq"], capture_output=True, env=env, timeout=300)
-        subprocess.run(["apt-get", "install", "-y", "-qq", "chromium"], capture_output=True, env=env, timeout=600)
-    return shutil.which("chromium")
+    return None
 
 
 def test_report_renders_in_a_real_browser(compare_config, tmp_path, sst2_available):
     browser = _chromium()
     if browser is None:
-        pytest.skip("Chromium is not installed and could not be installed with apt-get (Debian package 'chromium')")
+        pytest.skip("Chromium is not installed (`make setup` installs Debian's 'chromium' where apt-get works)")
     tunelab.compare(compare_config, show_progress=False, echo=None)
     report = tmp_path / "runs" / "cmp" / "report.html"
     flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

@@ -457,3 +457,32 @@ def test_playground_runs_a_prompt_on_the_base_and_adapters_side_by_side(causal, 
         assert Image.open(shot).size[0] >= 1000
     finally:
         chrome.close()
+
+
+@pytest.mark.slow
+def test_real_model_with_two_adapters(tmp_path, dialogsum_dir):
+    """SmolLM2-135M-Instruct with two LoRA adapters: mixed batches answer as single requests do, and the
+    task prompt gives what `tunelab generate` gives with that adapter."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_serve", Path(__file__).parents[1] / "bench" / "serve.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    try:
+        adapters = bench.make_adapters(2, tmp_path)
+    except tunelab.ModelError as e:
+        pytest.skip(f"smollm2-135m-instruct could not be pulled: {e}")
+    server = Server(["--model", "smollm2-135m-instruct", "--adapter", f"a={adapters[0]}", "--adapter",
+                     f"b={adapters[1]}", "--batch-window-ms", "100"])
+    try:
+        texts = [json.loads(x)["dialogue"] for x in
+                 (dialogsum_dir / "dialogsum.test.jsonl").read_text().splitlines()[:2]]
+        _greedy_alone_vs_mixed(server, ["smollm2-135m-instruct", "a", "b"], texts)
+        session = tunelab.open_for_generation(model="smollm2-135m-instruct", adapter=adapters[1],
+                                              overrides=["evaluation.precision=fp32"])
+        want = tunelab.summarize(session, texts[:1], max_new_tokens=24)[0]
+        got = server.client().chat.completions.create(model="b", messages=[{"role": "user", "content": texts[0]}],
+                                                      temperature=0, max_tokens=24, extra_body={"task_prompt": True})
+        assert got.choices[0].message.content == want and want
+    finally:
+        server.stop()

@@ -239,6 +239,11 @@ class Engine:
                 r.started = now
             with torch.inference_mode(), autocast(device, resolve_precision(self.precision, device)), \
                     self._seeded(first):
+                if group.arch == "causal" and len(batch) > 1 and min(len(r.prompt.input_ids) for r in batch) > 1:
+                    cache = prefill_cache(group.model, [r.prompt.input_ids for r in batch], tok.pad_token_id,
+                                          kwargs.get("adapter_names"), device)
+                    if cache is not None:
+                        kwargs["past_key_values"] = cache
                 group.model.generate(**inputs, **kwargs)
         rows.end()
         for req in batch:
@@ -253,6 +258,43 @@ class Engine:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(req.seed)
             yield
+
+
+def prefill_cache(model, prompts: list[list[int]], pad_id: int, adapter_names: list[str] | None, device,
+                  micro_batch: int = 4):
+    """The batch's KV cache for all but each prompt's last token, computed in micro-batches of similar length
+    (a left-padded batch of mixed lengths spends most of its prefill on padding), then left-padded to one
+    length; `generate` continues from it with each prompt's last token. None for caches of another layout
+    (sliding-window or recurrent layers): the caller then prefills the padded batch as usual."""
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer
+
+    from tunelab.data.collate import position_ids_from_mask
+
+    width = max(len(p) for p in prompts) - 1
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    rows: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+    for start in range(0, len(order), micro_batch):
+        part = order[start:start + micro_batch]
+        batch = {k: v.to(device) for k, v in
+                 generation_batch([Encoded(prompts[i][:-1]) for i in part], pad_id, "causal").items()}
+        cache = DynamicCache()
+        extra = {"adapter_names": [adapter_names[i] for i in part]} if adapter_names is not None else {}
+        model(**batch, position_ids=position_ids_from_mask(batch["attention_mask"]), past_key_values=cache,
+              use_cache=True, logits_to_keep=1, **extra)
+        if not all(isinstance(layer, DynamicLayer) for layer in cache.layers):
+            return None
+        for j, i in enumerate(part):
+            rows[i] = [(layer.keys[j:j + 1], layer.values[j:j + 1]) for layer in cache.layers]
+    merged = DynamicCache()
+    for layer in range(len(rows[0])):
+        keys, values = [], []
+        for i in range(len(prompts)):
+            k, v = rows[i][layer]
+            keys.append(torch.nn.functional.pad(k, (0, 0, width - k.shape[2], 0)))
+            values.append(torch.nn.functional.pad(v, (0, 0, width - v.shape[2], 0)))
+        merged.update(torch.cat(keys), torch.cat(values), layer)
+    return merged
 
 
 _ids = itertools.count(1)
