@@ -486,3 +486,23 @@ def test_real_model_with_two_adapters(tmp_path, dialogsum_dir):
         assert got.choices[0].message.content == want and want
     finally:
         server.stop()
+
+
+def test_a_full_fine_tuning_run_is_served_as_a_model_of_its_own(tiny_t5_dir, tmp_path):
+    from conftest import write_dialogue_files
+
+    files = write_dialogue_files(tmp_path / "data")
+    tree = experiment(tiny_t5_dir, files, tmp_path, name="full-run", method={"name": "full"},
+                      training={"max_steps": 4}, evaluation={"max_samples": 2, "precision": "fp32", "before": False})
+    run = tunelab.finetune(tunelab.build_config(tree), show_progress=False, echo=None).run_dir
+    server = Server([str(run)])
+    try:
+        models = {m.id: m for m in server.client().models.list().data}
+        assert "full-run" in models and models["full-run"].parent is None
+        text = _dialogues(files, 1)[0]
+        want = tunelab.summarize(tunelab.open_for_generation(run=run), [text], max_new_tokens=10)[0]
+        got = server.client().completions.create(model="full-run", prompt=text, temperature=0, max_tokens=10,
+                                                 extra_body={"task_prompt": True})
+        assert got.choices[0].text == want
+    finally:
+        server.stop()

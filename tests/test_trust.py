@@ -484,3 +484,24 @@ def test_compare_overrides_switch_methods_as_train_does(tmp_path):
     result = _cli("compare", cfg)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip() == f"tunelab: error: base experiment of {cfg} not found: {tmp_path / 'base.yaml'}"
+
+
+def test_a_task_file_of_ones_own_reads_data_beside_it_or_by_absolute_path(tmp_path, monkeypatch):
+    from tunelab.benchmarks import get_task
+    from tunelab.benchmarks.loaders import evaluation_documents
+    from tunelab.errors import ConfigError
+
+    monkeypatch.setenv("TUNELAB_DATA_DIR", str(tmp_path / "no-data-root"))
+    folder = tmp_path / "my_tasks"
+    folder.mkdir()
+    (folder / "docs.jsonl").write_text("".join(json.dumps({"q": f"question {i}", "label": i % 2}) + "\n"
+                                               for i in range(10)))
+    task = {"name": "mine", "kind": "multiple_choice", "loader": "jsonl", "path": "docs.jsonl",
+            "prompt": "{q}\nAnswer:", "choices": [" no", " yes"], "label_field": "label"}
+    (folder / "mine.yaml").write_text(yaml.safe_dump(task))
+    assert [d["q"] for d in evaluation_documents(get_task(str(folder / "mine.yaml"), limit=3))] == \
+        ["question 0", "question 1", "question 2"]
+    (folder / "abs.yaml").write_text(yaml.safe_dump({**task, "path": str(folder / "docs.jsonl")}))
+    assert len(evaluation_documents(get_task(str(folder / "abs.yaml"), sample=4))) == 4
+    with pytest.raises(ConfigError, match="benchmark task file not found"):
+        get_task(str(folder / "missing.yaml"))
