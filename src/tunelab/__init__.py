@@ -16,14 +16,49 @@ import logging as _logging
 # its own fallback kernel is used and the warning only adds noise to every command.
 _logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(_logging.ERROR)
 
-from tunelab.config import ExperimentConfig, build_config, load_config
+from importlib import import_module as _import_module
+from typing import TYPE_CHECKING as _TYPE_CHECKING
+
 from tunelab.errors import ConfigError, DataError, ModelError, RunDirError, TrainingError, TunelabError
-from tunelab.models import pull_model
-from tunelab.recipes import benchmark_session, compare, evaluate, measure_forgetting, finetune, merge_run, open_for_generation, soft_prompt_neighbours, summarize
+
+# Everything else loads on first use (PEP 562), so `import tunelab`, config validation and `tunelab --help`
+# do not import torch, transformers or peft.
+_LAZY = {
+    "ExperimentConfig": "tunelab.config", "build_config": "tunelab.config", "load_config": "tunelab.config",
+    "pull_model": "tunelab.models.registry",
+    "benchmark_session": "tunelab.recipes", "compare": "tunelab.recipes", "evaluate": "tunelab.recipes",
+    "measure_forgetting": "tunelab.recipes", "finetune": "tunelab.recipes", "merge_run": "tunelab.recipes",
+    "open_for_generation": "tunelab.recipes", "soft_prompt_neighbours": "tunelab.recipes",
+    "summarize": "tunelab.recipes",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(_import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'tunelab' has no attribute {name!r}")
+
+
+if _TYPE_CHECKING:
+    from tunelab.config import ExperimentConfig, build_config, load_config
+    from tunelab.models.registry import pull_model
+    from tunelab.recipes import (
+        benchmark_session,
+        compare,
+        evaluate,
+        finetune,
+        measure_forgetting,
+        merge_run,
+        open_for_generation,
+        soft_prompt_neighbours,
+        summarize,
+    )
 
 __version__ = "0.1.0"
 __all__ = [
     "ConfigError", "DataError", "ExperimentConfig", "ModelError", "RunDirError", "TrainingError", "TunelabError",
-    "benchmark_session", "build_config", "compare", "evaluate", "measure_forgetting", "finetune", "load_config", "merge_run", "open_for_generation", "pull_model",
-    "soft_prompt_neighbours", "summarize",
+    "benchmark_session", "build_config", "compare", "evaluate", "measure_forgetting", "finetune", "load_config",
+    "merge_run", "open_for_generation", "pull_model", "soft_prompt_neighbours", "summarize",
 ]

@@ -14,16 +14,14 @@ from tunelab.errors import TunelabError
 
 
 def _quiet_libraries() -> None:
+    """Third-party progress chatter off by default, without importing those libraries (start-up stays light)."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # read by transformers when it is first imported
     for name in ("bitsandbytes", "transformers", "accelerate", "peft"):
         logging.getLogger(name).setLevel(logging.ERROR)
     import warnings
 
-    from transformers.utils import logging as hf_logging
-
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-
-    hf_logging.set_verbosity_error()
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -317,6 +315,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"tunelab: error: no space left on the device{f' writing {e.filename}' if e.filename else ''}",
               file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `tunelab tasks | head`: the reader left; not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         print("tunelab: interrupted", file=sys.stderr)
         return 130

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
-import torch
+from typing import TYPE_CHECKING, Literal
 
 from tunelab.methods.base import Method, MethodConfigBase, ModelContext
+
+if TYPE_CHECKING:  # torch and peft load when a method runs, not when a config is read
+    import torch
 
 
 class FullConfig(MethodConfigBase):

@@ -5,12 +5,12 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
-import torch
-from peft import IA3Config, get_peft_model
+from typing import TYPE_CHECKING, Literal
 
 from tunelab.methods.base import Method, MethodConfigBase, ModelContext, peft_task_type
+
+if TYPE_CHECKING:  # torch and peft load when a method runs, not when a config is read
+    import torch
 
 
 class IA3MethodConfig(MethodConfigBase):
@@ -20,6 +20,8 @@ class IA3MethodConfig(MethodConfigBase):
 
 
 def prepare(model: torch.nn.Module, cfg: IA3MethodConfig, ctx: ModelContext) -> torch.nn.Module:
+    from peft import IA3Config, get_peft_model
+
     peft_cfg = IA3Config(task_type=peft_task_type(ctx.arch), target_modules=cfg.target_modules,
                          feedforward_modules=cfg.feedforward_modules)
     return get_peft_model(model, peft_cfg)

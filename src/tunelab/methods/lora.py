@@ -6,13 +6,15 @@ models); `all-linear` adapts every linear layer except the output head.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import torch
-from peft import LoraConfig, get_peft_model
 from pydantic import Field
 
 from tunelab.methods.base import Method, MethodConfigBase, ModelContext, peft_task_type
+
+if TYPE_CHECKING:  # torch and peft load when a method runs, not when a config is read
+    import torch
+    from peft import LoraConfig
 
 
 class LoraSettings(MethodConfigBase):
@@ -30,6 +32,8 @@ class LoraMethodConfig(LoraSettings):
 
 
 def peft_lora_config(cfg: LoraSettings, ctx: ModelContext) -> LoraConfig:
+    from peft import LoraConfig
+
     return LoraConfig(
         task_type=peft_task_type(ctx.arch),
         r=cfg.r,
@@ -43,6 +47,8 @@ def peft_lora_config(cfg: LoraSettings, ctx: ModelContext) -> LoraConfig:
 
 
 def prepare(model: torch.nn.Module, cfg: LoraMethodConfig, ctx: ModelContext) -> torch.nn.Module:
+    from peft import get_peft_model
+
     return get_peft_model(model, peft_lora_config(cfg, ctx))
 
 

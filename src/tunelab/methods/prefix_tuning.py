@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import torch
-from peft import PrefixTuningConfig, get_peft_model
 from pydantic import Field
 
 from tunelab.methods.base import Method, MethodConfigBase, ModelContext, peft_task_type
+
+if TYPE_CHECKING:  # torch and peft load when a method runs, not when a config is read
+    import torch
 
 
 class PrefixTuningMethodConfig(MethodConfigBase):
@@ -18,6 +19,8 @@ class PrefixTuningMethodConfig(MethodConfigBase):
 
 
 def prepare(model: torch.nn.Module, cfg: PrefixTuningMethodConfig, ctx: ModelContext) -> torch.nn.Module:
+    from peft import PrefixTuningConfig, get_peft_model
+
     peft_cfg = PrefixTuningConfig(task_type=peft_task_type(ctx.arch), num_virtual_tokens=cfg.num_virtual_tokens,
                                   prefix_projection=cfg.prefix_projection)
     return get_peft_model(model, peft_cfg)

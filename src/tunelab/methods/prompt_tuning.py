@@ -6,13 +6,14 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import torch
-from peft import PromptTuningConfig, PromptTuningInit, get_peft_model
 from pydantic import Field
 
 from tunelab.methods.base import Method, MethodConfigBase, ModelContext, peft_task_type
+
+if TYPE_CHECKING:  # torch and peft load when a method runs, not when a config is read
+    import torch
 
 
 class PromptTuningMethodConfig(MethodConfigBase):
@@ -26,6 +27,8 @@ class PromptTuningMethodConfig(MethodConfigBase):
 
 
 def prepare(model: torch.nn.Module, cfg: PromptTuningMethodConfig, ctx: ModelContext) -> torch.nn.Module:
+    from peft import PromptTuningConfig, PromptTuningInit, get_peft_model
+
     init = {"text": PromptTuningInit.TEXT, "sample_vocab": PromptTuningInit.SAMPLE_VOCAB,
             "random": PromptTuningInit.RANDOM}[cfg.init]
     kwargs = {}
@@ -45,6 +48,8 @@ METHOD = Method(name="prompt_tuning", config_cls=PromptTuningMethodConfig, prepa
 def nearest_tokens(prompt_embeddings: torch.Tensor, vocab_embeddings: torch.Tensor, tokenizer,
                    k: int = 5) -> list[list[tuple[str, float]]]:
     """For each learned virtual token, the k vocabulary tokens with the most similar input embedding (cosine)."""
+    import torch
+
     p = torch.nn.functional.normalize(prompt_embeddings.float(), dim=-1)
     v = torch.nn.functional.normalize(vocab_embeddings.float(), dim=-1)
     sims, ids = (p @ v.T).topk(k, dim=-1)

@@ -6,13 +6,13 @@ The base is quantized at load time by bitsandbytes (CUDA or CPU backend). Matmul
 
 from __future__ import annotations
 
-from typing import Any, Literal
-
-import torch
-from peft import get_peft_model, prepare_model_for_kbit_training
+from typing import TYPE_CHECKING, Any, Literal
 
 from tunelab.methods.base import Method, ModelContext
 from tunelab.methods.lora import LoraSettings, peft_lora_config
+
+if TYPE_CHECKING:  # torch and peft load when a method runs, not when a config is read
+    import torch
 
 
 class QLoraConfig(LoraSettings):
@@ -23,6 +23,7 @@ class QLoraConfig(LoraSettings):
 
 
 def load_kwargs(cfg: QLoraConfig) -> dict[str, Any]:
+    import torch
     from transformers import BitsAndBytesConfig
 
     return {
@@ -36,6 +37,8 @@ def load_kwargs(cfg: QLoraConfig) -> dict[str, Any]:
 
 
 def prepare(model: torch.nn.Module, cfg: QLoraConfig, ctx: ModelContext) -> torch.nn.Module:
+    from peft import get_peft_model, prepare_model_for_kbit_training
+
     # activation checkpointing is training.gradient_checkpointing, applied by the loop for every method
     model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     return get_peft_model(model, peft_lora_config(cfg, ctx))
