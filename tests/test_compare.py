@@ -1,7 +1,6 @@
 """`tunelab compare` over tiny models: every arm runs, finished arms are reused, the report is complete."""
 
 import json
-import os
 import shutil
 import subprocess
 from html.parser import HTMLParser

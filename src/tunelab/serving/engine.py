@@ -25,7 +25,6 @@ from transformers.generation.streamers import BaseStreamer
 
 from tunelab.data.collate import generation_batch
 from tunelab.data.encoding import Encoded
-from tunelab.methods.adapters import BASE
 from tunelab.models.precision import autocast, resolve_precision
 from tunelab.serving.pool import ModelPool, ServedModel
 
