@@ -505,3 +505,21 @@ def test_a_task_file_of_ones_own_reads_data_beside_it_or_by_absolute_path(tmp_pa
     assert len(evaluation_documents(get_task(str(folder / "abs.yaml"), sample=4))) == 4
     with pytest.raises(ConfigError, match="benchmark task file not found"):
         get_task(str(folder / "missing.yaml"))
+
+
+def test_a_later_forgetting_measurement_never_rewrites_what_training_recorded(tiny_llama_dir, dialogue_files, tmp_path,
+                                                                             dialogsum_dir):
+    import tunelab
+
+    tree = experiment(tiny_llama_dir, dialogue_files, tmp_path, name="kept", training={"max_steps": 2},
+                      evaluation={"max_samples": 2, "before": False},
+                      benchmarks={"tasks": ["sst2", "boolq"], "sample": 8, "bootstrap_samples": 0})
+    run = tunelab.finetune(tunelab.build_config(tree), show_progress=False, echo=None).run_dir
+    recorded = {n: (run / n).read_bytes() for n in ("benchmarks_before.json", "benchmarks_after.json",
+                                                      "forgetting.json", "forgetting.md", "metrics.json")}
+    first = tunelab.measure_forgetting(run, ["boolq"], limit=5, show_progress=False)
+    second = tunelab.measure_forgetting(run, ["boolq"], limit=5, show_progress=False)
+    assert {n: (run / n).read_bytes() for n in recorded} == recorded
+    assert Path(first["folder"]) == run / "forgetting-boolq-limit5"
+    assert Path(second["folder"]) == run / "forgetting-boolq-limit5-2"
+    assert set(json.loads((run / "forgetting-boolq-limit5" / "forgetting.json").read_text())["tasks"]) == {"boolq"}

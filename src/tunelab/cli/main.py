@@ -108,7 +108,7 @@ def cmd_forgetting(args: argparse.Namespace) -> int:
     report = measure_forgetting(args.run, _task_list(args.tasks) or None, args.limit, sample=args.sample,
                                 seed=args.seed)
     print(forgetting_table(report))
-    print(f"\nreport: {args.run}/forgetting.json")
+    print(f"\nreport: {report['folder']}/forgetting.json")
     return 0
 
 

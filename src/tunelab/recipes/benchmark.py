@@ -12,7 +12,7 @@ from tunelab.errors import ConfigError
 from tunelab.io import atomic_write_json, atomic_write_text
 from tunelab.recipes.components import Session, open_session
 from tunelab.recipes.evaluate import open_run, open_target
-from tunelab.runs import RunDir
+from tunelab.runs import RunDir, unique_path
 
 
 def with_subset(cfg: ExperimentConfig, limit: int | None = None, sample: int | None = None,
@@ -57,10 +57,19 @@ def write_forgetting(run_path: Path, before: dict[str, Any], after: dict[str, An
     return report
 
 
+def forgetting_folder_name(tasks: list[str], bcfg: BenchmarksConfig) -> str:
+    """`forgetting-<tasks>[-limitN|-sampleN[-seedS]]`: a later measurement is named by what it measured."""
+    subset = (f"-limit{bcfg.limit}" if bcfg.limit else f"-sample{bcfg.sample}" if bcfg.sample else "") + \
+        (f"-seed{bcfg.seed}" if bcfg.seed is not None and bcfg.sample else "")
+    return "forgetting-" + "+".join(Path(t).stem for t in tasks) + subset
+
+
 def measure_forgetting(run_path: str | Path, tasks: list[str] | None = None, limit: int | None = None,
                        show_progress: bool = True, sample: int | None = None,
                        seed: int | None = None) -> dict[str, Any]:
-    """Run the suite on the run's base model and on its fine-tuned model; write forgetting.json/.md."""
+    """Run the suite on the run's base model and on its fine-tuned model. What training recorded is never
+    rewritten: the results go to a new folder RUN/forgetting-<tasks>[-subset][-N]/ (benchmarks_before.json,
+    benchmarks_after.json, forgetting.json/.md); the report's `folder` says which."""
     run = RunDir.open(run_path)
     cfg = with_subset(load_config(run.config_path), limit, sample, seed)
     tasks = tasks or cfg.benchmarks.tasks
@@ -74,8 +83,10 @@ def measure_forgetting(run_path: str | Path, tasks: list[str] | None = None, lim
         tuned.cfg = cfg
         after = benchmark_session(tuned, tasks, show_progress)
         metrics = run.read_json("metrics.json") or {}
-        return write_forgetting(run.path, before, after, target_gain(metrics), cfg.benchmarks.bootstrap_samples,
-                                cfg.seed)
+        out = unique_path(run.path / forgetting_folder_name(tasks, cfg.benchmarks))
+        report = write_forgetting(out, before, after, target_gain(metrics), cfg.benchmarks.bootstrap_samples,
+                                  cfg.seed)
+        return {**report, "folder": str(out)}
 
 
 def benchmark(target: str | Path, tasks: list[str], limit: int | None = None, overrides: tuple[str, ...] = (),
