@@ -89,10 +89,13 @@ def test_compare_runs_every_arm_reuses_finished_ones_and_reports(compare_config,
     assert yaml.safe_load((directory / "lora" / "config.yaml").read_text())["method"]["r"] == 4
     assert not list(directory.glob(".*.tmp"))
 
-    # the report can be rebuilt from the run directories alone
+    # the report can be rebuilt from the run directories alone, with the config's arm order and colours
+    written = {n: (directory / n).read_text() for n in ("report.html", "report.md")}
     (directory / "report.html").unlink()
     assert main(["report", str(directory)]) == 0
-    assert (directory / "report.html").is_file()
+    assert {n: (directory / n).read_text() for n in written} == written
+    rows = [line.split("|")[1].strip() for line in written["report.md"].splitlines() if line.startswith("| ")][1:]
+    assert rows[: len(ARMS)] == [a["name"] for a in ARMS]
 
 
 @pytest.fixture

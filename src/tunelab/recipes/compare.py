@@ -121,11 +121,12 @@ def run_arm(arm: Arm, directory: Path, show_progress: bool = True, echo=print,
 
 def compare(config: str | Path | CompareConfig, overrides: tuple[str, ...] = (), show_progress: bool = True,
             echo=print) -> Comparison:
-    from tunelab.reporting.html import write_report
+    from tunelab.reporting.html import ARM_ORDER_FILE, write_report
 
     cfg = config if isinstance(config, CompareConfig) else load_compare_config(config, overrides)
     directory = cfg.directory
     directory.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(directory / ARM_ORDER_FILE, [arm.name for arm in cfg.arms])
     arms, reused = {}, []
     base_benchmarks: dict[str, dict[str, Any]] = {}
     for i, arm in enumerate(cfg.arms, 1):

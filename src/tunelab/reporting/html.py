@@ -62,10 +62,16 @@ class ArmSummary:
         return int(mem.get("peak_cuda_allocated_bytes", mem.get("peak_rss_bytes", 0)))
 
 
+ARM_ORDER_FILE = "arms.json"  # the comparison config's arm order, so a rebuilt report keeps order and colours
+
+
 def load_arms(directory: Path, names: Sequence[str] | None = None) -> list[ArmSummary]:
     directory = Path(directory)
     if names is None:
-        names = sorted(p.name for p in directory.iterdir() if (p / "metrics.json").is_file() and (p / "COMPLETE").exists())
+        finished = {p.name for p in directory.iterdir() if (p / "metrics.json").is_file() and (p / "COMPLETE").exists()}
+        order_file = directory / ARM_ORDER_FILE
+        recorded = json.loads(order_file.read_text()) if order_file.is_file() else []
+        names = [n for n in recorded if n in finished] + sorted(finished - set(recorded))
     arms = []
     for name in names:
         path = directory / name
