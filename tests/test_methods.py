@@ -282,3 +282,18 @@ def test_generation_equals_cache_free_greedy_decoding(key, arch, tiny_llama_dir,
                              show_progress=False, precision="fp32")
     reference = [_greedy_without_cache(model, loaded.tokenizer, p.input_ids, loaded.arch, 6) for p in prompts]
     assert batched == reference
+
+
+def test_nearest_tokens_are_readable_text_for_byte_level_tokenizers():
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    from tunelab.methods.prompt_tuning import nearest_tokens
+
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(["the cat sat on the mat\nthe end"] * 20, vocab_size=300, min_frequency=1)
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer)
+    the = tok.convert_tokens_to_ids("Ġthe")
+    vocab = torch.eye(len(tok))
+    row = nearest_tokens(vocab[[the]], vocab, tok, k=1)[0][0]
+    assert row[0] == " the" and row[1] == pytest.approx(1.0)  # not the internal symbol 'Ġthe'

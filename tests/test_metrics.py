@@ -58,3 +58,15 @@ def test_bleu_with_varying_reference_counts():
 def test_length_mismatch_is_an_error():
     with pytest.raises(ValueError, match="2 predictions but 1"):
         rouge_per_example(["a", "b"], [["a"]])
+
+
+def test_one_evaluation_prints_a_plain_table_and_two_a_before_after_one():
+    from tunelab.reporting.tables import before_after_table
+
+    m = {"rouge": {k: {"f1": 10.0, "precision": 9.0, "recall": 11.0} for k in ("rouge1", "rouge2", "rougeL", "rougeLsum")},
+         "bleu": {"score": 3.0}}
+    plain = before_after_table(None, m)
+    cells = [[c.strip() for c in line.split("|")[1:-1]] for line in plain.splitlines() if not line.startswith("|-")]
+    assert cells[0] == ["metric", "score"] and ["BLEU", "3.00"] in cells and all("-" not in r for r in cells)
+    both = before_after_table(m, {**m, "bleu": {"score": 5.0}})
+    assert "before" in both.splitlines()[0] and "| BLEU" in both and "+2.00" in both

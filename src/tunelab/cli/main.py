@@ -96,8 +96,10 @@ def cmd_merge(args: argparse.Namespace) -> int:
 def cmd_prompt_tokens(args: argparse.Namespace) -> int:
     from tunelab.recipes import soft_prompt_neighbours
 
+    print(f"nearest vocabulary tokens of each learned virtual token (cosine similarity of input embeddings, top {args.k})")
     for i, row in enumerate(soft_prompt_neighbours(args.run, args.k)):
-        print(f"virtual token {i:3d}: " + "  ".join(f"{tok!r} ({sim:.2f})" for tok, sim in row))
+        print(f"virtual token {i:3d}: " + "  ".join(f"{json.dumps(tok, ensure_ascii=False)} cos {sim:.2f}"
+                                                    for tok, sim in row))
     return 0
 
 

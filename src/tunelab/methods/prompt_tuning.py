@@ -53,5 +53,6 @@ def nearest_tokens(prompt_embeddings: torch.Tensor, vocab_embeddings: torch.Tens
     p = torch.nn.functional.normalize(prompt_embeddings.float(), dim=-1)
     v = torch.nn.functional.normalize(vocab_embeddings.float(), dim=-1)
     sims, ids = (p @ v.T).topk(k, dim=-1)
-    return [[(tokenizer.convert_ids_to_tokens(int(i)), float(s)) for i, s in zip(row_ids, row_sims)]
+    # decoded text, not the tokenizer's internal symbols (byte-level BPE shows a space as 'Ġ', a newline as 'Ċ')
+    return [[(tokenizer.decode([int(i)]), float(s)) for i, s in zip(row_ids, row_sims)]
             for row_ids, row_sims in zip(ids, sims)]

@@ -46,6 +46,8 @@ def before_after_table(before: dict[str, Any] | None, after: dict[str, Any]) -> 
         a = after["bleu"]["score"]
         b = before["bleu"]["score"] if before and "bleu" in before else None
         rows.append(["BLEU", "-" if b is None else b, a, "-" if b is None else f"{a - b:+.2f}"])
+    if not before:  # one evaluation: a plain table, not empty before/change columns
+        return markdown_table(["metric", "score"], [[r[0], r[2]] for r in rows])
     return markdown_table(["metric", "before", "after", "change"], rows)
 
 
