@@ -74,6 +74,12 @@ def test_compare_runs_every_arm_reuses_finished_ones_and_reports(compare_config,
         assert arm["name"] in text
     md = (directory / "report.md").read_text()
     assert all(f"| {arm['name']}" in md for arm in ARMS)
+    # the benchmark column says what it is, and arms that changed no weights show "-" there
+    table = [[c.strip() for c in line.split("|")[1:-1]] for line in md.splitlines() if line.startswith("| ")]
+    column = table[0].index("benchmark change")
+    by_arm = {row[0]: row[column] for row in table[1:]}
+    assert by_arm["zero-shot"] == by_arm["two-shot"] == "-" and by_arm["lora"].startswith(("+", "-"))
+    assert "sst2 (accuracy)" in text
 
     mtimes = {a["name"]: (directory / a["name"] / "metrics.json").stat().st_mtime_ns for a in ARMS}
     again = tunelab.compare(compare_config, show_progress=False, echo=None)

@@ -50,7 +50,8 @@ class ArmSummary:
 
     @property
     def forgetting(self) -> float | None:
-        return self.metrics.get("forgetting_mean_delta")
+        """Mean benchmark change (after - before; negative = forgetting); None when no weights changed."""
+        return None if self.is_prompting else self.metrics.get("forgetting_mean_delta")
 
     @property
     def training(self) -> dict[str, Any]:
@@ -118,7 +119,7 @@ def summary_rows(arms: Sequence[ArmSummary]) -> list[list[Any]]:
     return rows
 
 
-SUMMARY_HEADERS = ["arm", "method", "ROUGE-1", "ROUGE-2", "ROUGE-L", "BLEU", "ROUGE-L gain", "forgetting",
+SUMMARY_HEADERS = ["arm", "method", "ROUGE-1", "ROUGE-2", "ROUGE-L", "BLEU", "ROUGE-L gain", "benchmark change",
                    "trainable", "artefact", "peak memory", "train time", "tok/s"]
 
 
@@ -128,7 +129,8 @@ def markdown_report(arms: Sequence[ArmSummary]) -> str:
              f"({arms[0].after.get('examples')} {first.get('evaluation_split')} examples)", "",
              markdown_table(SUMMARY_HEADERS, summary_rows(arms)), "",
              "ROUGE is F1 x100 (rouge-score, stemmed, best of the references); gain is against the zero-shot arm "
-             "(or the arm's own base); forgetting is the mean change on the benchmark suite (after - before)."]
+             "(or the arm's own base); benchmark change is the mean change on the benchmark suite, after - before "
+             "(negative = forgetting; - = no weights changed)."]
     for a in arms:
         ctx = a.after.get("context")
         if ctx and ctx.get("prompts_over_window"):
@@ -168,7 +170,7 @@ def html_report(arms: Sequence[ArmSummary], title: str, n_examples: int = 5) -> 
         {k: [a.rouge_ci(k) for a in arms] for k in ("rouge1", "rouge2", "rougeL")},
         y_label="ROUGE F1 (x100) with 95% bootstrap CI")
     points = [(a.name, a.forgetting or 0.0, gain(a, base) or 0.0) for a in arms]
-    scatter = svg.scatter("chart-gain-forgetting", points, "forgetting: mean benchmark change (after - before)",
+    scatter = svg.scatter("chart-gain-forgetting", points, "mean benchmark change (after - before; < 0 = forgetting)",
                           "task gain: ROUGE-L vs zero-shot")
     cost = [
         svg.horizontal_bars("chart-trainable", names, [a.metrics.get("cost", {}).get("trainable_percent", 0) for a in arms],
@@ -181,7 +183,9 @@ def html_report(arms: Sequence[ArmSummary], title: str, n_examples: int = 5) -> 
     ]
     table = "<table id='summary'><tr>" + "".join(f"<th>{escape(h)}</th>" for h in SUMMARY_HEADERS) + "</tr>" + "".join(
         "<tr>" + "".join(f"<td>{escape(str(c))}</td>" for c in row) + "</tr>" for row in summary_rows(arms)) + "</table>"
-    forgetting_tasks = sorted({t for a in arms for t in (a.metrics.get("forgetting") or {})})
+    forgetting_tasks = list(dict.fromkeys(t for a in arms for t in (a.metrics.get("forgetting") or {})))  # config order
+    task_metric = {t: d.get("metric") for a in arms if not a.is_prompting
+                   for t, d in (a.metrics.get("forgetting") or {}).items()}
     forgetting_html = ""
     if forgetting_tasks:
         rows = []
@@ -190,9 +194,14 @@ def html_report(arms: Sequence[ArmSummary], title: str, n_examples: int = 5) -> 
             cells = []
             for t in forgetting_tasks:
                 d = f.get(t)
-                cells.append("-" if d is None else f"{d['delta']:+.2f} [{d['ci95_low']:+.1f}, {d['ci95_high']:+.1f}]")
+                cells.append("-" if d is None or a.is_prompting else
+                             f"{d['delta']:+.2f} [{d['ci95_low']:+.1f}, {d['ci95_high']:+.1f}]")
             rows.append("<tr><td>" + escape(a.name) + "</td>" + "".join(f"<td>{escape(c)}</td>" for c in cells) + "</tr>")
-        forgetting_html = ("<table id='forgetting'><tr><th>arm</th>" + "".join(f"<th>{escape(t)}</th>" for t in forgetting_tasks)
+        forgetting_html = ("<p class='note'>Change of each benchmark score, after - before, with its paired bootstrap "
+                           "95% CI (negative = forgetting; - = no weights changed).</p>"
+                           "<table id='forgetting'><tr><th>arm</th>"
+                           + "".join(f"<th>{escape(t)} ({escape(str(task_metric.get(t) or 'score'))})</th>"
+                                     for t in forgetting_tasks)
                            + "</tr>" + "".join(rows) + "</table>")
     ids = [p["id"] for p in arms[0].predictions[:n_examples]]
     by_arm = {a.name: {p["id"]: p for p in a.predictions} for a in arms}
