@@ -147,3 +147,20 @@ def test_report_renders_in_a_real_browser(compare_config, tmp_path, sst2_availab
     img = Image.open(shot).convert("RGB")
     colors = img.resize((64, 150)).getcolors(64 * 150)
     assert colors is not None and len(colors) > 8  # charts drew coloured bars, not a blank page
+
+
+def test_scatter_ticks_include_zero_and_labels_stay_inside():
+    import re
+
+    from tunelab.reporting.svg import nice_ticks, scatter
+
+    assert 0.0 in nice_ticks(-8.7, 2.1) and nice_ticks(0.5, 9.5) == [2.0, 4.0, 6.0, 8.0]
+    chart = scatter("c", [("zero-shot", 0.0, 0.0), ("a-long-arm-name", -8.33, 13.95), ("full", -5.56, 11.84)],
+                    "benchmark change", "gain", width=760)
+    x_ticks = re.findall(r'class="x-tick"[^>]*>([^<]+)<', chart)
+    assert "+0" in x_ticks and len(x_ticks) >= 4
+    for x, anchor, name in re.findall(r'class="point-label" x="([\d.]+)" y="[\d.]+" text-anchor="(\w+)"[^>]*>([^<]+)<',
+                                      chart):
+        end = float(x) + (7 * len(name) if anchor == "start" else 0)
+        start = float(x) - (7 * len(name) if anchor == "end" else 0)
+        assert start >= 60 and end <= 760 - 30, (name, start, end)

@@ -62,6 +62,18 @@ def grouped_bars(chart_id: str, groups: Sequence[str], series: dict[str, Sequenc
     return "".join(out)
 
 
+def nice_ticks(lo: float, hi: float, target: int = 6) -> list[float]:
+    """Round tick values (steps of 1, 2 or 5 times a power of ten) inside [lo, hi]; 0 is one of them when inside."""
+    import math
+
+    raw = (hi - lo) / max(target - 1, 1)
+    magnitude = 10 ** math.floor(math.log10(raw)) if raw > 0 else 1.0
+    step = min((m * magnitude for m in (1, 2, 5, 10)), key=lambda c: abs(math.log(c / raw)))  # nearest nice step
+    first = math.ceil(lo / step) * step
+    count = int(math.floor((hi - first) / step + 1e-9)) + 1
+    return [round(first + i * step, 10) + 0.0 for i in range(count)]
+
+
 def scatter(chart_id: str, points: Sequence[tuple[str, float, float]], x_label: str, y_label: str,
             width: int = 760, height: int = 340) -> str:
     left, right, top, bottom = 60, 30, 30, 50
@@ -81,13 +93,17 @@ def scatter(chart_id: str, points: Sequence[tuple[str, float, float]], x_label: 
            f'<line x1="{X(0):.1f}" x2="{X(0):.1f}" y1="{top}" y2="{top + plot_h}" stroke="#999" stroke-dasharray="4 3"/>',
            f'<line x1="{left}" x2="{left + plot_w}" y1="{Y(0):.1f}" y2="{Y(0):.1f}" stroke="#999" stroke-dasharray="4 3"/>']
     for i, (name, xv, yv) in enumerate(points):
+        # a label that would run past the right edge goes to the left of its point
+        right_side = X(xv) + 10 + 7 * len(name) <= left + plot_w
         out.append(f'<circle class="point" cx="{X(xv):.1f}" cy="{Y(yv):.1f}" r="7" fill="{PALETTE[i % len(PALETTE)]}">'
                    f'<title>{escape(name)}: {x_label} {xv:+.2f}, {y_label} {yv:+.2f}</title></circle>'
-                   f'<text x="{X(xv) + 10:.1f}" y="{Y(yv) + 4:.1f}" {FONT}>{escape(name)}</text>')
-    for v in (x_lo + pad_x, x_hi - pad_x):
-        out.append(f'<text x="{X(v):.1f}" y="{top + plot_h + 16}" text-anchor="middle" {FONT}>{v:+.1f}</text>')
-    for v in (y_lo + pad_y, y_hi - pad_y):
-        out.append(f'<text x="{left - 6}" y="{Y(v) + 4:.1f}" text-anchor="end" {FONT}>{v:+.1f}</text>')
+                   f'<text class="point-label" x="{X(xv) + (10 if right_side else -10):.1f}" y="{Y(yv) + 4:.1f}" '
+                   f'text-anchor="{"start" if right_side else "end"}" {FONT}>{escape(name)}</text>')
+    for v in nice_ticks(x_lo, x_hi):
+        out.append(f'<text class="x-tick" x="{X(v):.1f}" y="{top + plot_h + 16}" text-anchor="middle" {FONT}>'
+                   f'{v:+g}</text>')
+    for v in nice_ticks(y_lo, y_hi):
+        out.append(f'<text class="y-tick" x="{left - 6}" y="{Y(v) + 4:.1f}" text-anchor="end" {FONT}>{v:+g}</text>')
     out.append(f'<text x="{left + plot_w / 2}" y="{height - 8}" text-anchor="middle" {FONT}>{escape(x_label)}</text>'
                f'<text x="12" y="{top - 12}" {FONT} font-weight="600">{escape(y_label)}</text></svg>')
     return "".join(out)
