@@ -38,9 +38,12 @@ def _version(name: str) -> str | None:
         return None
 
 
-def describe_environment(device=None, precision: dict[str, str] | None = None) -> dict[str, Any]:
-    """Processor (model, ISA), accelerator, threads, library versions and the precisions used."""
+def describe_environment(device, generation: str | None = None, training: str | None = None) -> dict[str, Any]:
+    """Processor (model, ISA), accelerator, threads, library versions and the precisions used (`generation`,
+    `training`: as configured, `auto` resolved for `device`)."""
     import torch
+
+    from tunelab.models.precision import resolve_precision
 
     env: dict[str, Any] = {"cpu": cpu_description(), "torch_threads": torch.get_num_threads(),
                            "python": platform.python_version(),
@@ -48,6 +51,7 @@ def describe_environment(device=None, precision: dict[str, str] | None = None) -
     if device is not None and getattr(device, "type", "cpu") == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
         env["cuda"] = torch.version.cuda
-    if precision:
-        env["precision"] = precision
+    used = {name: resolve_precision(p, device) for name, p in (("training", training), ("generation", generation)) if p}
+    if used:
+        env["precision"] = used
     return env

@@ -7,7 +7,8 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,7 @@ class DiskFullError(RunDirError):
     """No space left on the device while writing `path`."""
 
 
-def is_disk_full(error: BaseException, path: Path) -> bool:
+def _is_disk_full(error: BaseException, path: Path) -> bool:
     """ENOSPC, or a native writer's failure without an errno (torch.save: "file write failed" /
     "basic_ios::clear"; safetensors: its own error type) on a device with (almost) no space left."""
     if isinstance(error, OSError) and error.errno == errno.ENOSPC:
@@ -51,7 +52,7 @@ def is_disk_full(error: BaseException, path: Path) -> bool:
         return False
 
 
-def disk_full(path: Path, what: str, kept: str = "") -> DiskFullError:
+def _disk_full(path: Path, what: str, kept: str = "") -> DiskFullError:
     return DiskFullError(f"no space left on the device writing {what} {path}" + (f"; {kept}" if kept else ""))
 
 
@@ -83,10 +84,10 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException as e:
-        full = is_disk_full(e, path)
+        full = _is_disk_full(e, path)
         Path(tmp).unlink(missing_ok=True)
         if full:
-            raise disk_full(path, "file", "the previous version of the file is intact") from None
+            raise _disk_full(path, "file", "the previous version of the file is intact") from None
         raise
     _fsync_dir(path.parent)
     return path
@@ -117,6 +118,23 @@ def atomic_replace_dir(staging: Path, final: Path) -> None:
     else:
         os.replace(staging, final)
     _fsync_dir(final.parent)
+
+
+@contextmanager
+def staged_dir(final: Path, what: str, kept: str = "") -> Iterator[Path]:
+    """A folder written in full under a temporary name, then renamed to `final` (an older `final` is replaced
+    only after success). On failure the temporary folder is removed, and a full disk becomes a DiskFullError
+    naming `final` and what is still intact (`kept`). A kill leaves the temporary folder, never a torn `final`."""
+    stage = staging_dir(final)
+    try:
+        yield stage
+        atomic_replace_dir(stage, final)
+    except BaseException as e:
+        full = not isinstance(e, DiskFullError) and _is_disk_full(e, stage)
+        shutil.rmtree(stage, ignore_errors=True)
+        if full:
+            raise _disk_full(final, what, kept) from None
+        raise
 
 
 def staging_dir(final: Path) -> Path:

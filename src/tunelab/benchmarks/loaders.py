@@ -10,6 +10,7 @@ from typing import Any
 from tunelab.benchmarks.spec import TaskSpec
 from tunelab.data.readers import read_records
 from tunelab.errors import ConfigError, DataError
+from tunelab.hub import hub_reachable
 from tunelab.paths import DATA_DIR_ENV, data_root
 
 Doc = dict[str, Any]
@@ -79,8 +80,6 @@ def _from_hub(spec: TaskSpec) -> list[Doc]:
     if spec.hub is None:
         raise DataError(f"task {spec.name}: no local data at <data root>/{spec.path} (set {DATA_DIR_ENV}) "
                         "and no hub fallback")
-    from tunelab.models.loading import hub_reachable
-
     if not hub_reachable():
         raise DataError(f"task {spec.name}: no local data at <data root>/{spec.path} (set {DATA_DIR_ENV}) and the "
                         "Hugging Face hub cannot be reached from here")

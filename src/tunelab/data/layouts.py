@@ -22,7 +22,6 @@ from tunelab.data.records import Example, rows_to_examples
 from tunelab.errors import DataError
 
 Layout = Literal["columns", "alpaca", "sharegpt", "messages"]
-LAYOUTS: tuple[str, ...] = ("columns", "alpaca", "sharegpt", "messages")
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
 ALPACA_TEMPLATE = "{instruction}[[\n\n{input}]]"
 
@@ -33,6 +32,10 @@ def detect_layout(first: Row, source: str | Path) -> Layout:
     if len(found) > 1:
         raise DataError(f"{source}: the records fit several layouts ({', '.join(found)}); set data.layout")
     return found[0] if found else "columns"  # type: ignore[return-value]
+
+
+def _row_id(row: Row, id_column: str | None, lineno: int) -> str:
+    return str(row[id_column]) if id_column and id_column in row else str(lineno)
 
 
 def _text(value: Any, source: str | Path, lineno: int, what: str, allow_empty: bool = False) -> str:
@@ -49,7 +52,7 @@ def _alpaca(rows: Sequence[tuple[int, Row]], source: str | Path, id_column: str 
             raise DataError(f"{source}:{lineno}: alpaca record without {', '.join(missing)}; keys: {', '.join(row)}")
         fields = {"instruction": _text(row["instruction"], source, lineno, "'instruction'"),
                   "system": _text(row.get("system") or "", source, lineno, "'system'", allow_empty=True)}
-        out.append(Example(id=str(row[id_column]) if id_column and id_column in row else str(lineno),
+        out.append(Example(id=_row_id(row, id_column, lineno),
                            input=_text(row.get("input") or "", source, lineno, "'input'", allow_empty=True),
                            references=(_text(row["output"], source, lineno, "'output'"),), fields=fields,
                            system=fields["system"] or None, template=ALPACA_TEMPLATE))
@@ -93,7 +96,7 @@ def _chats(rows: Sequence[tuple[int, Row]], source: str | Path, layout: Layout, 
             msgs = _messages(row.get("conversations"), source, lineno, "conversations", "from", "value",
                              {**SHAREGPT_ROLES, **(roles or {})})
         last_user = next(m["content"] for m in reversed(msgs) if m["role"] == "user")
-        out.append(Example(id=str(row[id_column]) if id_column and id_column in row else str(lineno),
+        out.append(Example(id=_row_id(row, id_column, lineno),
                            input=last_user, references=(msgs[-1]["content"],), messages=msgs))
     return out
 

@@ -13,6 +13,7 @@ from tunelab.data.readers import read_records
 from tunelab.data.layouts import rows_to_layout_examples
 from tunelab.data.records import Example, rows_to_examples
 from tunelab.errors import DataError
+from tunelab.hub import hub_reachable
 from tunelab.paths import DATA_DIR_ENV, data_root
 
 
@@ -89,8 +90,6 @@ def load_hub(dataset_id: str, split: str, input_column: str, target_columns: Seq
              id_column: str | None, hint: str = "", config_name: str | None = None, layout: str = "columns",
              roles: dict[str, str] | None = None) -> list[Example]:
     """Real hub loading through `datasets` (needs network access to the hub)."""
-    from tunelab.models.loading import hub_reachable
-
     if not hub_reachable():
         raise DataError(f"{dataset_id!r} split {split!r}: the Hugging Face hub cannot be reached from here"
                         + (f" ({hint})" if hint else ""))

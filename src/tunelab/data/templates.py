@@ -26,9 +26,6 @@ class Template:
     prompt: str
     custom: bool = False  # the user's template.custom: it wins over a record layout's own template
 
-    def placeholders(self) -> list[str]:
-        return _PLACEHOLDER.findall(self.prompt)
-
     def render(self, text: str, fields: Mapping[str, str] | None = None, input_column: str = "input") -> str:
         values = {**(fields or {}), "input": text, input_column: text}
 

@@ -11,6 +11,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
 from tunelab.config.schema import ModelConfig
 from tunelab.errors import ModelError
+from tunelab.hub import hub_reachable, in_hub_cache
 from tunelab.models.registry import ALIASES, pull_model
 
 Arch = Literal["causal", "seq2seq"]
@@ -39,42 +40,6 @@ def _looks_like_path(name: str) -> bool:
     return name.startswith((".", "/", "~")) or name.endswith(".gguf") or Path(name).exists()
 
 
-def hub_reachable(timeout: float = 3.0) -> bool:
-    """Whether the Hugging Face hub can be reached: False at once in offline mode (HF_HUB_OFFLINE) or when a
-    connection to its host fails within `timeout` seconds (instead of minutes of retries inside the hub client)."""
-    import os
-    import socket
-    import threading
-    from urllib.parse import urlparse
-
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes") or \
-            os.environ.get("TRANSFORMERS_OFFLINE", "").lower() in ("1", "true", "yes"):
-        return False
-    url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
-    result: list[bool] = []
-
-    def probe() -> None:
-        try:
-            socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
-            result.append(True)
-        except OSError:
-            result.append(False)
-
-    worker = threading.Thread(target=probe, daemon=True)  # name resolution itself has no timeout
-    worker.start()
-    worker.join(timeout)
-    return bool(result and result[0])
-
-
-def _in_hub_cache(repo_id: str, revision: str | None) -> bool:
-    try:
-        from huggingface_hub import try_to_load_from_cache
-
-        return isinstance(try_to_load_from_cache(repo_id, "config.json", revision=revision), str)
-    except Exception:  # an id the cache cannot even parse
-        return False
-
-
 def _unknown_model_message(name: str) -> str:
     import difflib
 
@@ -99,7 +64,7 @@ def resolve_source(name: str, pull: bool = True, revision: str | None = None) ->
         if not (p / "config.json").is_file():
             raise ModelError(f"model folder {p} has no config.json (is it a Hugging Face model folder?)")
         return ModelSource(str(p.resolve()))
-    if not _in_hub_cache(name, revision) and not hub_reachable():
+    if not in_hub_cache(name, revision) and not hub_reachable():
         raise ModelError(_unknown_model_message(name))
     return ModelSource(name)  # a hub id
 

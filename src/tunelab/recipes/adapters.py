@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 from tunelab.errors import ModelError, RunDirError
-from tunelab.io import atomic_replace_dir, staging_dir
+from tunelab.io import staged_dir
 from tunelab.methods.adapters import attach_adapter, merge_adapter
 from tunelab.methods.prompt_tuning import nearest_tokens
 from tunelab.recipes.components import open_session
@@ -30,14 +29,9 @@ def merge_run(run_path: str | Path, out: str | Path) -> Path:
     cfg = load_config(run.config_path)
     session = open_session(cfg, quantize_for_method=False)
     merged = merge_adapter(attach_adapter(session.model, run.adapter_dir, cfg.model.name))
-    stage = staging_dir(out)
-    try:
+    with staged_dir(out, "the merged model") as stage:
         merged.save_pretrained(stage)
         session.loaded.tokenizer.save_pretrained(stage)
-        atomic_replace_dir(stage, out)
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
     return out
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import random
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,9 +19,8 @@ from tunelab.config.compare import Arm, CompareConfig, load_compare_config
 from tunelab.data.sources import load_split
 from tunelab.environment import describe_environment
 from tunelab.evaluation.metrics import rouge_protocol
-from tunelab.models.precision import resolve_precision
 from tunelab.evaluation.summarization import score_prompts
-from tunelab.io import atomic_replace_dir, atomic_write_json, staging_dir
+from tunelab.io import atomic_write_json, staged_dir
 from tunelab.recipes.components import load_eval_examples, open_session
 from tunelab.recipes.finetune import finetune
 from tunelab.runs import RunDir
@@ -65,8 +63,7 @@ def prompting_arm(arm: Arm, run_path: Path, show_progress: bool = True) -> dict[
                "cost": {"trainable_parameters": 0, "total_parameters": n_params, "trainable_percent": 0.0,
                         "artefact": None, "artefact_bytes": 0, "full_checkpoint_bytes": 0},
                "protocol": {"rouge": rouge_protocol(), "eval_template": session.templates.eval.prompt},
-               "environment": describe_environment(session.device, {
-                   "generation": resolve_precision(cfg.evaluation.precision, session.device)})}
+               "environment": describe_environment(session.device, cfg.evaluation.precision)}
     if cfg.benchmarks.tasks:
         metrics["forgetting"] = {t: {"metric": "-", "before": None, "after": None, "delta": 0.0, "ci95_low": 0.0,
                                      "ci95_high": 0.0, "significant": False, "note": "weights unchanged"}
@@ -98,9 +95,8 @@ def base_suite_key(arm: Arm) -> str:
 def run_arm(arm: Arm, directory: Path, show_progress: bool = True, echo=print,
             base_benchmarks: dict[str, dict[str, Any]] | None = None) -> Path:
     final = directory / arm.name
-    stage = staging_dir(final)
-    stage.rmdir()  # RunDir.create makes it
-    try:
+    with staged_dir(final, "comparison arm") as stage:
+        stage.rmdir()  # RunDir.create makes it
         if arm.kind == "prompting":
             prompting_arm(arm, stage, show_progress)
         else:
@@ -112,10 +108,6 @@ def run_arm(arm: Arm, directory: Path, show_progress: bool = True, echo=print,
                 base_benchmarks[key] = json.loads((stage / "benchmarks_before.json").read_text())
             del result
         atomic_write_json(stage / ARM_FILE, arm.signature())
-        atomic_replace_dir(stage, final)
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
     return final
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +15,7 @@ from tunelab.data.records import Example
 from tunelab.data.sources import load_split
 from tunelab.data.templates import TemplateSet
 from tunelab.errors import TrainingError
-from tunelab.io import atomic_replace_dir, atomic_write_json, disk_full, is_disk_full, staging_dir
+from tunelab.io import atomic_write_json, staged_dir
 from tunelab.methods import Method, ModelContext, get_method
 from tunelab.methods.adapters import ADAPTER_META
 from tunelab.models.loading import LoadedModel, load_model, pick_device
@@ -84,8 +83,7 @@ def save_artefact(model: torch.nn.Module, tokenizer, cfg: ExperimentConfig, is_p
     bad = non_finite_names(named)
     if bad:
         raise TrainingError(f"refusing to save {final}: non-finite weights in {', '.join(bad)}")
-    stage = staging_dir(final)
-    try:
+    with staged_dir(final, "the trained artefact", "checkpoints already written are intact") as stage:
         model.save_pretrained(stage, **({"state_dict": state_dict} if state_dict is not None else {}))
         if is_peft:
             atomic_write_json(stage / ADAPTER_META, {
@@ -94,13 +92,6 @@ def save_artefact(model: torch.nn.Module, tokenizer, cfg: ExperimentConfig, is_p
             })
         else:
             tokenizer.save_pretrained(stage)
-        atomic_replace_dir(stage, final)
-    except BaseException as e:
-        full = is_disk_full(e, stage)
-        shutil.rmtree(stage, ignore_errors=True)
-        if full:
-            raise disk_full(final, "the trained artefact", "checkpoints already written are intact") from None
-        raise
     return final
 
 

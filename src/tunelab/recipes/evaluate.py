@@ -11,7 +11,6 @@ from tunelab.config.schema import ExperimentConfig
 from tunelab.errors import RunDirError
 from tunelab.environment import describe_environment
 from tunelab.evaluation.metrics import rouge_protocol
-from tunelab.models.precision import resolve_precision
 from tunelab.evaluation.summarization import evaluate_summaries
 from tunelab.io import atomic_write_json, atomic_write_jsonl
 from tunelab.methods.adapters import attach_adapter
@@ -72,8 +71,7 @@ def evaluate_session(session: Session, split: str | None = None, max_samples: in
     metrics = {"model": cfg.model.name, "split": split or cfg.evaluation.split, **res.metrics,
                "protocol": {"rouge": rouge_protocol(), "eval_template": session.templates.eval.prompt,
                             "max_new_tokens": cfg.evaluation.max_new_tokens, "num_beams": cfg.evaluation.num_beams},
-               "environment": describe_environment(session.device, {
-                   "generation": resolve_precision(cfg.evaluation.precision, session.device)})}
+               "environment": describe_environment(session.device, cfg.evaluation.precision)}
     return metrics, res.predictions
 
 

@@ -15,14 +15,17 @@ from typing import Any
 from accelerate import PartialState
 from accelerate.utils import broadcast_object_list, set_seed
 
+from tunelab.benchmarks.leakage import leakage_report
 from tunelab.config.schema import ExperimentConfig
 from tunelab.data.encoding import encode_training_set
 from tunelab.data.sources import describe_split, load_split
+from tunelab.environment import describe_environment
 from tunelab.errors import TunelabError
 from tunelab.evaluation.costs import full_checkpoint_bytes, parameter_counts, weight_file_bytes
 from tunelab.evaluation.metrics import rouge_protocol
 from tunelab.evaluation.summarization import evaluate_summaries
-from tunelab.benchmarks.leakage import leakage_report
+from tunelab.methods.adapters import base_fingerprint
+from tunelab.models.loading import pick_device
 from tunelab.recipes.benchmark import benchmark_session, target_gain, task_specs, write_forgetting
 from tunelab.recipes.components import (
     build_regularizer,
@@ -33,10 +36,6 @@ from tunelab.recipes.components import (
 )
 from tunelab.recipes.preflight import check_experiment
 from tunelab.reporting.tables import before_after_table, cost_table
-from tunelab.methods.adapters import base_fingerprint
-from tunelab.environment import describe_environment
-from tunelab.models.loading import pick_device
-from tunelab.models.precision import resolve_precision
 from tunelab.runs import RunDir
 from tunelab.training.checkpoint import latest_checkpoint, list_checkpoints, remove_incomplete
 from tunelab.training.distributed import is_sharded, whole_model_state, whole_trainable_state
@@ -155,8 +154,7 @@ def _train_and_evaluate(cfg: ExperimentConfig, run: RunDir, resuming: bool, dist
     after = evaluate_summaries(model, session.loaded.tokenizer, session.loaded.arch, session.encoder,
                                session.templates.eval, eval_examples, cfg.evaluation, cfg.seed, "eval after")
     metrics["after"] = after.metrics
-    metrics["environment"] = describe_environment(session.device, {
-        "training": training.precision, "generation": resolve_precision(cfg.evaluation.precision, session.device)})
+    metrics["environment"] = describe_environment(session.device, cfg.evaluation.precision, training.precision)
     if not main:
         if sharded and cfg.benchmarks.tasks:
             benchmark_session(session, show_progress=False)  # under FSDP every forward pass is collective

@@ -142,7 +142,16 @@ class Engine:
         self._thread = threading.Thread(target=self._run, name="tunelab-engine", daemon=True)
         self.batches = 0
         self.largest_batch = 0
-        self.in_flight = 0
+        self._in_flight = 0
+        self._count_lock = threading.Lock()  # the event loop adds requests, the worker thread finishes them
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    def _track(self, change: int) -> None:
+        with self._count_lock:
+            self._in_flight += change
 
     def start(self) -> None:
         self._thread.start()
@@ -162,7 +171,7 @@ class Engine:
             self._queue.put_nowait(req)
         except queue.Full:
             raise QueueFull(f"the server is busy ({self._queue.maxsize} requests waiting); retry later") from None
-        self.in_flight += 1
+        self._track(+1)
 
     # ---- worker -----------------------------------------------------------------------------------
     def _collect(self) -> list[GenerationRequest]:
@@ -204,10 +213,10 @@ class Engine:
                 except Exception as e:  # a failed batch fails its requests, never the server
                     for req in batch:
                         req.emit(("error", f"generation failed: {e}"))
-                        self.in_flight -= 1
+                        self._track(-1)
 
     def _finish(self, req: GenerationRequest) -> None:
-        self.in_flight -= 1
+        self._track(-1)
         req.emit(("done", req.finish_reason))
 
     def _generate(self, batch: list[GenerationRequest]) -> None:

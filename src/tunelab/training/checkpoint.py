@@ -26,7 +26,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from tunelab.errors import TrainingError
-from tunelab.io import atomic_replace_dir, disk_full, is_disk_full, staging_dir
+from tunelab.io import staged_dir
 from tunelab.training.distributed import load_optimizer_state, load_trainable_state
 from tunelab.training.finite import non_finite_names
 
@@ -63,8 +63,10 @@ def save_checkpoint(folder: Path, weights: dict[str, torch.Tensor], optimizer_st
     bad = non_finite_names(weights.items())
     if bad:
         raise TrainingError(f"refusing to write checkpoint {final}: non-finite values in {', '.join(bad)}")
-    stage = staging_dir(final)
-    try:
+    previous = latest_checkpoint(folder)
+    kept = (f"the previous checkpoint {previous} is intact (free some space, then continue with --resume)"
+            if previous else "no earlier checkpoint exists")
+    with staged_dir(final, "checkpoint", kept) as stage:
         save_file(weights, str(stage / "trainable.safetensors"))
         torch.save(optimizer_state, stage / "optimizer.pt")
         _fault("checkpoint-write", state.step)
@@ -76,15 +78,6 @@ def save_checkpoint(folder: Path, weights: dict[str, torch.Tensor], optimizer_st
         (stage / "state.json").write_text(json.dumps({"step": state.step, "epoch": state.epoch,
                                                       "batch_in_epoch": state.batch_in_epoch,
                                                       "history": state.history}))
-        atomic_replace_dir(stage, final)
-    except BaseException as e:
-        full = is_disk_full(e, stage)
-        shutil.rmtree(stage, ignore_errors=True)
-        if full:
-            previous = latest_checkpoint(folder)
-            raise disk_full(final, "checkpoint", f"the previous checkpoint {previous} is intact (free some space, then "
-                            "continue with --resume)" if previous else "no earlier checkpoint exists") from None
-        raise
     for old in list_checkpoints(folder)[:-keep_last]:
         shutil.rmtree(old, ignore_errors=True)
     return final
