@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 RUN_ID := $(shell date +%Y%m%d-%H%M%S)
 
-.PHONY: setup demo demo-lora test test-fast bench clean
+.PHONY: setup demo demo-lora test test-fast test-llamacpp llamacpp bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,24 @@ test: setup
 ## Unit tests on tiny models only (no model download).
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow"
+
+## llama.cpp's Python binding (for checking exports), built from source once (~20 min on 2 cores) and kept as a
+## wheel in ~/.cache/tunelab/wheels. Portable CPU flags: a native build can die with an illegal instruction on
+## another CPU of the same machine type.
+LLAMACPP_VERSION := 0.3.36
+LLAMACPP_WHEELS  := $(HOME)/.cache/tunelab/wheels
+llamacpp: setup
+	@$(BIN)/python -c "import llama_cpp" 2>/dev/null || { \
+	  ls $(LLAMACPP_WHEELS)/llama_cpp_python-$(LLAMACPP_VERSION)-*.whl >/dev/null 2>&1 || \
+	  CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON" \
+	    $(BIN)/pip wheel --quiet --no-deps -w $(LLAMACPP_WHEELS) "llama-cpp-python==$(LLAMACPP_VERSION)" && \
+	  $(BIN)/pip install --quiet $(LLAMACPP_WHEELS)/llama_cpp_python-$(LLAMACPP_VERSION)-*.whl diskcache; }
+
+## The exporter checked by llama.cpp itself: tiny models in tests, then (when the demo has run) the demo's LoRA arm.
+test-llamacpp: llamacpp
+	$(BIN)/python -m pytest -q tests/test_export.py tests/test_export_llamacpp.py
+	@if [ -f runs/dialogsum-compare/lora/COMPLETE ]; then $(BIN)/python bench/export.py; \
+	  else echo "note: run make demo first to check the demo's LoRA arm too (bench/export.py)"; fi
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

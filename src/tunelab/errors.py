@@ -23,3 +23,7 @@ class RunDirError(TunelabError):
 
 class TrainingError(TunelabError):
     """Training cannot go on (e.g. a non-finite loss)."""
+
+
+class ExportError(TunelabError):
+    """A model cannot be exported to the requested format (method, architecture or tokenizer not supported)."""

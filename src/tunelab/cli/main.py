@@ -93,6 +93,16 @@ def cmd_merge(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from tunelab.recipes.export import export_run
+
+    result = export_run(args.run, args.out, to=args.to, dtype=args.dtype, adapter_only=args.adapter_only)
+    for name, size in result.files.items():
+        print(f"{result.out / name}  {size / 2**20:,.1f} MiB")
+    print(f"{result.out / 'Modelfile'}  (ollama create NAME -f Modelfile); commands in {result.out / 'README.md'}")
+    return 0
+
+
 def cmd_prompt_tokens(args: argparse.Namespace) -> int:
     from tunelab.recipes import soft_prompt_neighbours
 
@@ -240,6 +250,17 @@ def build_parser() -> argparse.ArgumentParser:
     mg.add_argument("run", help="a finished run directory with an adapter/")
     mg.add_argument("--out", required=True, help="folder for the merged standalone model (must not exist)")
     mg.set_defaults(func=cmd_merge)
+
+    ex = sub.add_parser("export", help="export a causal run as GGUF for llama.cpp and Ollama (with a Modelfile)")
+    ex.add_argument("run", help="a finished run directory (LoRA, QLoRA, IA3 or full fine-tuning)")
+    ex.add_argument("--to", default="gguf", choices=["gguf"], help="format (default: gguf)")
+    ex.add_argument("--out", required=True, help="folder for the export (must not exist)")
+    ex.add_argument("--dtype", default="f16", choices=["f32", "f16", "bf16", "q8_0"],
+                    help="weight type of the GGUF file (default: f16; norms stay f32)")
+    ex.add_argument("--adapter-only", action="store_true",
+                    help="LoRA runs: write the base and the adapter as separate files (llama.cpp --lora, Ollama "
+                         "ADAPTER) instead of one merged model")
+    ex.set_defaults(func=cmd_export)
 
     pt = sub.add_parser("prompt-tokens", help="nearest vocabulary tokens of each learned soft-prompt token")
     pt.add_argument("run", help="a finished prompt-tuning run directory")
