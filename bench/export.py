@@ -1,18 +1,19 @@
 """`tunelab export` verified by two independent readers: transformers' GGUF loader and llama.cpp itself.
 
 For a finished causal LoRA run (default: the demo's `runs/dialogsum-compare/lora`), exports the merged model in
-every dtype and the adapter alone, then on the first N DialogSum test dialogues (the run's own prompts):
+every dtype and the adapter alone, then on the first N (20) DialogSum test dialogues (the run's own prompts):
 
 - transformers loads each file (`gguf_file=`): max |logit difference| to the merged PyTorch model over the
   prompts' positions, and whether its greedy outputs equal tunelab's;
 - llama.cpp (`llama-cpp-python`, when installed: `make llamacpp`) loads each file: whether it tokenizes the
   prompts to the same ids, and its greedy outputs from the same ids against tunelab's (exact matches and
-  token agreement: the share of tunelab's output tokens before the first difference); the base + LoRA
+  token agreement: the share of tunelab's output tokens before the first difference; ROUGE-L against the
+  references); the base + LoRA
   file pair against the merged file.
 
 Writes bench/results/export.json and export.md.
 
-    python bench/export.py [--run runs/dialogsum-compare/lora] [--n 5] [--max-new-tokens 64]
+    python bench/export.py [--run runs/dialogsum-compare/lora] [--n 20] [--max-new-tokens 64]
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from tunelab.environment import describe_environment  # noqa: E402
+from tunelab.evaluation.metrics import rouge  # noqa: E402
 from tunelab.recipes.components import load_eval_examples  # noqa: E402
 from tunelab.recipes.evaluate import open_run  # noqa: E402
 from tunelab.recipes.export import export_run  # noqa: E402
@@ -88,7 +90,7 @@ def greedy_llamacpp(path: Path, prompts: list[list[int]], max_new: int, eos: int
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", default=str(ROOT / "runs/dialogsum-compare/lora"))
-    parser.add_argument("--n", type=int, default=5)
+    parser.add_argument("--n", type=int, default=20)
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--out", default=str(ROOT / "bench/results/export.json"))
     args = parser.parse_args()
@@ -103,6 +105,11 @@ def main() -> None:
     encoded = [session.encoder.encode_for_generation(session.templates.eval, ex) for ex in examples]
     prompts, texts = [e.input_ids for e in encoded], [e.prompt for e in encoded]
     reference = greedy_torch(merged, prompts, args.max_new_tokens, tok.eos_token_id)
+    references = [list(ex.references) for ex in examples]
+
+    def rouge_l(outputs: list[list[int]]) -> float:
+        texts = [tok.decode(o, skip_special_tokens=True).strip() for o in outputs]
+        return round(rouge(texts, references, bootstrap_samples=0)["rougeL"]["f1"], 2)
     try:
         import llama_cpp
         llamacpp_version = llama_cpp.__version__
@@ -110,7 +117,7 @@ def main() -> None:
         llamacpp_version = None
     results: dict = {"run": args.run, "prompts": args.n, "max_new_tokens": args.max_new_tokens,
                      "machine": describe_environment(torch.device("cpu"), "float32", "float32"),
-                     "llama_cpp_python": llamacpp_version, "dtypes": {}}
+                     "llama_cpp_python": llamacpp_version, "tunelab_rougeL": rouge_l(reference), "dtypes": {}}
     with tempfile.TemporaryDirectory() as tmp:
         for dtype in ("f32", "f16", "bf16", "q8_0"):
             t0 = time.perf_counter()
@@ -125,7 +132,7 @@ def main() -> None:
             if llamacpp_version:
                 outs, same_ids = greedy_llamacpp(out / "model.gguf", prompts, args.max_new_tokens, tok.eos_token_id,
                                                  texts=texts)
-                row["llama_cpp"] = {"same_prompt_ids": same_ids, **agreement(reference, outs)}
+                row["llama_cpp"] = {"same_prompt_ids": same_ids, **agreement(reference, outs), "rougeL": rouge_l(outs)}
                 if dtype == "f16":
                     merged_outs = outs
             results["dtypes"][dtype] = row
@@ -139,13 +146,15 @@ def main() -> None:
                                            "vs_tunelab": agreement(reference, outs)}
             print("adapter-only", json.dumps(results["adapter_only_f16"]), flush=True)
     Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
-    lines = ["| dtype | size (MiB) | transformers max logit diff | transformers greedy = tunelab | "
-             "llama.cpp greedy = tunelab | llama.cpp token agreement |", "|---|---|---|---|---|---|"]
+    lines = [f"tunelab (PyTorch, merged fp32) ROUGE-L on the {args.n} dialogues: {results['tunelab_rougeL']}", "",
+             "| dtype | size (MiB) | transformers max logit diff | transformers greedy = tunelab | "
+             "llama.cpp greedy = tunelab | llama.cpp token agreement | llama.cpp ROUGE-L |", "|---|---|---|---|---|---|---|"]
     for dtype, row in results["dtypes"].items():
         lc = row.get("llama_cpp", {})
         lines.append(f"| {dtype} | {row['mib']} | {row['transformers']['max_logit_diff']:.2e} | "
                      f"{row['transformers']['exact']}/{row['transformers']['of']} | "
-                     f"{lc.get('exact', '-')}/{lc.get('of', '-')} | {lc.get('token_agreement', '-')} |")
+                     f"{lc.get('exact', '-')}/{lc.get('of', '-')} | {lc.get('token_agreement', '-')} | "
+                     f"{lc.get('rougeL', '-')} |")
     Path(args.out).with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import random
 import shutil
 from pathlib import Path
 
@@ -14,33 +13,12 @@ import pytest
 import torch
 import yaml
 
-from conftest import WORDS, experiment, synthetic_dialogue, tiny_t5, make_tokenizer
+from conftest import CHATML, bpe_tokenizer, experiment, make_tokenizer, tiny_t5
 from tunelab.errors import ExportError, RunDirError
 
-CHATML = ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>' + '\n' }}"
-          "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
 SAMPLES = ["#person1#: hello , anna here . i want to buy a red car . 1234",
            "<|im_start|>user\nSummarize the following conversation.<|im_end|>\n<|im_start|>assistant\n",
            "Ünïcödé  spaces\tand\nnewlines?!"]
-
-
-def bpe_tokenizer():
-    """A tiny byte-level BPE tokenizer (GPT-2 style, as SmolLM2's) with ChatML special tokens."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    rng = random.Random(0)
-    corpus = [" ".join(synthetic_dialogue(rng)) for _ in range(300)] + [" ".join(WORDS)] * 5
-    tk = Tokenizer(models.BPE())
-    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tk.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=420, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tk.train_from_iterator(corpus, trainer)
-    tok = PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-                                  bos_token="<|im_start|>")
-    tok.chat_template = CHATML
-    return tok
 
 
 def tiny_causal(model_type: str, vocab_size: int):

@@ -158,5 +158,9 @@ def test_eval_cli_on_a_config_and_benchmarks_on_a_run(lora_run, tiny_llama_chat_
     assert yaml.safe_load((bench / "config.yaml").read_text())["benchmarks"]["limit"] == 3
 
     assert main(["eval", str(lora_run.run_dir), "--tasks", "sst2", "--limit", "4"]) == 0
-    assert json.loads((lora_run.run_dir / "benchmarks.json").read_text())["sst2"]["n"] == 4
+    assert json.loads((lora_run.run_dir / "benchmarks-sst2-limit4" / "benchmarks.json").read_text())["sst2"]["n"] == 4
     assert "| sst2" in capsys.readouterr().out
+    assert main(["eval", str(lora_run.run_dir), "--tasks", "sst2", "--limit", "3"]) == 0  # a rerun: a new folder
+    assert main(["eval", str(lora_run.run_dir), "--tasks", "sst2", "--limit", "3"]) == 0
+    assert json.loads((lora_run.run_dir / "benchmarks-sst2-limit3-2" / "benchmarks.json").read_text())["sst2"]["n"] == 3
+    assert not (lora_run.run_dir / "benchmarks.json").exists()

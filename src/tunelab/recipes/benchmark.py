@@ -57,11 +57,11 @@ def write_forgetting(run_path: Path, before: dict[str, Any], after: dict[str, An
     return report
 
 
-def forgetting_folder_name(tasks: list[str], bcfg: BenchmarksConfig) -> str:
-    """`forgetting-<tasks>[-limitN|-sampleN[-seedS]]`: a later measurement is named by what it measured."""
+def later_folder_name(kind: str, tasks: list[str], bcfg: BenchmarksConfig) -> str:
+    """`<kind>-<tasks>[-limitN|-sampleN[-seedS]]`: a later measurement is named by what it measured."""
     subset = (f"-limit{bcfg.limit}" if bcfg.limit else f"-sample{bcfg.sample}" if bcfg.sample else "") + \
         (f"-seed{bcfg.seed}" if bcfg.seed is not None and bcfg.sample else "")
-    return "forgetting-" + "+".join(Path(t).stem for t in tasks) + subset
+    return f"{kind}-" + "+".join(Path(t).stem for t in tasks) + subset
 
 
 def measure_forgetting(run_path: str | Path, tasks: list[str] | None = None, limit: int | None = None,
@@ -83,7 +83,7 @@ def measure_forgetting(run_path: str | Path, tasks: list[str] | None = None, lim
         tuned.cfg = cfg
         after = benchmark_session(tuned, tasks, show_progress)
         metrics = run.read_json("metrics.json") or {}
-        out = unique_path(run.path / forgetting_folder_name(tasks, cfg.benchmarks))
+        out = unique_path(run.path / later_folder_name("forgetting", tasks, cfg.benchmarks))
         report = write_forgetting(out, before, after, target_gain(metrics), cfg.benchmarks.bootstrap_samples,
                                   cfg.seed)
         return {**report, "folder": str(out)}
@@ -92,15 +92,17 @@ def measure_forgetting(run_path: str | Path, tasks: list[str] | None = None, lim
 def benchmark(target: str | Path, tasks: list[str], limit: int | None = None, overrides: tuple[str, ...] = (),
               show_progress: bool = True, sample: int | None = None, seed: int | None = None,
               adapter: str | Path | None = None) -> tuple[Path, dict[str, Any]]:
-    """Run tasks on a config's base model (new run directory) or on a finished run; writes benchmarks.json.
+    """Run tasks on a config's base model (a new run directory) or on a finished run (a new folder
+    RUN/benchmarks-<tasks>[-subset][-N]/: what training recorded is never rewritten); writes benchmarks.json there.
     `limit`: the first N documents of each task; `sample`: a seeded sample of N (`seed`: its seed)."""
     subset = tuple(f"benchmarks.{k}={'null' if v is None else v}"  # recorded in a new run's config.yaml
                    for k, v in (("limit", limit), ("sample", sample)) if limit or sample)
     subset += (f"benchmarks.seed={seed}",) if seed is not None else ()
     session, run = open_target(target, (*overrides, *subset), adapter)
     session.cfg = with_subset(session.cfg, limit, sample, seed)
-    out = run.path if run is not None else Path(target)
     results = benchmark_session(session, tasks, show_progress)
+    out = run.path if run is not None else unique_path(Path(target) / later_folder_name("benchmarks", tasks,
+                                                                                         session.cfg.benchmarks))
     atomic_write_json(out / "benchmarks.json", results)
     if run is not None:
         run.mark_complete()

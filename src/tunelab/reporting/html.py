@@ -123,6 +123,40 @@ SUMMARY_HEADERS = ["arm", "method", "ROUGE-1", "ROUGE-2", "ROUGE-L", "BLEU", "RO
                    "trainable", "artefact", "peak memory", "train time", "tok/s"]
 
 
+LATER_KINDS = {"eval-": "task evaluation", "benchmarks-": "benchmarks", "forgetting-": "forgetting"}
+
+
+def _later_summary(kind: str, folder: Path) -> str | None:
+    def read(name: str) -> Any:
+        path = folder / name
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    if kind == "eval-" and (m := read("metrics.json")):
+        return f"ROUGE-L {m['rouge']['rougeL']['f1']:.2f} on {m.get('examples')} {m.get('split')} examples"
+    if kind == "benchmarks-" and (r := read("benchmarks.json")):
+        return ", ".join(f"{t} {v['main_metric']} {v['score']:.1f} (n={v['n']})" for t, v in r.items())
+    if kind == "forgetting-" and (f := read("forgetting.json")):
+        return f"mean benchmark change {f['mean_delta']:+.2f} over {', '.join(f['tasks'])}"
+    return None
+
+
+def later_evaluations(arms: Sequence[ArmSummary]) -> list[list[str]]:
+    """Rows (arm, folder, kind, result) for the evaluations run on each arm after it finished (`tunelab eval RUN`,
+    `tunelab forgetting RUN`), oldest first; what training recorded is in the tables above."""
+    rows = []
+    for a in arms:
+        folders = sorted((p for p in a.path.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime)
+        for folder in folders:
+            kind = next((k for k in LATER_KINDS if folder.name.startswith(k)), None)
+            summary = _later_summary(kind, folder) if kind else None
+            if summary:
+                rows.append([a.name, folder.name, LATER_KINDS[kind], summary])
+    return rows
+
+
+LATER_HEADERS = ["arm", "folder", "kind", "result"]
+
+
 def markdown_report(arms: Sequence[ArmSummary]) -> str:
     first = arms[0].metrics
     lines = [f"## Comparison: {first.get('model')} on {first.get('dataset')} "
@@ -136,6 +170,9 @@ def markdown_report(arms: Sequence[ArmSummary]) -> str:
         if ctx and ctx.get("prompts_over_window"):
             lines.append(f"\n{a.name}: {ctx['prompts_over_window']} prompts longer than the model's "
                          f"{ctx['window']}-token window were cut (mean prompt {ctx['mean_prompt_tokens']:.0f} tokens).")
+    if later := later_evaluations(arms):
+        lines += ["", "### Later evaluations", "", "Run on the finished arms afterwards, each in its own folder inside "
+                  "the arm's run directory:", "", markdown_table(LATER_HEADERS, later)]
     return "\n".join(lines) + "\n"
 
 
@@ -214,6 +251,12 @@ def html_report(arms: Sequence[ArmSummary], title: str, n_examples: int = 5) -> 
              + "".join(f"<th>{escape(n)}</th>" for n in names) + "</tr>" + "".join(pred_rows) + "</table>")
     configs = "".join(f"<details><summary>{escape(a.name)}</summary><pre>{escape(a.config_text)}</pre></details>"
                       for a in arms)
+    later = later_evaluations(arms)
+    later_html = "" if not later else (
+        "<h2>Later evaluations</h2><p class='note'>Run on the finished arms afterwards, each in its own folder inside "
+        "the arm's run directory.</p><table id='later'><tr>" + "".join(f"<th>{h}</th>" for h in LATER_HEADERS)
+        + "</tr>" + "".join("<tr>" + "".join(f"<td>{escape(c)}</td>" for c in row) + "</tr>" for row in later)
+        + "</table>")
     first = arms[0].metrics
     return f"""<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>
 <style>{_CSS}</style></head><body>{_SELF_CHECK}
@@ -226,6 +269,7 @@ Forgetting: mean change over the benchmark suite, after minus before (0 for prom
 <h2>Task quality</h2>{rouge_chart}
 <h2>Gain vs forgetting</h2>{scatter}{forgetting_html}
 <h2>Cost</h2><div class="cost">{''.join(cost)}</div>
+{later_html}
 <h2>Predictions side by side</h2>{preds}
 <h2>Run configs</h2>{configs}
 </body></html>
