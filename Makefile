@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 RUN_ID := $(shell date +%Y%m%d-%H%M%S)
 
-.PHONY: setup demo demo-lora test test-fast test-llamacpp llamacpp bench clean
+.PHONY: setup demo demo-lora test test-fast test-llamacpp llamacpp readme-numbers bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -66,6 +66,17 @@ test-llamacpp: llamacpp
 	$(BIN)/python -m pytest -q tests/test_export.py tests/test_export_llamacpp.py
 	@if [ -f runs/dialogsum-compare/lora/COMPLETE ]; then $(BIN)/python bench/export.py; \
 	  else echo "note: run make demo first to check the demo's LoRA arm too (bench/export.py)"; fi
+
+## Regenerate the README's measured tables from fresh measurements on this machine: the demo (finished arms are
+## reused; remove runs/dialogsum-compare first for new numbers), a single LoRA run, start-up, serving, lm-eval
+## agreement and export checked by llama.cpp (~1.5 h on 2 cores); then bench/readme_numbers.py rewrites
+## README.md's generated regions from bench/results/.
+readme-numbers: demo demo-lora llamacpp
+	$(BIN)/python bench/startup.py
+	$(BIN)/python bench/serve.py
+	$(BIN)/python bench/lm_eval_agreement.py
+	$(BIN)/python bench/export.py
+	$(BIN)/python bench/readme_numbers.py --collect-demo --collect-demo-lora
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -56,7 +56,13 @@ def main() -> None:
               f"{r['tunelab_seconds'] / r['lm_eval_seconds']:.2f} |")
     out = Path(__file__).parent / "results" / "lm_eval_agreement.json"
     out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "rows": rows}, indent=2))
+    from importlib.metadata import version
+
+    from tunelab.environment import describe_environment
+
+    out.write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "lm_eval_version": version("lm-eval"),
+                               "precision": "fp32", "environment": describe_environment(torch.device("cpu")),
+                               "rows": rows}, indent=2))
 
 
 if __name__ == "__main__":

@@ -139,3 +139,16 @@ def test_readme_commands_work_as_written_and_change_no_earlier_result(dialogsum_
         after = _hashes(demo / arm)
         changed = [f for f, digest in before.items() if after.get(f) != digest]
         assert not changed, f"README commands changed {arm}'s {changed}"
+
+
+def test_readme_numbers_are_rendered_from_the_committed_results():
+    """The generated regions of README.md equal what bench/readme_numbers.py renders from bench/results/."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("readme_numbers", ROOT / "bench" / "readme_numbers.py")
+    numbers = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(numbers)
+    text = README.read_text(encoding="utf-8")
+    regions = re.findall(r"<!-- numbers:(\w+) -->", text)
+    assert set(regions) == set(numbers.RENDERERS), regions
+    assert numbers.rendered_readme(text) == text, "README numbers drifted: run python bench/readme_numbers.py"

@@ -1,0 +1,190 @@
+"""The README's measured numbers, rendered from committed results so they are regenerated, never hand-edited.
+
+Each generated region of README.md sits between `<!-- numbers:NAME -->` and `<!-- /numbers:NAME -->` and is
+rendered from bench/results/ (each result names the machine it was measured on):
+
+    demo     bench/results/demo.json     (collected from runs/dialogsum-compare by --collect-demo)
+    demo_lora  bench/results/demo_lora.json  (collected from the newest runs/dialogsum-lora-* by --collect-demo-lora)
+    serve    bench/results/serve.json    (python bench/serve.py)
+    export   bench/results/export.json   (python bench/export.py)
+    lm_eval  bench/results/lm_eval_agreement.json  (python bench/lm_eval_agreement.py)
+    startup  bench/results/startup.json  (python bench/startup.py)
+
+    python bench/readme_numbers.py [--collect-demo]   # rewrite the regions (make readme-numbers runs it all)
+    python bench/readme_numbers.py --check            # exit 1 if README.md differs from the results
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+README = ROOT / "README.md"
+sys.path.insert(0, str(ROOT / "src"))
+
+
+def machine_line(env: dict) -> str:
+    cpu = env.get("cpu") or {}
+    parts = [f"{cpu.get('model', 'unknown CPU')} ({', '.join(cpu.get('isa') or []) or 'no AVX-512/AMX'})"]
+    if env.get("torch_threads"):
+        parts.append(f"{env['torch_threads']} threads")
+    if torch := (env.get("packages") or {}).get("torch"):
+        parts.append(f"torch {torch}")
+    return ", ".join(parts)
+
+
+def collect_demo(directory: Path) -> dict:
+    """The comparison's summary table and the machine it ran on, from the demo's run directories."""
+    from tunelab.reporting.html import SUMMARY_HEADERS, load_arms, summary_rows
+    from tunelab.reporting.tables import markdown_table
+
+    arms = load_arms(directory)
+    finished = max((a.path / "COMPLETE").stat().st_mtime for a in arms if (a.path / "COMPLETE").exists())
+    env = next((a.metrics["environment"] for a in arms if a.training and "environment" in a.metrics), {})
+    return {"table": markdown_table(SUMMARY_HEADERS, summary_rows(arms)), "machine": machine_line(env),
+            "precision": env.get("precision"),
+            "date": time.strftime("%Y-%m-%d", time.gmtime(finished))}
+
+
+def collect_demo_lora(runs: Path) -> dict:
+    """Before/after and cost tables of the newest finished `make demo-lora` run."""
+    from tunelab.reporting.tables import before_after_table, cost_table
+
+    finished = sorted((p for p in runs.glob("dialogsum-lora-*") if (p / "COMPLETE").exists()),
+                      key=lambda p: (p / "COMPLETE").stat().st_mtime)
+    if not finished:
+        raise SystemExit(f"no finished dialogsum-lora-* run in {runs}: run make demo-lora first")
+    metrics = json.loads((finished[-1] / "metrics.json").read_text())
+    env = metrics.get("environment") or {}
+    return {"run": finished[-1].name, "examples": metrics["after"].get("examples"),
+            "metrics": before_after_table(metrics.get("before"), metrics["after"]),
+            "cost": cost_table(metrics["cost"], metrics.get("training")), "machine": machine_line(env),
+            "precision": env.get("precision"),
+            "date": time.strftime("%Y-%m-%d", time.gmtime((finished[-1] / "COMPLETE").stat().st_mtime))}
+
+
+def render_demo_lora() -> str:
+    run = json.loads((RESULTS / "demo_lora.json").read_text())
+    precision = run.get("precision") or {}
+    return (f"{run['metrics'].rstrip()}\n\n{run['cost'].rstrip()}\n\n`make demo-lora` ({run['run']}) on {run['date']}, "
+            f"{run['examples']} test dialogues: {run['machine']}; training in {precision.get('training', '?')}, "
+            f"generation in {precision.get('generation', '?')}.")
+
+
+def render_demo() -> str:
+    demo = json.loads((RESULTS / "demo.json").read_text())
+    precision = demo.get("precision") or {}
+    return (f"{demo['table'].rstrip()}\n\nMeasured by `make demo` on {demo['date']}: {demo['machine']}; training in "
+            f"{precision.get('training', '?')}, generation in {precision.get('generation', '?')}.")
+
+
+def render_export() -> str:
+    data = json.loads((RESULTS / "export.json").read_text())
+    table = (RESULTS / "export.md").read_text().strip()
+    pair = data.get("adapter_only_f16")
+    lines = [table, ""]
+    if pair:
+        same = pair["vs_merged_f16"]
+        lines.append(f"Base f16 + LoRA file ({pair['adapter_mib']} MiB) in llama.cpp: {same['exact']}/{same['of']} "
+                     f"outputs identical to the merged f16 file.")
+    lines.append(f"`python bench/export.py` on {data['prompts']} DialogSum test dialogues (greedy, at most "
+                 f"{data['max_new_tokens']} new tokens), {machine_line(data['machine'])}, llama-cpp-python "
+                 f"{data.get('llama_cpp_python') or 'not installed'}.")
+    return "\n".join(lines)
+
+
+def render_serve() -> str:
+    from tunelab.reporting.tables import human_bytes
+
+    data = json.loads((RESULTS / "serve.json").read_text())
+    s, c = data["one_at_a_time"], data["concurrent"]
+    rows = [f"| one at a time | {s['requests_per_second']:.2f} | {s['tokens_per_second']:.1f} | "
+            f"{s['p50_latency_s']:.1f} s | {s['p95_latency_s']:.1f} s |",
+            f"| {data['clients']} concurrent clients | {c['requests_per_second']:.2f} | {c['tokens_per_second']:.1f} | "
+            f"{c['p50_latency_s']:.1f} s | {c['p95_latency_s']:.1f} s |",
+            f"| ratio | **{data['throughput_ratio']:.2f}x** | "
+            f"{c['tokens_per_second'] / s['tokens_per_second']:.2f}x | | |"]
+    lines = ["| | requests/s | tokens/s | p50 latency | p95 latency |", "|---|---|---|---|---|", *rows, "",
+             f"Answers identical both ways: {data['identical_outputs']}."]
+    if memory := data.get("memory"):
+        lines[-1] += (f" Memory (resident, each in its own process): one base + 8 adapters "
+                      f"{human_bytes(memory['base_plus_8_adapters_rss_bytes'])} vs 8 merged models "
+                      f"{human_bytes(memory['8_merged_models_rss_bytes'])} ({memory['ratio']:.2f}x).")
+    lines.append(f"(`python bench/serve.py` on {data['date']}: {machine_line({'cpu': data.get('cpu')})}"
+                 f"; {data['precision']}.)")
+    return "\n".join(lines)
+
+
+LM_EVAL_TASKS = {"boolq": "BoolQ", "copa": "COPA", "sst2": "SST-2", "mmlu": "MMLU (geography, marketing)"}
+
+
+def render_lm_eval() -> str:
+    data = json.loads((RESULTS / "lm_eval_agreement.json").read_text())
+    lines = ["| task | shots | n | tunelab accuracy | lm-eval accuracy | same prediction | "
+             "max abs. log-likelihood difference | time tunelab / lm-eval |", "|---|---|---|---|---|---|---|---|"]
+    for r in data["rows"]:
+        lines.append(f"| {LM_EVAL_TASKS.get(r['task'], r['task'])} | {r['shots']} | {r['n']} | "
+                     f"{r['tunelab_accuracy']:.1f} | {r['lm_eval_accuracy']:.1f} | {r['same_prediction']}/{r['n']} | "
+                     f"{r['max_loglik_diff']:.1e} | {r['tunelab_seconds'] / r['lm_eval_seconds']:.2f} |")
+    machine = f", {machine_line(data['environment'])}" if data.get("environment") else ""
+    lines += ["", f"(lm-eval {data.get('lm_eval_version', '?')}, {data.get('precision', 'fp32')}, {data['date']}{machine}.)"]
+    return "\n".join(lines)
+
+
+def render_startup() -> str:
+    data = json.loads((RESULTS / "startup.json").read_text())
+    rows = [[name, f"{r['median_s'] * 1000:.0f} ms", f"{r['ratio_to_python']:.1f}x"]
+            for name, r in data.items() if isinstance(r, dict) and "median_s" in r]
+    from tunelab.reporting.tables import markdown_table
+
+    return markdown_table(["command", "median", "vs python -c pass"], rows)
+
+
+RENDERERS: dict[str, Callable[[], str]] = {
+    "demo": render_demo, "demo_lora": render_demo_lora, "serve": render_serve, "export": render_export, "lm_eval": render_lm_eval,
+    "startup": render_startup,
+}
+
+
+def rendered_readme(text: str) -> str:
+    def block(m: re.Match) -> str:
+        name = m.group(1)
+        if name not in RENDERERS:
+            raise SystemExit(f"README.md has a numbers region {name!r} that no renderer knows")
+        return f"<!-- numbers:{name} -->\n{RENDERERS[name]().rstrip()}\n<!-- /numbers:{name} -->"
+
+    return re.sub(r"<!-- numbers:(\w+) -->\n.*?<!-- /numbers:\1 -->", block, text, flags=re.S)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--collect-demo", action="store_true", help="first read runs/dialogsum-compare")
+    parser.add_argument("--collect-demo-lora", action="store_true", help="first read the newest runs/dialogsum-lora-*")
+    parser.add_argument("--check", action="store_true", help="only compare; exit 1 on a difference")
+    args = parser.parse_args()
+    if args.collect_demo:
+        (RESULTS / "demo.json").write_text(json.dumps(collect_demo(ROOT / "runs" / "dialogsum-compare"), indent=2) + "\n")
+    if args.collect_demo_lora:
+        (RESULTS / "demo_lora.json").write_text(json.dumps(collect_demo_lora(ROOT / "runs"), indent=2) + "\n")
+    text = README.read_text(encoding="utf-8")
+    new = rendered_readme(text)
+    if args.check:
+        if new != text:
+            print("README.md's numbers differ from bench/results: run python bench/readme_numbers.py", file=sys.stderr)
+            return 1
+        return 0
+    if new != text:
+        README.write_text(new, encoding="utf-8")
+    print("README.md numbers " + ("updated" if new != text else "already current"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
