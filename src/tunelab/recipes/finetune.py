@@ -40,6 +40,7 @@ from tunelab.runs import RunDir
 from tunelab.training.checkpoint import latest_checkpoint, list_checkpoints, remove_incomplete
 from tunelab.training.distributed import is_sharded, whole_model_state, whole_trainable_state
 from tunelab.training.loop import train_model
+from tunelab.training.memory import PhaseMemory
 
 
 @dataclass
@@ -83,9 +84,11 @@ def _train_and_evaluate(cfg: ExperimentConfig, run: RunDir, resuming: bool, dist
     if main:
         remove_incomplete(run.checkpoint_dir)
     latest = latest_checkpoint(run.checkpoint_dir) if resuming else None
+    memory = PhaseMemory(pick_device(cfg.training.device))  # peak memory of each phase, into metrics.json
     set_seed(cfg.seed)
     session = open_session(cfg)
     eval_examples = load_eval_examples(cfg)
+    memory.end("load")
     earlier = run.read_json("metrics.json") if resuming else None
     metrics: dict[str, Any] = {"name": cfg.name, "model": cfg.model.name, "arch": session.loaded.arch,
                                "method": cfg.method.name, "dataset": cfg.data.source,
@@ -110,6 +113,7 @@ def _train_and_evaluate(cfg: ExperimentConfig, run: RunDir, resuming: bool, dist
         if main:
             run.write_predictions(before.predictions, "predictions_before.jsonl")
             run.write_metrics(metrics)
+        memory.end("evaluate_before")
     bench_before = None
     if cfg.benchmarks.tasks:
         if main:
@@ -117,6 +121,7 @@ def _train_and_evaluate(cfg: ExperimentConfig, run: RunDir, resuming: bool, dist
                 or benchmark_session(session, show_progress=show_progress)
             run.write_metrics(bench_before, "benchmarks_before.json")
         dist.wait_for_everyone()
+        memory.end("benchmarks_before")
 
     train_examples, train_templates, mixture_stats = training_examples(session)
     metrics["leakage"] = leakage_report(train_examples, task_specs(cfg.benchmarks),
@@ -145,6 +150,7 @@ def _train_and_evaluate(cfg: ExperimentConfig, run: RunDir, resuming: bool, dist
         save_artefact(model, session.loaded.tokenizer, cfg, session.method.is_peft, run.path, session.loaded.source.path,
                       state_dict=whole, base_fingerprint=fingerprint)
     dist.wait_for_everyone()
+    memory.end("train")
     metrics["training"] = {**training.as_dict(), "examples": len(train_set), "truncation": train_truncation,
                            **({"mixture": mixture_stats} if mixture_stats else {}),
                            "regularization": cfg.training.regularization.model_dump()}
@@ -154,6 +160,7 @@ def _train_and_evaluate(cfg: ExperimentConfig, run: RunDir, resuming: bool, dist
     after = evaluate_summaries(model, session.loaded.tokenizer, session.loaded.arch, session.encoder,
                                session.templates.eval, eval_examples, cfg.evaluation, cfg.seed, "eval after")
     metrics["after"] = after.metrics
+    memory.end("evaluate_after")
     metrics["environment"] = describe_environment(session.device, cfg.evaluation.precision, training.precision)
     if not main:
         if sharded and cfg.benchmarks.tasks:
@@ -169,6 +176,8 @@ def _train_and_evaluate(cfg: ExperimentConfig, run: RunDir, resuming: bool, dist
                                                           "ci95_high", "significant")}
                                  for name, t in report["tasks"].items()}
         metrics["forgetting_mean_delta"] = report["mean_delta"]
+        memory.end("benchmarks_after")
+    metrics["memory_phases"] = memory.as_dict()
     run.write_metrics(metrics)
     run.mark_complete()
     dist.wait_for_everyone()

@@ -1,28 +1,85 @@
-"""Peak memory of the training process: max allocated on CUDA, resident set size (sampled) on CPU."""
+"""Peak memory of the process: CUDA's max allocated on a GPU; on the CPU the kernel's resident-set high-water
+mark (VmHWM), which catches every peak, reset at the start of each measured span by writing 5 to
+/proc/self/clear_refs (Linux). Where that is not possible the RSS is sampled instead (and the record says so)."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import psutil
 import torch
 
+_STATUS = Path("/proc/self/status")
+_CLEAR_REFS = Path("/proc/self/clear_refs")
+
+
+def high_water_mark() -> int | None:
+    """The process's peak resident set since start or the last reset, in bytes (Linux), else None."""
+    try:
+        for line in _STATUS.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def reset_high_water_mark() -> bool:
+    """Start a new peak: the high-water mark becomes the current RSS. False where the kernel does not allow it."""
+    try:
+        _CLEAR_REFS.write_text("5")
+    except OSError:
+        return False
+    return high_water_mark() is not None
+
 
 class PeakMemory:
+    """Peak memory from construction (or `reset`) to `as_dict`/`peak_rss`."""
+
     def __init__(self, device: torch.device):
         self.device = device
         self._proc = psutil.Process()
+        self.reset()
+
+    def reset(self) -> None:
+        self.exact = reset_high_water_mark()
         self.start_rss = self._proc.memory_info().rss
-        self.peak_rss = self.start_rss
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
+        self._sampled = self.start_rss
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
 
     def sample(self) -> None:
-        self.peak_rss = max(self.peak_rss, self._proc.memory_info().rss)
+        """Only needed where the kernel's high-water mark is not available."""
+        if not self.exact:
+            self._sampled = max(self._sampled, self._proc.memory_info().rss)
+
+    @property
+    def peak_rss(self) -> int:
+        self.sample()
+        return (high_water_mark() or self._sampled) if self.exact else self._sampled
 
     def as_dict(self) -> dict[str, int | str]:
-        self.sample()
-        out: dict[str, int | str] = {"peak_rss_bytes": self.peak_rss, "rss_at_start_bytes": self.start_rss,
-                                     "peak_rss_increase_bytes": self.peak_rss - self.start_rss}
+        peak = self.peak_rss
+        out: dict[str, int | str] = {"peak_rss_bytes": peak, "rss_at_start_bytes": self.start_rss,
+                                     "peak_rss_increase_bytes": peak - self.start_rss}
         if self.device.type == "cuda":
             out["peak_cuda_allocated_bytes"] = torch.cuda.max_memory_allocated(self.device)
-        out["measured"] = "cuda max_memory_allocated" if self.device.type == "cuda" else "process RSS, sampled per step"
+        out["measured"] = ("cuda max_memory_allocated" if self.device.type == "cuda" else
+                           "process peak RSS (kernel high-water mark)" if self.exact else "process RSS, sampled per step")
         return out
+
+
+class PhaseMemory:
+    """Peak memory of consecutive phases of a run (load, evaluate, train, benchmarks): `end(name)` records the
+    peak since the previous phase ended and starts the next."""
+
+    def __init__(self, device: torch.device):
+        self.phases: dict[str, dict[str, int | str]] = {}
+        self._current = PeakMemory(device)
+
+    def end(self, name: str) -> None:
+        self.phases[name] = {k: v for k, v in self._current.as_dict().items() if k != "rss_at_start_bytes"}
+        self._current.reset()
+
+    def as_dict(self) -> dict[str, dict[str, int | str]]:
+        return dict(self.phases)

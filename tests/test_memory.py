@@ -1,0 +1,59 @@
+"""Peak memory is the kernel's high-water mark per phase, and a finished run leaves no model alive."""
+
+from __future__ import annotations
+
+import gc
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import experiment
+from tunelab.training.memory import PeakMemory, PhaseMemory, reset_high_water_mark
+
+needs_hwm = pytest.mark.skipif(not reset_high_water_mark(), reason="no resettable VmHWM (Linux /proc/self/clear_refs)")
+MiB = 2**20
+
+
+@needs_hwm
+def test_a_short_peak_between_samples_is_caught_and_each_phase_has_its_own():
+    phases = PhaseMemory(torch.device("cpu"))
+    block = np.ones(300 * MiB, dtype=np.uint8)  # touched: resident
+    del block  # freed before anything could sample it
+    phases.end("spike")
+    phases.end("quiet")
+    spike, quiet = phases.as_dict()["spike"], phases.as_dict()["quiet"]
+    assert spike["peak_rss_increase_bytes"] > 250 * MiB
+    assert quiet["peak_rss_bytes"] < spike["peak_rss_bytes"] - 250 * MiB
+    assert spike["measured"] == "process peak RSS (kernel high-water mark)"
+
+
+@needs_hwm
+def test_peak_memory_reset_starts_a_new_span():
+    peak = PeakMemory(torch.device("cpu"))
+    block = np.ones(200 * MiB, dtype=np.uint8)
+    del block
+    first = peak.peak_rss
+    peak.reset()
+    assert peak.peak_rss < first - 150 * MiB
+
+
+def _live_models() -> int:
+    from transformers import PreTrainedModel
+
+    gc.collect()
+    return sum(isinstance(o, PreTrainedModel) for o in gc.get_objects())
+
+
+def test_finetune_records_phase_memory_and_leaves_no_model_alive(tiny_llama_dir, dialogue_files, tmp_path):
+    """A comparison runs its arms in one process: nothing of a finished arm may stay alive into the next."""
+    from tunelab import build_config, finetune
+
+    alive = _live_models()
+    result = finetune(build_config(experiment(tiny_llama_dir, dialogue_files, tmp_path,
+                                              training={"max_steps": 2, "batch_size": 4})), show_progress=False,
+                      echo=None)
+    assert _live_models() == alive
+    phases = result.metrics["memory_phases"]
+    assert list(phases) == ["load", "evaluate_before", "train", "evaluate_after"]
+    assert all(p["peak_rss_bytes"] > 0 for p in phases.values())
