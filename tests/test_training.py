@@ -98,7 +98,7 @@ def test_saved_lora_adapter_reloads_with_plain_peft_to_identical_logits(arch, ti
 @pytest.mark.parametrize("method", [{"name": "full"}, {"name": "lora", "r": 4, "dropout": 0.0}])
 def test_completion_only_logits_give_the_standard_loss(method, tiny_llama_chat_dir):
     """Left-padded batches with logits for completion positions only == HF's loss on right-padded batches."""
-    from tunelab.data.collate import _mask, _pad
+    from tunelab.data.collate import pad_sequences, padding_mask
     from tunelab.training.loss import completion_loss
 
     cfg, loaded, model, train, _ = _setup(tiny_llama_chat_dir, method)
@@ -107,8 +107,8 @@ def test_completion_only_logits_give_the_standard_loss(method, tiny_llama_chat_d
     assert len({len(e.input_ids) for e in batch}) > 1  # padding really happens
     ours = completion_loss(model, TrainCollator(loaded.tokenizer.pad_token_id, "causal")(batch), "causal")
     ids = [e.input_ids for e in batch]
-    reference = model(input_ids=_pad(ids, loaded.tokenizer.pad_token_id), attention_mask=_mask(ids),
-                      labels=_pad([e.labels for e in batch], -100)).loss
+    reference = model(input_ids=pad_sequences(ids, loaded.tokenizer.pad_token_id), attention_mask=padding_mask(ids),
+                      labels=pad_sequences([e.labels for e in batch], -100)).loss
     assert ours.item() == pytest.approx(reference.item(), rel=1e-5)
 
 

@@ -13,7 +13,8 @@ from tunelab.benchmarks.loaders import Doc, evaluation_documents, load_documents
 from tunelab.benchmarks.prompts import choices_of, label_of, references_of, render
 from tunelab.benchmarks.scoring import encode_pair, expected_calibration_error, loglikelihoods
 from tunelab.benchmarks.spec import TaskSpec
-from tunelab.data.encoding import Arch, Encoded
+from tunelab.data.encoding import Encoded
+from tunelab.modeling import Arch
 from tunelab.errors import DataError
 from tunelab.evaluation import metrics
 from tunelab.evaluation.generation import generate_texts

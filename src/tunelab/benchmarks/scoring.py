@@ -15,9 +15,9 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from tunelab.data.collate import _mask, _pad, position_ids_from_mask
-from tunelab.data.encoding import Arch
-from tunelab.training.loss import _base_forward_accepts, is_prompt_learning
+from tunelab.data.collate import pad_sequences, padding_mask, position_ids_from_mask
+from tunelab.modeling import Arch, forward_accepts
+from tunelab.training.loss import is_prompt_learning
 
 
 @dataclass(frozen=True)
@@ -44,13 +44,13 @@ def _causal_batch(model, reqs: Sequence[Request], pad_id: int, max_length: int |
     seqs = [(r.context + r.continuation)[:-1] for r in reqs]
     if max_length:
         seqs = [s[-max_length:] for s in seqs]
-    ids, mask = _pad(seqs, pad_id, left=True), _mask(seqs, left=True)
+    ids, mask = pad_sequences(seqs, pad_id, left=True), padding_mask(seqs, left=True)
     device = next(model.parameters()).device
     inputs = {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
     if not is_prompt_learning(model):
         inputs["position_ids"] = position_ids_from_mask(mask).to(device)
     keep = max(len(r.continuation) for r in reqs)
-    if _base_forward_accepts(model, "logits_to_keep"):
+    if forward_accepts(model, "logits_to_keep"):
         logits = model(**inputs, logits_to_keep=keep).logits
     else:
         logits = model(**inputs).logits[:, -keep:]
@@ -68,8 +68,8 @@ def _causal_batch(model, reqs: Sequence[Request], pad_id: int, max_length: int |
 def _seq2seq_batch(model, reqs: Sequence[Request], pad_id: int, max_length: int | None) -> list[float]:
     device = next(model.parameters()).device
     ctx = [r.context[-max_length:] if max_length else r.context for r in reqs]
-    labels = _pad([r.continuation for r in reqs], -100).to(device)
-    logits = model(input_ids=_pad(ctx, pad_id).to(device), attention_mask=_mask(ctx).to(device), labels=labels).logits
+    labels = pad_sequences([r.continuation for r in reqs], -100).to(device)
+    logits = model(input_ids=pad_sequences(ctx, pad_id).to(device), attention_mask=padding_mask(ctx).to(device), labels=labels).logits
     logprobs = torch.log_softmax(logits.float(), dim=-1)
     picked = logprobs.gather(-1, labels.clamp(min=0)[..., None])[..., 0]
     return [float(v) for v in (picked * (labels != -100)).sum(-1)]

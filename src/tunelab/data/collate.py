@@ -7,17 +7,18 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
-from tunelab.data.encoding import IGNORE_INDEX, Arch, Encoded
+from tunelab.data.encoding import IGNORE_INDEX, Encoded
+from tunelab.modeling import Arch
 
 
-def _pad(seqs: Sequence[list[int]], value: int, left: bool = False) -> torch.Tensor:
+def pad_sequences(seqs: Sequence[list[int]], value: int, left: bool = False) -> torch.Tensor:
     width = max(len(s) for s in seqs)
     rows = [([value] * (width - len(s)) + s) if left else (s + [value] * (width - len(s))) for s in seqs]
     return torch.tensor(rows, dtype=torch.long)
 
 
-def _mask(seqs: Sequence[list[int]], left: bool = False) -> torch.Tensor:
-    return _pad([[1] * len(s) for s in seqs], 0, left)
+def padding_mask(seqs: Sequence[list[int]], left: bool = False) -> torch.Tensor:
+    return pad_sequences([[1] * len(s) for s in seqs], 0, left)
 
 
 def position_ids_from_mask(mask: torch.Tensor) -> torch.Tensor:
@@ -40,8 +41,8 @@ class TrainCollator:
     def __call__(self, batch: Sequence[Encoded]) -> dict[str, torch.Tensor]:
         left = self.arch == "causal"
         ids = [e.input_ids for e in batch]
-        out = {"input_ids": _pad(ids, self.pad, left), "attention_mask": _mask(ids, left),
-               "labels": _pad([e.labels for e in batch], IGNORE_INDEX, left)}
+        out = {"input_ids": pad_sequences(ids, self.pad, left), "attention_mask": padding_mask(ids, left),
+               "labels": pad_sequences([e.labels for e in batch], IGNORE_INDEX, left)}
         if left:
             out["position_ids"] = position_ids_from_mask(out["attention_mask"])
         return out
@@ -51,7 +52,7 @@ def generation_batch(batch: Sequence[Encoded], pad_token_id: int, arch: Arch) ->
     """Prompt-only batch; causal models are left-padded so every row's generation starts at the same column."""
     left = arch == "causal"
     ids = [e.input_ids for e in batch]
-    return {"input_ids": _pad(ids, pad_token_id, left), "attention_mask": _mask(ids, left)}
+    return {"input_ids": pad_sequences(ids, pad_token_id, left), "attention_mask": padding_mask(ids, left)}
 
 
 class LengthGroupedBatches:

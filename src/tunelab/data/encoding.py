@@ -15,9 +15,9 @@ from typing import Literal
 from tunelab.data.records import Example
 from tunelab.data.templates import Template
 from tunelab.errors import DataError
+from tunelab.modeling import Arch
 
 IGNORE_INDEX = -100
-Arch = Literal["causal", "seq2seq"]
 
 
 @dataclass

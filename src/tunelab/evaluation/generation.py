@@ -9,7 +9,8 @@ import torch
 from tqdm.auto import tqdm
 
 from tunelab.data.collate import generation_batch, position_ids_from_mask
-from tunelab.data.encoding import Arch, Encoded
+from tunelab.data.encoding import Encoded
+from tunelab.modeling import Arch
 from tunelab.models.precision import autocast, resolve_precision
 from tunelab.training.distributed import is_sharded, reshard, unshard_root
 from tunelab.training.loss import is_prompt_learning

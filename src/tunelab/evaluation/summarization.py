@@ -10,11 +10,12 @@ from typing import Any
 import torch
 
 from tunelab.config.schema import EvaluationConfig
-from tunelab.data.encoding import Arch, Encoded, PromptEncoder
+from tunelab.data.encoding import Encoded, PromptEncoder
 from tunelab.data.records import Example
 from tunelab.data.templates import Template
 from tunelab.evaluation import metrics
 from tunelab.evaluation.generation import generate_texts_sharded
+from tunelab.modeling import Arch
 from tunelab.models.precision import resolve_precision
 
 

@@ -14,13 +14,14 @@ from typing import Any
 import torch
 
 from tunelab.errors import ModelError
+from tunelab.modeling import base_model
 
 BASE = "__base__"  # adapter name that means "no adapter" in a mixed batch (PEFT's convention)
 ADAPTER_META = "tunelab.json"  # beside PEFT's files: base model, method, task (plain PEFT ignores it)
 
 
 def is_quantized(model: torch.nn.Module) -> bool:
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = base_model(model)
     return bool(getattr(base, "is_loaded_in_4bit", False) or getattr(base, "is_loaded_in_8bit", False)
                 or getattr(getattr(base, "config", None), "quantization_config", None))
 
@@ -36,7 +37,7 @@ def base_fingerprint(model: torch.nn.Module) -> dict[str, Any]:
     weights loaded in fp32 or bf16 give the same hash."""
     import hashlib
 
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = base_model(model)
     weight = base.get_input_embeddings().weight
     rows = weight.detach()[: min(512, weight.shape[0])].to("cpu", torch.bfloat16).contiguous()
     cfg = base.config

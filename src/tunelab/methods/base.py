@@ -8,15 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from tunelab.modeling import Arch
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict
 
 if TYPE_CHECKING:  # torch and peft load when a method runs, not when a config is read
     import torch
-
-Arch = Literal["causal", "seq2seq"]
-
 
 class MethodConfigBase(BaseModel):
     model_config = ConfigDict(extra="forbid")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
@@ -12,10 +12,8 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
 from tunelab.config.schema import ModelConfig
 from tunelab.errors import ModelError
 from tunelab.hub import hub_reachable, in_hub_cache
+from tunelab.modeling import Arch
 from tunelab.models.registry import ALIASES, pull_model
-
-Arch = Literal["causal", "seq2seq"]
-
 
 @dataclass(frozen=True)
 class ModelSource:

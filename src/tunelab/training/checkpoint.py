@@ -15,7 +15,6 @@ Only tunelab's own checkpoints are loaded this way; no arbitrary pickles are rea
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from safetensors.torch import load_file, save_file
 from tunelab.errors import TrainingError
 from tunelab.io import staged_dir
 from tunelab.training.distributed import load_optimizer_state, load_trainable_state
+from tunelab.testing import fault_point
 from tunelab.training.finite import non_finite_names
 
 _STEP = re.compile(r"^step-(\d+)$")
@@ -48,14 +48,6 @@ def restore_rng(rng: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(rng["cuda"])
 
 
-def _fault(name: str, step: int) -> None:
-    """Fault injection for the crash tests: TUNELAB_FAULT=<name>:<step> kills this process there."""
-    if os.environ.get("TUNELAB_FAULT") == f"{name}:{step}":
-        import signal
-
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
 def save_checkpoint(folder: Path, weights: dict[str, torch.Tensor], optimizer_state: dict[str, Any], scheduler,
                     state: TrainingState, keep_last: int = 2) -> Path:
     """Write a checkpoint from whole tensors (`whole_trainable_state`, `whole_optimizer_state`)."""
@@ -69,7 +61,7 @@ def save_checkpoint(folder: Path, weights: dict[str, torch.Tensor], optimizer_st
     with staged_dir(final, "checkpoint", kept) as stage:
         save_file(weights, str(stage / "trainable.safetensors"))
         torch.save(optimizer_state, stage / "optimizer.pt")
-        _fault("checkpoint-write", state.step)
+        fault_point("checkpoint-write", state.step)
         torch.save(scheduler.state_dict(), stage / "scheduler.pt")
         rng = {"cpu": torch.get_rng_state()}
         if torch.cuda.is_available():

@@ -24,6 +24,7 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedType
 
 from tunelab.errors import TrainingError
+from tunelab.modeling import base_model
 
 
 def is_sharded(model: torch.nn.Module) -> bool:
@@ -95,7 +96,7 @@ def share_embedding_modules(model: torch.nn.Module) -> None:
     """Seq2seq models (T5) use one embedding matrix in three Embedding modules (shared, encoder and
     decoder embed_tokens). FSDP2 shards per module and refuses a parameter seen by two groups, so the
     three names are pointed at one module: same weight, same forward, one FSDP group."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = base_model(model)
     shared = base.get_input_embeddings()
     for stack in (getattr(base, "encoder", None), getattr(base, "decoder", None)):
         embed = getattr(stack, "embed_tokens", None)

@@ -25,12 +25,13 @@ from transformers import get_scheduler
 
 from tunelab.config.schema import TrainingConfig
 from tunelab.data.collate import LengthGroupedBatches, TrainCollator
-from tunelab.data.encoding import IGNORE_INDEX, Arch, Encoded
+from tunelab.data.encoding import IGNORE_INDEX, Encoded
 from tunelab.errors import TrainingError
+from tunelab.modeling import Arch, base_model
 from tunelab.models.precision import resolve_precision
+from tunelab.testing import fault_point
 from tunelab.training.checkpoint import (
     TrainingState,
-    _fault,
     load_checkpoint,
     restore_rng,
     save_checkpoint,
@@ -76,12 +77,8 @@ def mixed_precision(cfg: TrainingConfig, device: torch.device) -> str:
     return {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[resolve_precision(cfg.precision, device)]
 
 
-def _base(model: torch.nn.Module) -> torch.nn.Module:
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
 def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
-    base = _base(model)
+    base = base_model(model)
     if hasattr(base, "activation_checkpointing_enable"):  # transformers >= 5.x name
         base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     else:
@@ -92,7 +89,7 @@ def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
 
 
 def disable_gradient_checkpointing(model: torch.nn.Module) -> None:
-    base = _base(model)
+    base = base_model(model)
     (getattr(base, "activation_checkpointing_disable", None) or base.gradient_checkpointing_disable)()
 
 
@@ -205,7 +202,7 @@ def train_model(model: torch.nn.Module, tokenizer, arch: Arch, train_set: Sequen
             save_checkpoint(checkpoint_dir, weights, optimizer_state, scheduler,
                             TrainingState(step, epoch, batch_in_epoch, history))
         accelerator.wait_for_everyone()
-        _fault("after-checkpoint", step)
+        fault_point("after-checkpoint", step)
 
     while step < total_steps:
         # accelerate's loader calls set_epoch(<its own iteration count>) on the batch sampler whenever it is

@@ -9,28 +9,18 @@ longest completion (+1 for the shift). Same loss as the full computation (tested
 
 from __future__ import annotations
 
-import inspect
 
 import torch
 import torch.nn.functional as F
 
-from tunelab.data.encoding import IGNORE_INDEX, Arch
-
-
-def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    return getattr(model, "module", model)  # DistributedDataParallel / FSDP wrappers
-
-
-def _base_forward_accepts(model: torch.nn.Module, name: str) -> bool:
-    model = _unwrap(model)
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return name in inspect.signature(base.forward).parameters
+from tunelab.data.encoding import IGNORE_INDEX
+from tunelab.modeling import Arch, forward_accepts, unwrap_parallel
 
 
 def is_prompt_learning(model: torch.nn.Module) -> bool:
     """Soft prompts prepended to the input (prompt tuning, p-tuning): PEFT ignores position ids there.
     Prefix tuning is not included: PEFT offsets given position ids past its prefix, so they are kept."""
-    cfg = getattr(_unwrap(model), "active_peft_config", None)
+    cfg = getattr(unwrap_parallel(model), "active_peft_config", None)
     return bool(cfg is not None and cfg.is_prompt_learning and cfg.peft_type.value != "PREFIX_TUNING")
 
 
@@ -41,7 +31,7 @@ def completion_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], arch
     inputs = {k: v for k, v in batch.items() if k != "labels"}
     if is_prompt_learning(model):
         inputs.pop("position_ids", None)  # PEFT places virtual tokens itself and ignores position ids
-    if not _base_forward_accepts(model, "logits_to_keep"):
+    if not forward_accepts(model, "logits_to_keep"):
         return model(**inputs, labels=labels).loss
     has_label = (labels != IGNORE_INDEX).any(dim=0)
     first = int(has_label.nonzero()[0]) if has_label.any() else labels.shape[1] - 1

@@ -12,7 +12,8 @@ from collections.abc import Iterable
 
 import torch
 
-from tunelab.data.encoding import Arch
+
+from tunelab.modeling import Arch
 from tunelab.training.loss import completion_loss
 
 
