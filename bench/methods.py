@@ -138,7 +138,12 @@ def main() -> None:
               f"{r['step_seconds'] / ref['step_seconds']:.2f} | {r[mem_key] / 2**30:.2f} | "
               f"{r[mem_key] / ref[mem_key]:.2f} |")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    import torch
+
+    from tunelab.environment import describe_environment
+
     Path(args.out).write_text(json.dumps({"machine": platform.platform(), "cpu_count": os.cpu_count(),
+                                          "environment": describe_environment(torch.device("cpu")),
                                           "return_freed_memory": args.return_freed_memory,
                                           "date": time.strftime("%Y-%m-%d"), "rows": rows}, indent=2))
 

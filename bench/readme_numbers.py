@@ -8,6 +8,8 @@ rendered from bench/results/ (each result names the machine it was measured on):
     serve    bench/results/serve.json    (python bench/serve.py)
     export   bench/results/export.json   (python bench/export.py)
     lm_eval  bench/results/lm_eval_agreement.json  (python bench/lm_eval_agreement.py)
+    methods  bench/results/methods.json + methods_freed.json  (python bench/methods.py [--return-freed-memory])
+    throughput  bench/results/throughput.json  (python bench/throughput.py)
     startup  bench/results/startup.json  (python bench/startup.py)
 
     python bench/readme_numbers.py [--collect-demo]   # rewrite the regions (make readme-numbers runs it all)
@@ -138,6 +140,72 @@ def render_lm_eval() -> str:
     return "\n".join(lines)
 
 
+METHOD_LABELS = {"lora": "lora (r 16, all-linear)", "qlora": "qlora (NF4, bf16 compute)",
+                 "prompt_tuning": "prompt_tuning (20 tokens)", "full +ckpt": "full + gradient checkpointing",
+                 "lora +ckpt": "lora + gradient checkpointing", "qlora +ckpt": "qlora + gradient checkpointing"}
+
+
+def render_methods() -> str:
+    """bench/methods.py with the default allocator and with freed memory returned, as ratios to full fine-tuning."""
+    default = json.loads((RESULTS / "methods.json").read_text())
+    freed = {r["method"]: r for r in json.loads((RESULTS / "methods_freed.json").read_text())["rows"]}
+    full, full_freed = default["rows"][0], freed.get("full")
+    lines = ["| method | trainable % | step / full | memory / full (default allocator) | "
+             "memory / full (freed memory returned) |", "|---|---|---|---|---|"]
+    for r in default["rows"]:
+        is_full = r["method"] == "full"
+        step = f"1.00 ({r['step_seconds']:.2f} s)" if is_full else f"{r['step_seconds'] / full['step_seconds']:.2f}"
+        mem = (f"1.00 ({r['peak_rss_bytes'] / 2**30:.2f} GiB)" if is_full
+               else f"{r['peak_rss_bytes'] / full['peak_rss_bytes']:.2f}")
+        other = freed.get(r["method"])
+        mem_freed = ("-" if other is None or full_freed is None else
+                     f"1.00 ({other['peak_rss_bytes'] / 2**30:.2f} GiB)" if is_full else
+                     f"{other['peak_rss_bytes'] / full_freed['peak_rss_bytes']:.2f}")
+        lines.append(f"| {METHOD_LABELS.get(r['method'], r['method'])} | {r['trainable_percent']:.3f} | {step} | {mem} | "
+                     f"{mem_freed} |")
+    where = machine_line(default["environment"]) if default.get("environment") else default["machine_note"]
+    lines += ["", f"(`python bench/methods.py` and `--return-freed-memory`, {default['date']}, {where}; "
+                  "`bench/results/methods.md`.)"]
+    return "\n".join(lines)
+
+
+TRAIN_LABELS = {"causal": "SmolLM2-135M (causal)", "seq2seq": "T5, flan-t5-small shape (seq2seq)"}
+
+
+def render_throughput() -> str:
+    data = json.loads((RESULTS / "throughput.json").read_text())
+    speed = {(r["arch"], r["method"], r["side"]): r["completion_tokens_per_s"] for r in data["train"]}
+    lines = ["| model | method | tunelab fp32 / reference fp32 | tunelab bf16 / reference bf16 | "
+             "tunelab default (auto = bf16 here) / reference default (fp32) |", "|---|---|---|---|---|"]
+    def ratio(arch: str, method: str, ours: str, theirs: str) -> str:
+        return f"{speed[(arch, method, ours)] / speed[(arch, method, theirs)]:.2f}x"
+
+    for arch, method in dict.fromkeys((r["arch"], r["method"]) for r in data["train"]):
+        lines.append(f"| {TRAIN_LABELS[arch]} | {'LoRA' if method == 'lora' else method} | "
+                     f"{ratio(arch, method, 'tunelab fp32', 'reference fp32')} | "
+                     f"{ratio(arch, method, 'tunelab auto', 'reference bf16')} | "
+                     f"{ratio(arch, method, 'tunelab auto', 'reference fp32')} |")
+    where = machine_line(data["environment"]) if data.get("environment") else data["machine_note"]
+    lines += ["", f"(`python bench/throughput.py`, {data['date']}, {where}.)"]
+    return "\n".join(lines)
+
+
+EVAL_LABELS = {"seq2seq": "T5 of flan-t5-small's shape (seq2seq, the course lab's family)",
+               "causal": "SmolLM2-135M-Instruct (causal)"}
+
+
+def render_generation() -> str:
+    data = json.loads((RESULTS / "throughput.json").read_text())
+    rows = sorted(data["eval"], key=lambda r: r["arch"] != "seq2seq")
+    sides = [(t["batch_size"], t["precision"]) for t in rows[0]["tunelab"]]
+    head = " | ".join(f"tunelab batch {b}, {p}" for b, p in sides)
+    lines = [f"| model | {head} | fp32 bound |", "|---|" + "---|" * (len(sides) + 1)]
+    for r in rows:
+        cells = " | ".join(f"{t['speedup']:.2f}x, {t['identical']}/{r['examples']} identical" for t in r["tunelab"])
+        lines.append(f"| {EVAL_LABELS[r['arch']]} | {cells} | {r['fp32_bound']:.1f}x |")
+    return "\n".join(lines)
+
+
 def render_startup() -> str:
     data = json.loads((RESULTS / "startup.json").read_text())
     rows = [[name, f"{r['median_s'] * 1000:.0f} ms", f"{r['ratio_to_python']:.1f}x"]
@@ -149,7 +217,7 @@ def render_startup() -> str:
 
 RENDERERS: dict[str, Callable[[], str]] = {
     "demo": render_demo, "demo_lora": render_demo_lora, "serve": render_serve, "export": render_export, "lm_eval": render_lm_eval,
-    "startup": render_startup,
+    "methods": render_methods, "throughput": render_throughput, "generation": render_generation, "startup": render_startup,
 }
 
 

@@ -269,8 +269,11 @@ def main() -> None:
     fresh = {"train": rows, "mfu": mfu} if "train" in parts else {}
     if "eval" in parts:
         fresh["eval"] = evals
+    from tunelab.environment import describe_environment
+
     out.write_text(json.dumps({**kept_results, "date": time.strftime("%Y-%m-%d"), "machine": platform.platform(),
-                               "cpus": os.cpu_count(), **fresh}, indent=2))
+                               "cpus": os.cpu_count(), "environment": describe_environment(torch.device("cpu")),
+                               **fresh}, indent=2))
 
 
 if __name__ == "__main__":
