@@ -1,0 +1,127 @@
+"""Training and decoding settings do what they say: gradient accumulation equals the large batch, epochs count
+optimizer steps, each learning-rate schedule follows its formula, beam search is transformers' beam search,
+and merging a QLoRA run folds the adapter into a full-precision base."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+import torch
+
+from conftest import experiment, make_tokenizer, tiny_llama
+from tunelab.config.schema import TrainingConfig
+from tunelab.data.encoding import IGNORE_INDEX, Encoded
+from tunelab.training import train_model
+
+
+def equal_length_set(n: int, vocab: int, prompt: int = 6, completion: int = 6) -> list[Encoded]:
+    """Examples of one length and one completion length, so a batch's mean loss is the mean of its halves'."""
+    rng = random.Random(0)
+    out = []
+    for _ in range(n):
+        ids = [rng.randrange(6, vocab) for _ in range(prompt + completion)]
+        out.append(Encoded(input_ids=ids, labels=[IGNORE_INDEX] * prompt + ids[prompt:]))
+    return out
+
+
+def train(train_set, vocab: int, tmp_path=None, **training) -> tuple[torch.nn.Module, object]:
+    model = tiny_llama(vocab)
+    tok = make_tokenizer()
+    cfg = TrainingConfig(**{"lr": 1e-2, "warmup_ratio": 0.0, "precision": "fp32", "group_by_length": False,
+                            "scheduler": "constant", "log_every": 1, **training})
+    result = train_model(model, tok, "causal", train_set, None, cfg, seed=0, device=torch.device("cpu"),
+                         log_dir=tmp_path, show_progress=False)
+    return model, result
+
+
+def weights(model: torch.nn.Module) -> torch.Tensor:
+    return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+
+def test_gradient_accumulation_equals_the_large_batch():
+    vocab = len(make_tokenizer())
+    data = equal_length_set(16, vocab)
+    big, big_result = train(data, vocab, batch_size=8, grad_accum=1, max_steps=2)
+    accumulated, acc_result = train(data, vocab, batch_size=4, grad_accum=2, max_steps=2)
+    small, _ = train(data, vocab, batch_size=4, grad_accum=1, max_steps=2)
+    assert acc_result.steps == big_result.steps == 2
+    torch.testing.assert_close(weights(accumulated), weights(big), rtol=1e-4, atol=1e-5)
+    assert [round(v, 4) for _, v in acc_result.train_loss] == [round(v, 4) for _, v in big_result.train_loss]
+    assert not torch.allclose(weights(small), weights(big), atol=1e-4)  # the comparison can tell batches apart
+
+
+@pytest.mark.parametrize("epochs, grad_accum, steps", [(2, 1, 8), (1.5, 1, 6), (2, 2, 4)])
+def test_epochs_count_optimizer_steps(epochs, grad_accum, steps):
+    vocab = len(make_tokenizer())
+    _, result = train(equal_length_set(16, vocab), vocab, batch_size=4, grad_accum=grad_accum, epochs=epochs)
+    assert result.steps == steps
+    assert result.epochs == pytest.approx(epochs, abs=0.01)
+
+
+def _expected_lr(kind: str, step: int, total: int, warmup: int, peak: float) -> float:
+    """The learning rate used for optimizer step `step + 1` (what the scheduler holds after `step` steps)."""
+    if kind != "constant" and step < warmup:
+        return peak * step / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return {"constant": peak, "constant_with_warmup": peak, "linear": peak * (1 - progress),
+            "cosine": peak * 0.5 * (1 + math.cos(math.pi * progress))}[kind]
+
+
+@pytest.mark.parametrize("kind", ["linear", "cosine", "constant", "constant_with_warmup"])
+def test_learning_rate_schedules_follow_their_formula(kind, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    vocab = len(make_tokenizer())
+    total, warmup_ratio, peak = 10, 0.3, 1e-2
+    train(equal_length_set(40, vocab), vocab, tmp_path, batch_size=4, max_steps=total, scheduler=kind,
+          warmup_ratio=warmup_ratio, lr=peak)
+    events = EventAccumulator(str(tmp_path)).Reload()
+    logged = {e.step: e.value for e in events.Scalars("train/lr")}
+    warmup = math.ceil(warmup_ratio * total)
+    assert sorted(logged) == list(range(1, total + 1))
+    for step, lr in logged.items():
+        assert lr == pytest.approx(_expected_lr(kind, step, total, warmup, peak), rel=1e-5, abs=1e-9), step
+
+
+def test_beam_search_is_transformers_beam_search(tiny_llama_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tunelab.evaluation.generation import generate_texts
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir).eval()
+    tok = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    prompts = [Encoded(input_ids=tok(t)["input_ids"]) for t in
+               ("hello anna here i want a red car", "ben wants a blue bike today", "no thanks maybe now")]
+    ours = generate_texts(model, tok, prompts, "causal", batch_size=1, max_new_tokens=6, num_beams=3,
+                          show_progress=False)
+    for prompt, text in zip(prompts, ours, strict=True):
+        with torch.no_grad():
+            out = model.generate(torch.tensor([prompt.input_ids]), max_new_tokens=6, num_beams=3, do_sample=False,
+                                 pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+        assert text == tok.decode(out[0, len(prompt.input_ids):], skip_special_tokens=True).strip()
+
+
+def test_merging_a_qlora_run_folds_the_adapter_into_a_full_precision_base(tiny_llama_dir, dialogue_files, tmp_path):
+    pytest.importorskip("bitsandbytes")
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from tunelab import build_config, finetune, merge_run
+
+    tree = experiment(tiny_llama_dir, dialogue_files, tmp_path, name="qlora",
+                      method={"name": "qlora", "r": 4, "alpha": 8, "dropout": 0.0},
+                      training={"max_steps": 3, "batch_size": 4, "lr": 1e-2, "warmup_ratio": 0.0},
+                      evaluation={"max_samples": 2, "batch_size": 2, "max_new_tokens": 4, "before": False})
+    run = finetune(build_config(tree), show_progress=False, echo=None).run_dir
+    merged_dir = merge_run(run, tmp_path / "merged")
+    merged = AutoModelForCausalLM.from_pretrained(merged_dir).eval()
+    assert not getattr(merged.config, "quantization_config", None)
+    assert all(p.dtype == torch.float32 for p in merged.parameters())
+    reference = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_llama_dir), run / "adapter").eval()
+    x = torch.tensor([[5, 9, 14, 20, 7, 11]])
+    with torch.no_grad():
+        torch.testing.assert_close(merged(input_ids=x).logits, reference(input_ids=x).logits, rtol=1e-4, atol=1e-4)
+        base = AutoModelForCausalLM.from_pretrained(tiny_llama_dir).eval()
+        assert not torch.allclose(merged(input_ids=x).logits, base(input_ids=x).logits, atol=1e-3)
