@@ -13,7 +13,7 @@ from tunelab.data.encoding import encode_training_set
 from tunelab.errors import ModelError
 from tunelab.evaluation.costs import full_checkpoint_bytes, parameter_counts, weight_file_bytes
 from tunelab.methods import ModelContext, get_method
-from tunelab.methods.adapters import generate_mixed, load_adapters, merge_adapter
+from tunelab.inference.adapters import generate_mixed, load_adapters, merge_adapter
 from tunelab.models import load_model
 from tunelab.training import evaluation_loss, train_model
 

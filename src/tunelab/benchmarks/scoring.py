@@ -16,8 +16,8 @@ import torch
 from tqdm.auto import tqdm
 
 from tunelab.data.collate import pad_sequences, padding_mask, position_ids_from_mask
+from tunelab.methods import is_prompt_learning
 from tunelab.modeling import Arch, forward_accepts
-from tunelab.training.loss import is_prompt_learning
 
 
 @dataclass(frozen=True)

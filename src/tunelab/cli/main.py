@@ -5,23 +5,12 @@ from __future__ import annotations
 import argparse
 import errno
 import json
-import logging
 import os
 import sys
 from collections.abc import Sequence
 
 from tunelab.errors import TunelabError
-
-
-def _quiet_libraries() -> None:
-    """Third-party progress chatter off by default, without importing those libraries (start-up stays light)."""
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # read by transformers when it is first imported
-    for name in ("bitsandbytes", "transformers", "accelerate", "peft"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    import warnings
-
-    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+from tunelab.logs import configure_logging
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -202,8 +191,18 @@ def cmd_templates(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tunelab", description="Instruction fine-tuning and evaluation of language models.")
+    verbosity = argparse.ArgumentParser(add_help=False)
+    loudness = verbosity.add_mutually_exclusive_group()
+    loudness.add_argument("-v", "--verbose", action="store_const", const=1, dest="verbosity", default=argparse.SUPPRESS,
+                          help="also show debug notes and the libraries' warnings (transformers, peft, ...)")
+    loudness.add_argument("-q", "--quiet", action="store_const", const=-1, dest="verbosity", default=argparse.SUPPRESS,
+                          help="only warnings and errors on stderr")
+    p = argparse.ArgumentParser(prog="tunelab", description="Instruction fine-tuning and evaluation of language models.",
+                                parents=[verbosity])
     sub = p.add_subparsers(dest="command", required=True)
+
+    def add_parser(name: str, **kwargs) -> argparse.ArgumentParser:  # -v / -q after the command too
+        return sub.add_parser(name, parents=[verbosity], **kwargs)
 
     def add_set(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -214,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--sample", type=int, help="or score a seeded sample of N documents of each task")
         sp.add_argument("--seed", type=int, help="seed of --sample (default: each task's own)")
 
-    t = sub.add_parser("train", help="fine-tune: evaluate before, train, evaluate after")
+    t = add_parser("train", help="fine-tune: evaluate before, train, evaluate after")
     t.add_argument("config", nargs="?", help="experiment YAML (default: the built-in demo config)")
     t.add_argument("--run-dir", help="run directory (default: <output_dir>/<name>)")
     t.add_argument("--resume", action="store_true",
@@ -222,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_set(t)
     t.set_defaults(func=cmd_train)
 
-    e = sub.add_parser("eval", help="evaluate a config's base model or a finished run directory")
+    e = add_parser("eval", help="evaluate a config's base model or a finished run directory")
     e.add_argument("target", nargs="?", help="experiment YAML or run directory (or use --model)")
     e.add_argument("--model", help="score this model (alias, folder, .gguf or hub id) without a config")
     e.add_argument("--adapter", help="a PEFT adapter folder applied to --model (or to a config's base)")
@@ -236,7 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_set(e)
     e.set_defaults(func=cmd_eval)
 
-    g = sub.add_parser("generate", help="summarize a dialogue from a file or stdin")
+    g = add_parser("generate", help="summarize a dialogue from a file or stdin")
     src = g.add_mutually_exclusive_group()
     src.add_argument("--model", help="base model: alias, folder, .gguf or hub id")
     src.add_argument("--run", help="a finished run directory")
@@ -246,12 +245,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_set(g)
     g.set_defaults(func=cmd_generate)
 
-    mg = sub.add_parser("merge", help="merge a run's LoRA adapter into its (full-precision) base model")
+    mg = add_parser("merge", help="merge a run's LoRA adapter into its (full-precision) base model")
     mg.add_argument("run", help="a finished run directory with an adapter/")
     mg.add_argument("--out", required=True, help="folder for the merged standalone model (must not exist)")
     mg.set_defaults(func=cmd_merge)
 
-    ex = sub.add_parser("export", help="export a causal run as GGUF for llama.cpp and Ollama (with a Modelfile)")
+    ex = add_parser("export", help="export a causal run as GGUF for llama.cpp and Ollama (with a Modelfile)")
     ex.add_argument("run", help="a finished run directory (LoRA, QLoRA, IA3 or full fine-tuning)")
     ex.add_argument("--to", default="gguf", choices=["gguf"], help="format (default: gguf)")
     ex.add_argument("--out", required=True, help="folder for the export (must not exist)")
@@ -262,27 +261,27 @@ def build_parser() -> argparse.ArgumentParser:
                          "ADAPTER) instead of one merged model")
     ex.set_defaults(func=cmd_export)
 
-    pt = sub.add_parser("prompt-tokens", help="nearest vocabulary tokens of each learned soft-prompt token")
+    pt = add_parser("prompt-tokens", help="nearest vocabulary tokens of each learned soft-prompt token")
     pt.add_argument("run", help="a finished prompt-tuning run directory")
     pt.add_argument("-k", type=int, default=5)
     pt.set_defaults(func=cmd_prompt_tokens)
 
-    cp = sub.add_parser("compare", help="run every arm of a comparison config and write report.html/report.md")
+    cp = add_parser("compare", help="run every arm of a comparison config and write report.html/report.md")
     cp.add_argument("config")
     add_set(cp)
     cp.set_defaults(func=cmd_compare)
 
-    rp = sub.add_parser("report", help="rebuild report.html/report.md from a comparison directory")
+    rp = add_parser("report", help="rebuild report.html/report.md from a comparison directory")
     rp.add_argument("directory")
     rp.set_defaults(func=cmd_report)
 
-    fg = sub.add_parser("forgetting", help="benchmark suite on a run's base and fine-tuned model, with deltas")
+    fg = add_parser("forgetting", help="benchmark suite on a run's base and fine-tuned model, with deltas")
     fg.add_argument("run")
     fg.add_argument("--tasks", help="comma-separated tasks (default: the run's benchmarks.tasks)")
     add_subset(fg)
     fg.set_defaults(func=cmd_forgetting)
 
-    dt = sub.add_parser("data", help="look at training data as the model will see it")
+    dt = add_parser("data", help="look at training data as the model will see it")
     dt.add_argument("action", choices=["preview"])
     dt.add_argument("config", nargs="?", help="experiment YAML (default: the built-in demo config)")
     dt.add_argument("-n", type=int, default=5, help="examples to show (default 5)")
@@ -290,7 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_set(dt)
     dt.set_defaults(func=cmd_data_preview)
 
-    sv = sub.add_parser("serve", help="serve a base model and task adapters behind an OpenAI-compatible API")
+    sv = add_parser("serve", help="serve a base model and task adapters behind an OpenAI-compatible API")
     sv.add_argument("runs", nargs="*", help="run directories (adapters named by the run; full runs as own models)")
     sv.add_argument("--model", help="the base model (default: the runs' base)")
     sv.add_argument("--adapter", action="append", default=[], metavar="NAME=PATH", help="a PEFT adapter (repeatable)")
@@ -308,17 +307,17 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--max-prompt-tokens", type=int, default=4096)
     sv.set_defaults(func=cmd_serve)
 
-    tk = sub.add_parser("tasks", help="list the benchmark tasks")
+    tk = add_parser("tasks", help="list the benchmark tasks")
     tk.add_argument("action", choices=["list"], nargs="?", default="list")
     tk.set_defaults(func=cmd_tasks)
 
-    m = sub.add_parser("models", help="built-in offline models")
+    m = add_parser("models", help="built-in offline models")
     m.add_argument("action", choices=["list", "pull"])
     m.add_argument("names", nargs="*", default=["smollm2-135m-instruct"])
     m.add_argument("--force", action="store_true", help="pull again even if cached")
     m.set_defaults(func=cmd_models)
 
-    tp = sub.add_parser("templates", help="list the instruction templates")
+    tp = add_parser("templates", help="list the instruction templates")
     tp.add_argument("action", choices=["list"], nargs="?", default="list")
     tp.set_defaults(func=cmd_templates)
     return p
@@ -326,21 +325,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _quiet_libraries()
+    configure_logging(getattr(args, "verbosity", 0))
     try:
         return args.func(args)
     except TunelabError as e:
         print(f"tunelab: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `tunelab tasks | head`: the reader left; not an error (before OSError: a subclass)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except OSError as e:
         if e.errno != errno.ENOSPC:
             raise
         print(f"tunelab: error: no space left on the device{f' writing {e.filename}' if e.filename else ''}",
               file=sys.stderr)
         return 2
-    except BrokenPipeError:  # `tunelab tasks | head`: the reader left; not an error
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
     except KeyboardInterrupt:
         print("tunelab: interrupted", file=sys.stderr)
         return 130

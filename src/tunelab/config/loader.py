@@ -12,22 +12,20 @@ from pydantic import ValidationError
 
 from tunelab.config.schema import ExperimentConfig
 from tunelab.errors import ConfigError
+from tunelab.methods import METHODS
 
 
 def _format_validation_error(err: ValidationError, source: str) -> str:
     lines = [f"invalid config {source}:"]
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"] if not (isinstance(p, str) and p in _UNION_TAGS))
+        # pydantic puts the method union's tag (the method name) into error locations; drop it for readability
+        loc = ".".join(str(p) for p in e["loc"] if not (isinstance(p, str) and p in METHODS))
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
             msg = "unknown key"
         lines.append(f"  {loc or '<root>'}: {msg}" + (f" (got {e['input']!r})" if e["type"] != "extra_forbidden"
                                                       and not isinstance(e.get("input"), dict) else ""))
     return "\n".join(lines)
-
-
-# pydantic puts the discriminator value of a tagged union into error locations; drop it for readability.
-_UNION_TAGS = {"full", "lora", "qlora", "prompt_tuning", "ia3", "prefix_tuning"}
 
 
 def set_by_path(tree: dict[str, Any], dotted: str, value: Any) -> None:

@@ -8,51 +8,12 @@ from collections.abc import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from tunelab.data.collate import generation_batch, position_ids_from_mask
+from tunelab.data.collate import generation_batch
 from tunelab.data.encoding import Encoded
+from tunelab.methods import method_of
 from tunelab.modeling import Arch
 from tunelab.models.precision import autocast, resolve_precision
 from tunelab.training.distributed import is_sharded, reshard, unshard_root
-from tunelab.training.loss import is_prompt_learning
-
-
-def _is_prefix(model: torch.nn.Module) -> bool:
-    cfg = getattr(model, "active_peft_config", None)
-    return cfg is not None and cfg.peft_type.value == "PREFIX_TUNING"
-
-
-def _greedy_recompute(model, batch: dict[str, torch.Tensor], gen: dict) -> torch.Tensor:
-    """Greedy decoding that recomputes the whole sequence each step. Used for causal prefix tuning, where
-    PEFT's generate (cached or not) diverges from the model's own forward pass with transformers 5 (tested);
-    slower, but it decodes exactly what the trained model scores."""
-    if gen["num_beams"] != 1:
-        raise ValueError("beam search is not supported for prefix-tuned causal models; use num_beams: 1")
-    ids, mask = batch["input_ids"], batch["attention_mask"]
-    done = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
-    new = []
-    for _ in range(gen["max_new_tokens"]):
-        logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask)).logits[:, -1]
-        nxt = torch.where(done, torch.full_like(done, gen["pad_token_id"], dtype=torch.long), logits.argmax(-1))
-        new.append(nxt)
-        done |= nxt == gen["eos_token_id"]
-        ids = torch.cat([ids, nxt[:, None]], 1)
-        mask = torch.cat([mask, torch.ones_like(nxt)[:, None]], 1)
-        if done.all():
-            break
-    return torch.stack(new, 1)
-
-
-def _generate_with_soft_prompt(model, batch: dict[str, torch.Tensor], gen: dict) -> torch.Tensor:
-    """Causal soft-prompt generation: the learned virtual tokens are prepended as embeddings and the base
-    model generates from `inputs_embeds`. (PEFT's own generate for prompt tuning loses the prompt once the
-    KV cache is used with transformers 5: outputs differ from cache-free decoding; tested.)"""
-    base = model.get_base_model()
-    ids, mask = batch["input_ids"], batch["attention_mask"]
-    words = base.get_input_embeddings()(ids)
-    prompt = model.get_prompt(batch_size=ids.shape[0]).to(words.dtype)
-    embeds = torch.cat([prompt, words], dim=1)
-    full_mask = torch.cat([torch.ones(ids.shape[0], prompt.shape[1], dtype=mask.dtype, device=mask.device), mask], 1)
-    return base.generate(inputs_embeds=embeds, attention_mask=full_mask, **gen)  # only new tokens come back
 
 
 @torch.no_grad()
@@ -78,10 +39,9 @@ def generate_texts(model: torch.nn.Module, tokenizer, prompts: Sequence[Encoded]
                 gen = {"max_new_tokens": max_new_tokens, "num_beams": num_beams, "do_sample": False,
                        "pad_token_id": tokenizer.pad_token_id, "eos_token_id": tokenizer.eos_token_id}
                 with autocast(device, amp):
-                    if arch == "causal" and is_prompt_learning(model):
-                        new_tokens = _generate_with_soft_prompt(model, batch, gen)
-                    elif arch == "causal" and _is_prefix(model):
-                        new_tokens = _greedy_recompute(model, batch, gen)
+                    method = method_of(model) if arch == "causal" else None
+                    if method is not None and method.causal_generate is not None:
+                        new_tokens = method.causal_generate(model, batch, gen)
                     else:
                         out = model.generate(**batch, **gen, **synced)
                         new_tokens = out if arch == "seq2seq" else out[:, batch["input_ids"].shape[1]:]

@@ -38,6 +38,10 @@ class Method:
     is_peft: bool
     # Extra keyword arguments for `from_pretrained` (e.g. 4-bit quantization for QLoRA).
     load_kwargs: Callable[[Any], dict[str, Any]] = field(default=lambda cfg: {})
+    peft_type: str | None = None  # PEFT's name for the adapter type, to find the method of a loaded model
+    # How a causal model with this method's adapter generates, where PEFT's `generate` cannot be used:
+    # (model, batch, generation kwargs) -> new token ids. None: `model.generate`.
+    causal_generate: Callable[[Any, dict[str, Any], dict[str, Any]], Any] | None = None
 
 
 def peft_task_type(arch: Arch):

@@ -27,4 +27,4 @@ def prepare(model: torch.nn.Module, cfg: IA3MethodConfig, ctx: ModelContext) -> 
     return get_peft_model(model, peft_cfg)
 
 
-METHOD = Method(name="ia3", config_cls=IA3MethodConfig, prepare=prepare, is_peft=True)
+METHOD = Method(name="ia3", config_cls=IA3MethodConfig, prepare=prepare, is_peft=True, peft_type="IA3")

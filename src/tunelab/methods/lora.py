@@ -52,4 +52,4 @@ def prepare(model: torch.nn.Module, cfg: LoraMethodConfig, ctx: ModelContext) ->
     return get_peft_model(model, peft_lora_config(cfg, ctx))
 
 
-METHOD = Method(name="lora", config_cls=LoraMethodConfig, prepare=prepare, is_peft=True)
+METHOD = Method(name="lora", config_cls=LoraMethodConfig, prepare=prepare, is_peft=True, peft_type="LORA")

@@ -42,7 +42,23 @@ def prepare(model: torch.nn.Module, cfg: PromptTuningMethodConfig, ctx: ModelCon
     return get_peft_model(model, peft_cfg)
 
 
-METHOD = Method(name="prompt_tuning", config_cls=PromptTuningMethodConfig, prepare=prepare, is_peft=True)
+def generate_with_soft_prompt(model, batch: dict[str, torch.Tensor], gen: dict) -> torch.Tensor:
+    """Causal soft-prompt generation: the learned virtual tokens are prepended as embeddings and the base
+    model generates from `inputs_embeds`. (PEFT's own generate for prompt tuning loses the prompt once the
+    KV cache is used with transformers 5: outputs differ from cache-free decoding; tested.)"""
+    import torch
+
+    base = model.get_base_model()
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    words = base.get_input_embeddings()(ids)
+    prompt = model.get_prompt(batch_size=ids.shape[0]).to(words.dtype)
+    embeds = torch.cat([prompt, words], dim=1)
+    full_mask = torch.cat([torch.ones(ids.shape[0], prompt.shape[1], dtype=mask.dtype, device=mask.device), mask], 1)
+    return base.generate(inputs_embeds=embeds, attention_mask=full_mask, **gen)  # only new tokens come back
+
+
+METHOD = Method(name="prompt_tuning", config_cls=PromptTuningMethodConfig, prepare=prepare, is_peft=True,
+                peft_type="PROMPT_TUNING", causal_generate=generate_with_soft_prompt)
 
 
 def nearest_tokens(prompt_embeddings: torch.Tensor, vocab_embeddings: torch.Tensor, tokenizer,

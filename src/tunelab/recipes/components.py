@@ -17,7 +17,7 @@ from tunelab.data.templates import TemplateSet
 from tunelab.errors import TrainingError
 from tunelab.io import atomic_write_json, staged_dir
 from tunelab.methods import Method, ModelContext, get_method
-from tunelab.methods.adapters import ADAPTER_META
+from tunelab.inference.adapters import ADAPTER_META
 from tunelab.models.loading import LoadedModel, load_model, pick_device
 from tunelab.training.finite import non_finite_names
 
@@ -76,7 +76,7 @@ def save_artefact(model: torch.nn.Module, tokenizer, cfg: ExperimentConfig, is_p
                   base_fingerprint: dict | None = None) -> Path:
     """Save the trained adapter (PEFT format) or full model, written to a temp folder and renamed.
     `state_dict`: whole tensors gathered from a sharded (FSDP) model, saved instead of its own slices.
-    `base_fingerprint`: the base model's identity (methods.adapters.base_fingerprint), kept beside an adapter."""
+    `base_fingerprint`: the base model's identity (inference.adapters.base_fingerprint), kept beside an adapter."""
     final = run_path / ("adapter" if is_peft else "model")
     named = state_dict.items() if state_dict is not None else (
         (n, p) for n, p in model.named_parameters() if p.requires_grad or not is_peft)

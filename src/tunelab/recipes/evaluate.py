@@ -13,7 +13,7 @@ from tunelab.environment import describe_environment
 from tunelab.evaluation.metrics import rouge_protocol
 from tunelab.evaluation.summarization import evaluate_summaries
 from tunelab.io import atomic_write_json, atomic_write_jsonl
-from tunelab.methods.adapters import attach_adapter
+from tunelab.inference.adapters import attach_adapter
 from tunelab.recipes.components import Session, load_eval_examples, open_session
 from tunelab.runs import RunDir, unique_path
 

@@ -145,7 +145,7 @@ The prompt, with `{{input}}` standing for your text:
 def _write_files(stage: Path, session, run: RunDir, dtype: str, adapter_only: bool) -> dict[str, str]:
     from tunelab.export.gguf import write_lora_gguf, write_model_gguf
     from tunelab.export.vocab import vocab_from_tokenizer
-    from tunelab.methods.adapters import attach_adapter, merge_adapter
+    from tunelab.inference.adapters import attach_adapter, merge_adapter
 
     cfg = session.cfg
     with tempfile.TemporaryDirectory(prefix="tunelab-vocab-") as tmp:

@@ -24,7 +24,7 @@ from tunelab.errors import TunelabError
 from tunelab.evaluation.costs import full_checkpoint_bytes, parameter_counts, weight_file_bytes
 from tunelab.evaluation.metrics import rouge_protocol
 from tunelab.evaluation.summarization import evaluate_summaries
-from tunelab.methods.adapters import base_fingerprint
+from tunelab.inference.adapters import base_fingerprint
 from tunelab.models.loading import pick_device
 from tunelab.recipes.benchmark import benchmark_session, target_gain, task_specs, write_forgetting
 from tunelab.recipes.components import (

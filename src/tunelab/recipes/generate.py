@@ -8,7 +8,7 @@ from pathlib import Path
 from tunelab.config.loader import build_config
 from tunelab.data.records import Example
 from tunelab.evaluation.generation import generate_texts
-from tunelab.methods.adapters import attach_adapter
+from tunelab.inference.adapters import attach_adapter
 from tunelab.recipes.components import Session, open_session
 from tunelab.recipes.evaluate import open_run
 

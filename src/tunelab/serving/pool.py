@@ -13,7 +13,7 @@ from tunelab.data.encoding import Encoded, PromptEncoder, flatten_chat
 from tunelab.data.records import Example
 from tunelab.data.templates import Template, TemplateSet
 from tunelab.errors import ConfigError, ModelError
-from tunelab.methods.adapters import BASE, attach_adapter, read_adapter_meta
+from tunelab.inference.adapters import BASE, attach_adapter, read_adapter_meta
 
 SERVABLE_ADAPTERS = ("lora", "qlora")  # PEFT mixes these in one batch (adapter_names)
 

@@ -9,11 +9,11 @@ from __future__ import annotations
 import ipaddress
 import os
 import signal
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tunelab.errors import ConfigError, ModelError
+from tunelab.logs import logger
 
 API_KEY_ENV = "TUNELAB_API_KEY"
 
@@ -48,7 +48,7 @@ def is_loopback(host: str) -> bool:
 
 def _run_kinds(runs: list[str]) -> tuple[list[tuple[str, Path, dict]], list[tuple[str, Path]]]:
     """Adapter runs (name, folder, tunelab.json) and full fine-tuning runs (name, run folder)."""
-    from tunelab.methods.adapters import read_adapter_meta
+    from tunelab.inference.adapters import read_adapter_meta
     from tunelab.runs import RunDir
 
     adapters, full = [], []
@@ -132,12 +132,12 @@ def serve(options: ServeOptions) -> None:
     for m in pool.models.values():
         if m.parent is not None:
             for problem in vllm_lora_problems(m.root):
-                print(f"tunelab: note: adapter {m.id} on vLLM: {problem}", file=sys.stderr)
+                logger.warning(f"note: adapter {m.id} on vLLM: {problem}")
     engine.start()
     config = uvicorn.Config(app, host=options.host, port=options.port, log_level="warning",
                             timeout_graceful_shutdown=options.graceful_seconds, lifespan="off")
-    print(f"tunelab: serving {', '.join(pool.models)} at http://{options.host}:{options.port}  "
-          f"(playground: /, API: /v1)", file=sys.stderr, flush=True)
+    logger.warning(f"serving {', '.join(pool.models)} at http://{options.host}:{options.port}  "
+                   "(playground: /, API: /v1)")  # a warning: shown even with --quiet, it says where to connect
     # uvicorn drains on SIGTERM/SIGINT, then re-raises the signal to the handler found at start: a no-op one
     # makes a drained shutdown exit 0 instead of dying of the signal.
     signal.signal(signal.SIGTERM, lambda *_: None)

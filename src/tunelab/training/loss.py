@@ -14,14 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from tunelab.data.encoding import IGNORE_INDEX
-from tunelab.modeling import Arch, forward_accepts, unwrap_parallel
-
-
-def is_prompt_learning(model: torch.nn.Module) -> bool:
-    """Soft prompts prepended to the input (prompt tuning, p-tuning): PEFT ignores position ids there.
-    Prefix tuning is not included: PEFT offsets given position ids past its prefix, so they are kept."""
-    cfg = getattr(unwrap_parallel(model), "active_peft_config", None)
-    return bool(cfg is not None and cfg.is_prompt_learning and cfg.peft_type.value != "PREFIX_TUNING")
+from tunelab.methods import is_prompt_learning
+from tunelab.modeling import Arch, forward_accepts
 
 
 def completion_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], arch: Arch) -> torch.Tensor:
