@@ -1,6 +1,7 @@
 """Benchmark tasks: log-likelihood scoring, the suite end to end, forgetting deltas."""
 
 import math
+import random
 from types import SimpleNamespace
 
 import pytest
@@ -158,3 +159,17 @@ def test_shared_context_scoring_equals_separate_scoring(tiny_llama_dir):
     together = loglikelihoods(loaded.model, tok, "causal", reqs, batch_size=8, show_progress=False)
     alone = [loglikelihoods(loaded.model, tok, "causal", [r], show_progress=False)[0] for r in reqs]
     assert together == pytest.approx(alone, abs=1e-4)
+
+
+def test_paired_interval_uses_the_pairing():
+    """Scores that move together: the paired CI of the change is far narrower than the spread of either side,
+    which an unpaired resampling would show."""
+    from tunelab.evaluation.metrics import bootstrap_ci
+
+    rng = random.Random(0)
+    base = [rng.uniform(0, 60) for _ in range(80)]
+    moved = [b + 2 + rng.uniform(-0.5, 0.5) for b in base]
+    result = paired_bootstrap_delta(_result("samsum", "rougeL", base), _result("samsum", "rougeL", moved), 1000)
+    assert 1.8 < result["ci95_low"] < result["delta"] < result["ci95_high"] < 2.2
+    lo, hi = bootstrap_ci(base, 1000)
+    assert (result["ci95_high"] - result["ci95_low"]) < 0.1 * (hi - lo)

@@ -1,5 +1,5 @@
 """Catastrophic forgetting: the benchmark suite before and after fine-tuning, per-task deltas with
-paired bootstrap confidence intervals (the same examples are resampled on both sides)."""
+paired bootstrap confidence intervals (scipy.stats.bootstrap; the same examples are resampled on both sides)."""
 
 from __future__ import annotations
 
@@ -11,35 +11,47 @@ import numpy as np
 from tunelab.benchmarks.runner import translation_scores
 
 
-def _score_on(result: Mapping[str, Any], idx: np.ndarray) -> float:
+def _per_example(result: Mapping[str, Any]) -> np.ndarray:
+    """Scores whose mean is the task's main metric (accuracy x100 or ROUGE-L)."""
     per = result["per_example"]
     if result["main_metric"] == "accuracy":
-        return 100.0 * float(np.asarray(per["correct"])[idx].mean())
-    if result["main_metric"] == "rougeL":
-        return float(np.asarray(per["rougeL"])[idx].mean())
-    preds = [per["predictions"][i] for i in idx]
-    refs = [per["references"][i] for i in idx]
-    return translation_scores(preds, refs)["bleu"]
+        return 100.0 * np.asarray(per["correct"], dtype=float)
+    return np.asarray(per["rougeL"], dtype=float)
 
 
 def paired_bootstrap_delta(before: Mapping[str, Any], after: Mapping[str, Any], samples: int = 1000,
                            seed: int = 0) -> dict[str, float]:
-    """after - before on the task's main metric, with a 95% percentile CI over resampled examples."""
+    """after - before on the task's main metric, with a 95% paired bootstrap CI (scipy.stats.bootstrap, the same
+    examples resampled on both sides): BCa for per-example metrics, percentile for corpus BLEU (recomputed per
+    resample, at most 200)."""
+    from scipy.stats import bootstrap
+
     n = before["n"]
     if after["n"] != n:
         raise ValueError(f"task {before['task']}: {n} examples before but {after['n']} after")
     delta = after["score"] - before["score"]
-    if samples <= 0 or n < 2:
-        return {"delta": delta, "ci95_low": delta, "ci95_high": delta}
     rng = np.random.default_rng(seed)
     if before["main_metric"] == "bleu":
-        samples = min(samples, 200)  # corpus BLEU is recomputed per resample
-    deltas = []
-    for _ in range(samples):
-        idx = rng.integers(0, n, size=n)
-        deltas.append(_score_on(after, idx) - _score_on(before, idx))
-    lo, hi = np.quantile(deltas, [0.025, 0.975])
-    return {"delta": delta, "ci95_low": float(lo), "ci95_high": float(hi)}
+        if samples <= 0 or n < 2:
+            return {"delta": delta, "ci95_low": delta, "ci95_high": delta}
+
+        def bleu_delta(idx: np.ndarray) -> float:
+            def corpus(r: Mapping[str, Any]) -> float:
+                per = r["per_example"]
+                return translation_scores([per["predictions"][i] for i in idx],
+                                          [per["references"][i] for i in idx])["bleu"]
+            return corpus(after) - corpus(before)
+
+        ci = bootstrap((np.arange(n),), bleu_delta, n_resamples=min(samples, 200), method="percentile",
+                       vectorized=False, rng=rng).confidence_interval
+    else:
+        b, a = _per_example(before), _per_example(after)
+        differences = a - b
+        if samples <= 0 or n < 2 or np.all(differences == differences[0]):
+            return {"delta": delta, "ci95_low": delta, "ci95_high": delta}
+        ci = bootstrap((b, a), lambda x, y, axis=-1: y.mean(axis=axis) - x.mean(axis=axis), paired=True,
+                       n_resamples=samples, method="BCa", rng=rng).confidence_interval
+    return {"delta": delta, "ci95_low": float(ci.low), "ci95_high": float(ci.high)}
 
 
 def forgetting_report(before: Mapping[str, Mapping[str, Any]], after: Mapping[str, Mapping[str, Any]],
