@@ -31,3 +31,18 @@ def test_a_bad_config_is_reported_without_heavy_imports(tmp_path):
              "    print(e)\nprint(sorted(m for m in " + repr(HEAVY) + " if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", probe, str(bad)], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert "training.batch_sise: unknown key" in out.stdout and out.stdout.strip().endswith("[]")
+
+
+def test_data_preview_imports_no_heavy_library(tiny_llama_chat_dir, dialogue_files, tmp_path):
+    import yaml
+
+    from conftest import experiment
+
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(experiment(tiny_llama_chat_dir, dialogue_files, tmp_path)))
+    probe = ("import sys\nfrom tunelab.cli.main import main\nassert main(['data', 'preview', sys.argv[1], '-n', '1']) == 0\n"
+             "print(sorted(m for m in " + repr(HEAVY) + " if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", probe, str(config)], cwd=ROOT, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "trained" in out.stdout and out.stdout.strip().splitlines()[-1] == "[]", out.stdout[-800:]

@@ -23,3 +23,13 @@ def base_model(model: Any) -> Any:
 def forward_accepts(model: Any, name: str) -> bool:
     """Whether the underlying model's forward takes argument `name` (e.g. `logits_to_keep`)."""
     return name in inspect.signature(base_model(model).forward).parameters
+
+
+def chat_template_in_use(tokenizer: Any, arch: Arch, cfg: Any) -> bool:
+    """Whether prompts are wrapped in the tokenizer's chat template (causal instruct models); `cfg`: ModelConfig."""
+    from tunelab.errors import ModelError
+
+    has_chat = bool(getattr(tokenizer, "chat_template", None))
+    if cfg.chat_template == "on" and not has_chat:
+        raise ModelError(f"model.chat_template is 'on' but the tokenizer of {cfg.name!r} has no chat template")
+    return arch == "causal" and (cfg.chat_template == "on" or (cfg.chat_template == "auto" and has_chat))

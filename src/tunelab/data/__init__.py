@@ -1,12 +1,22 @@
-from tunelab.data.collate import LengthGroupedBatches, TrainCollator, generation_batch
-from tunelab.data.encoding import IGNORE_INDEX, Encoded, PromptEncoder, TruncationStats
-from tunelab.data.readers import read_records
-from tunelab.data.records import Example, rows_to_examples
-from tunelab.data.sources import BUILTIN_DATASETS, load_split
-from tunelab.data.templates import TEMPLATES, Template, TemplateSet, register_templates
+"""Data: readers, record layouts, instruction templates, prompt encoding, batching and mixtures.
 
-__all__ = [
-    "BUILTIN_DATASETS", "IGNORE_INDEX", "TEMPLATES", "Encoded", "Example", "LengthGroupedBatches", "PromptEncoder",
-    "Template", "TemplateSet", "TrainCollator", "TruncationStats", "generation_batch", "load_split", "read_records",
-    "register_templates", "rows_to_examples",
-]
+Names load on first use (PEP 562): reading and previewing data must not import torch (collate does)."""
+
+from importlib import import_module as _import_module
+
+_LAZY = {
+    "LengthGroupedBatches": "collate", "TrainCollator": "collate", "generation_batch": "collate",
+    "IGNORE_INDEX": "encoding", "Encoded": "encoding", "PromptEncoder": "encoding", "TruncationStats": "encoding",
+    "read_records": "readers", "Example": "records", "rows_to_examples": "records",
+    "BUILTIN_DATASETS": "sources", "load_split": "sources",
+    "TEMPLATES": "templates", "Template": "templates", "TemplateSet": "templates", "register_templates": "templates",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(_import_module(f"tunelab.data.{_LAZY[name]}"), name)
+    raise AttributeError(f"module 'tunelab.data' has no attribute {name!r}")
+
+
+__all__ = sorted(_LAZY)

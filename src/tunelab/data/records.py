@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,3 +61,15 @@ def rows_to_examples(rows: Sequence[tuple[int, Row]], *, source: str | Path, inp
         examples.append(Example(id=ex_id, input=text.strip(), references=tuple(refs), fields=fields,
                                 input_column=input_column))
     return examples
+
+
+def first_n(examples: Sequence[Example], n: int | None) -> list[Example]:
+    """Evaluation subsets are the first n examples, so every run scores the same ones."""
+    return list(examples[:n] if n else examples)
+
+
+def seeded_sample(examples: Sequence[Example], n: int | None, seed: int) -> list[Example]:
+    """Training subsets: a seeded sample of n examples."""
+    if not n or n >= len(examples):
+        return list(examples)
+    return random.Random(seed).sample(list(examples), n)

@@ -1,5 +1,20 @@
-from tunelab.models.loading import LoadedModel, ModelSource, detect_arch, load_model, pick_device, pick_dtype, resolve_source
-from tunelab.models.registry import ALIASES, alias_dir, is_pulled, pull_model
+"""Models: loading (Auto classes, architectures, devices, offline checks), the offline aliases, precision.
 
-__all__ = ["ALIASES", "LoadedModel", "ModelSource", "alias_dir", "detect_arch", "is_pulled", "load_model",
-           "pick_device", "pick_dtype", "pull_model", "resolve_source"]
+Names load on first use (PEP 562): the alias registry must not import torch (loading does)."""
+
+from importlib import import_module as _import_module
+
+_LAZY = {
+    "LoadedModel": "loading", "ModelSource": "loading", "detect_arch": "loading", "load_model": "loading",
+    "pick_device": "loading", "pick_dtype": "loading", "resolve_source": "loading",
+    "ALIASES": "registry", "alias_dir": "registry", "is_pulled": "registry", "pull_model": "registry",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(_import_module(f"tunelab.models.{_LAZY[name]}"), name)
+    raise AttributeError(f"module 'tunelab.models' has no attribute {name!r}")
+
+
+__all__ = sorted(_LAZY)

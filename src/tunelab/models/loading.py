@@ -12,7 +12,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
 from tunelab.config.schema import ModelConfig
 from tunelab.errors import ModelError
 from tunelab.hub import hub_reachable, in_hub_cache
-from tunelab.modeling import Arch
+from tunelab.modeling import Arch, chat_template_in_use
 from tunelab.models.registry import ALIASES, pull_model
 
 @dataclass(frozen=True)
@@ -127,14 +127,6 @@ def model_skeleton(hf_config, arch: Arch) -> torch.nn.Module:
     auto_cls = AutoModelForSeq2SeqLM if arch == "seq2seq" else AutoModelForCausalLM
     with torch.device("meta"):
         return auto_cls.from_config(hf_config)
-
-
-def chat_template_in_use(tokenizer, arch: Arch, cfg: ModelConfig) -> bool:
-    """Whether prompts are wrapped in the tokenizer's chat template (causal instruct models)."""
-    has_chat = bool(getattr(tokenizer, "chat_template", None))
-    if cfg.chat_template == "on" and not has_chat:
-        raise ModelError(f"model.chat_template is 'on' but the tokenizer of {cfg.name!r} has no chat template")
-    return arch == "causal" and (cfg.chat_template == "on" or (cfg.chat_template == "auto" and has_chat))
 
 
 def load_model(cfg: ModelConfig, device: torch.device | None = None, extra_kwargs: dict[str, Any] | None = None,

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import random
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,7 +9,7 @@ import torch
 
 from tunelab.config.schema import ExperimentConfig
 from tunelab.data.encoding import PromptEncoder
-from tunelab.data.records import Example
+from tunelab.data.records import Example, first_n, seeded_sample
 from tunelab.data.sources import load_split
 from tunelab.data.templates import TemplateSet
 from tunelab.errors import TrainingError
@@ -54,17 +52,6 @@ def open_session(cfg: ExperimentConfig, quantize_for_method: bool = True) -> Ses
     encoder = PromptEncoder(loaded.tokenizer, loaded.arch, loaded.use_chat_template, cfg.template.max_input_tokens,
                             cfg.template.max_target_tokens, cfg.data.train_on)
     return Session(cfg=cfg, method=method, loaded=loaded, templates=templates, encoder=encoder, device=device)
-
-
-def first_n(examples: Sequence[Example], n: int | None) -> list[Example]:
-    """Evaluation subsets are the first n examples, so every run scores the same ones."""
-    return list(examples[:n] if n else examples)
-
-
-def seeded_sample(examples: Sequence[Example], n: int | None, seed: int) -> list[Example]:
-    if not n or n >= len(examples):
-        return list(examples)
-    return random.Random(seed).sample(list(examples), n)
 
 
 def load_eval_examples(cfg: ExperimentConfig, split: str | None = None, max_samples: int | None = None) -> list[Example]:

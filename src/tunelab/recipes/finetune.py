@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import shutil
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,7 @@ from accelerate.utils import broadcast_object_list, set_seed
 
 from tunelab.benchmarks.leakage import leakage_report
 from tunelab.config.schema import ExperimentConfig
-from tunelab.data.encoding import encode_training_set
+from tunelab.data.encoding import Encoded, encode_training_set
 from tunelab.data.sources import describe_split, load_split
 from tunelab.environment import describe_environment
 from tunelab.errors import TunelabError
@@ -28,6 +28,7 @@ from tunelab.inference.adapters import base_fingerprint
 from tunelab.models.loading import pick_device
 from tunelab.recipes.benchmark import benchmark_session, target_gain, task_specs, write_forgetting
 from tunelab.recipes.components import (
+    Session,
     build_regularizer,
     load_eval_examples,
     open_session,
@@ -78,10 +79,54 @@ def finetune(cfg: ExperimentConfig, run_path: str | Path | None = None, show_pro
         raise
 
 
+@dataclass
+class RunState:
+    """What the steps of one fine-tuning run share."""
+
+    cfg: ExperimentConfig
+    run: RunDir
+    resuming: bool
+    dist: PartialState
+    show_progress: bool
+    echo: Any
+    session: Session
+    eval_examples: list
+    memory: PhaseMemory
+    metrics: dict[str, Any]
+    latest: Path | None = None  # the checkpoint a resumed run continues from
+    bench_before: dict[str, Any] | None = None
+    train_truncation: dict[str, int] = field(default_factory=dict)
+    mixture_stats: dict[str, Any] | None = None  # multi-task mixtures: what each component contributed
+    model: Any = None  # the model being trained (the method's wrapper around the base)
+
+    @property
+    def main(self) -> bool:
+        return self.dist.is_main_process
+
+
 def _train_and_evaluate(cfg: ExperimentConfig, run: RunDir, resuming: bool, dist: PartialState,
                         show_progress: bool, echo, base_benchmarks: dict[str, Any] | None) -> FinetuneResult:
-    main = dist.is_main_process
-    if main:
+    state = _open(cfg, run, resuming, dist, show_progress, echo)
+    _evaluate_before(state)
+    _benchmarks_before(state, base_benchmarks)
+    train_set, eval_set = _training_data(state)
+    _train(state, train_set, eval_set)
+    after = _evaluate_after(state)
+    if not state.main:
+        if is_sharded(state.model) and cfg.benchmarks.tasks:
+            benchmark_session(state.session, show_progress=False)  # under FSDP every forward pass is collective
+        dist.wait_for_everyone()
+        return FinetuneResult(run.path, state.metrics)
+    run.write_predictions(after.predictions)
+    _benchmarks_after(state)
+    _finish(state)
+    return FinetuneResult(run.path, state.metrics)
+
+
+def _open(cfg: ExperimentConfig, run: RunDir, resuming: bool, dist: PartialState, show_progress: bool,
+          echo) -> RunState:
+    """Load the base model and the evaluation examples; start the metrics record."""
+    if dist.is_main_process:
         remove_incomplete(run.checkpoint_dir)
     latest = latest_checkpoint(run.checkpoint_dir) if resuming else None
     memory = PhaseMemory(pick_device(cfg.training.device))  # peak memory of each phase, into metrics.json
@@ -89,7 +134,6 @@ def _train_and_evaluate(cfg: ExperimentConfig, run: RunDir, resuming: bool, dist
     session = open_session(cfg)
     eval_examples = load_eval_examples(cfg)
     memory.end("load")
-    earlier = run.read_json("metrics.json") if resuming else None
     metrics: dict[str, Any] = {"name": cfg.name, "model": cfg.model.name, "arch": session.loaded.arch,
                                "method": cfg.method.name, "dataset": cfg.data.source,
                                "evaluation_split": cfg.evaluation.split,
@@ -101,98 +145,131 @@ def _train_and_evaluate(cfg: ExperimentConfig, run: RunDir, resuming: bool, dist
                                             "eval_template": session.templates.eval.prompt}}
     if (carved := describe_split(cfg.data)) is not None:
         metrics["data_split"] = carved
+    return RunState(cfg, run, resuming, dist, show_progress, echo, session, eval_examples, memory, metrics, latest)
 
+
+def _evaluate(state: RunState, desc: str):
+    s = state.session
+    return evaluate_summaries(s.model, s.loaded.tokenizer, s.loaded.arch, s.encoder, s.templates.eval,
+                              state.eval_examples, state.cfg.evaluation, state.cfg.seed, desc)
+
+
+def _evaluate_before(state: RunState) -> None:
+    """The base model's scores (kept from the first attempt when a run is resumed)."""
+    earlier = state.run.read_json("metrics.json") if state.resuming else None
     if earlier and "before" in earlier:
-        metrics["before"] = earlier["before"]
-        if echo:
-            echo(f"resuming {run.path}" + (f" from {latest.name}" if latest else " (no checkpoint yet)"))
-    elif cfg.evaluation.before:
-        before = evaluate_summaries(session.model, session.loaded.tokenizer, session.loaded.arch, session.encoder,
-                                    session.templates.eval, eval_examples, cfg.evaluation, cfg.seed, "eval before")
-        metrics["before"] = before.metrics
-        if main:
-            run.write_predictions(before.predictions, "predictions_before.jsonl")
-            run.write_metrics(metrics)
-        memory.end("evaluate_before")
-    bench_before = None
-    if cfg.benchmarks.tasks:
-        if main:
-            bench_before = (run.read_json("benchmarks_before.json") if resuming else None) or base_benchmarks \
-                or benchmark_session(session, show_progress=show_progress)
-            run.write_metrics(bench_before, "benchmarks_before.json")
-        dist.wait_for_everyone()
-        memory.end("benchmarks_before")
+        state.metrics["before"] = earlier["before"]
+        if state.echo:
+            state.echo(f"resuming {state.run.path}" + (f" from {state.latest.name}" if state.latest
+                                                        else " (no checkpoint yet)"))
+    elif state.cfg.evaluation.before:
+        before = _evaluate(state, "eval before")
+        state.metrics["before"] = before.metrics
+        if state.main:
+            state.run.write_predictions(before.predictions, "predictions_before.jsonl")
+            state.run.write_metrics(state.metrics)
+        state.memory.end("evaluate_before")
 
-    train_examples, train_templates, mixture_stats = training_examples(session)
-    metrics["leakage"] = leakage_report(train_examples, task_specs(cfg.benchmarks),
-                                        f"{cfg.data.source}:{cfg.evaluation.split}", eval_examples)
+
+def _benchmarks_before(state: RunState, base_benchmarks: dict[str, Any] | None) -> None:
+    if not state.cfg.benchmarks.tasks:
+        return
+    if state.main:
+        state.bench_before = ((state.run.read_json("benchmarks_before.json") if state.resuming else None)
+                              or base_benchmarks or benchmark_session(state.session, show_progress=state.show_progress))
+        state.run.write_metrics(state.bench_before, "benchmarks_before.json")
+    state.dist.wait_for_everyone()
+    state.memory.end("benchmarks_before")
+
+
+def _training_data(state: RunState) -> tuple[list[Encoded], list[Encoded] | None]:
+    """Encoded training (and validation-loss) examples; the leakage record against the evaluation sets."""
+    cfg, session = state.cfg, state.session
+    train_examples, train_templates, state.mixture_stats = training_examples(session)
+    state.metrics["leakage"] = leakage_report(train_examples, task_specs(cfg.benchmarks),
+                                              f"{cfg.data.source}:{cfg.evaluation.split}", state.eval_examples)
     session.encoder.stats.reset()
     train_set = encode_training_set(session.encoder, train_examples, train_templates)
-    train_truncation = session.encoder.stats.as_dict()
+    state.train_truncation = session.encoder.stats.as_dict()
     eval_set = None
     if cfg.data.eval_split:
         val = load_split(cfg.data, cfg.data.eval_split)[: cfg.data.max_eval_samples]
         eval_set = encode_training_set(session.encoder, val, [session.templates.eval] * len(val))
+    return train_set, eval_set
 
+
+def _train(state: RunState, train_set: list[Encoded], eval_set: list[Encoded] | None) -> None:
+    """Apply the method, train, save the artefact (adapter/ or model/) and record the cost."""
+    cfg, session, run = state.cfg, state.session, state.run
     set_seed(cfg.seed)
     fingerprint = base_fingerprint(session.model)  # before any sharding: identifies the base of the adapter
     model = session.method.prepare(session.model, cfg.method, session.context)
-    session.loaded.model = model
+    session.loaded.model = state.model = model
     counts = parameter_counts(model)
     training = train_model(model, session.loaded.tokenizer, session.loaded.arch, train_set, eval_set, cfg.training,
                            seed=cfg.seed, device=session.device, log_dir=run.path / "tensorboard",
-                           checkpoint_dir=run.checkpoint_dir, resume_from=latest,
-                           regularizer=build_regularizer(session, model), show_progress=show_progress)
+                           checkpoint_dir=run.checkpoint_dir, resume_from=state.latest,
+                           regularizer=build_regularizer(session, model), show_progress=state.show_progress)
     artefact = run.path / ("adapter" if session.method.is_peft else "model")
     sharded = is_sharded(model)  # FSDP: gather whole tensors on every process, the main one writes them
     whole = (whole_trainable_state(model) if session.method.is_peft else whole_model_state(model)) if sharded else None
-    if main:
+    if state.main:
         save_artefact(model, session.loaded.tokenizer, cfg, session.method.is_peft, run.path, session.loaded.source.path,
                       state_dict=whole, base_fingerprint=fingerprint)
-    dist.wait_for_everyone()
-    memory.end("train")
-    metrics["training"] = {**training.as_dict(), "examples": len(train_set), "truncation": train_truncation,
-                           **({"mixture": mixture_stats} if mixture_stats else {}),
-                           "regularization": cfg.training.regularization.model_dump()}
-    metrics["cost"] = {**counts, "artefact": artefact.name, "artefact_bytes": weight_file_bytes(artefact),
-                       "full_checkpoint_bytes": full_checkpoint_bytes(model, counts, session.method.is_peft)}
+    state.dist.wait_for_everyone()
+    state.memory.end("train")
+    state.metrics["training"] = {**training.as_dict(), "examples": len(train_set), "truncation": state.train_truncation,
+                                 **({"mixture": state.mixture_stats} if state.mixture_stats else {}),
+                                 "regularization": cfg.training.regularization.model_dump()}
+    state.metrics["cost"] = {**counts, "artefact": artefact.name, "artefact_bytes": weight_file_bytes(artefact),
+                             "full_checkpoint_bytes": full_checkpoint_bytes(model, counts, session.method.is_peft)}
 
-    after = evaluate_summaries(model, session.loaded.tokenizer, session.loaded.arch, session.encoder,
-                               session.templates.eval, eval_examples, cfg.evaluation, cfg.seed, "eval after")
-    metrics["after"] = after.metrics
-    memory.end("evaluate_after")
-    metrics["environment"] = describe_environment(session.device, cfg.evaluation.precision, training.precision)
-    if not main:
-        if sharded and cfg.benchmarks.tasks:
-            benchmark_session(session, show_progress=False)  # under FSDP every forward pass is collective
-        dist.wait_for_everyone()
-        return FinetuneResult(run.path, metrics)
-    run.write_predictions(after.predictions)
-    if bench_before is not None:
-        bench_after = benchmark_session(session, show_progress=show_progress)
-        report = write_forgetting(run.path, bench_before, bench_after, target_gain(metrics),
-                                  cfg.benchmarks.bootstrap_samples, cfg.seed)
-        metrics["forgetting"] = {name: {k: t[k] for k in ("metric", "before", "after", "delta", "ci95_low",
-                                                          "ci95_high", "significant")}
-                                 for name, t in report["tasks"].items()}
-        metrics["forgetting_mean_delta"] = report["mean_delta"]
-        memory.end("benchmarks_after")
-    metrics["memory_phases"] = memory.as_dict()
+
+def _evaluate_after(state: RunState):
+    after = _evaluate(state, "eval after")
+    state.metrics["after"] = after.metrics
+    state.memory.end("evaluate_after")
+    state.metrics["environment"] = describe_environment(state.session.device, state.cfg.evaluation.precision,
+                                                        state.metrics["training"]["precision"])
+    return after
+
+
+def _benchmarks_after(state: RunState) -> None:
+    """The suite on the trained model; the change against before, with paired CIs (forgetting)."""
+    if state.bench_before is None:
+        return
+    cfg, metrics = state.cfg, state.metrics
+    bench_after = benchmark_session(state.session, show_progress=state.show_progress)
+    report = write_forgetting(state.run.path, state.bench_before, bench_after, target_gain(metrics),
+                              cfg.benchmarks.bootstrap_samples, cfg.seed)
+    metrics["forgetting"] = {name: {k: t[k] for k in ("metric", "before", "after", "delta", "ci95_low",
+                                                      "ci95_high", "significant")}
+                             for name, t in report["tasks"].items()}
+    metrics["forgetting_mean_delta"] = report["mean_delta"]
+    state.memory.end("benchmarks_after")
+
+
+def _finish(state: RunState) -> None:
+    """Write metrics.json, mark the run complete, print the summary."""
+    cfg, metrics, run = state.cfg, state.metrics, state.run
+    metrics["memory_phases"] = state.memory.as_dict()
     run.write_metrics(metrics)
     run.mark_complete()
-    dist.wait_for_everyone()
-    if echo:
-        echo(f"\nrun: {run.path}  ({cfg.method.name} on {cfg.model.name}, {len(eval_examples)} "
-             f"{cfg.evaluation.split} examples)\n")
-        echo(before_after_table(metrics.get("before"), metrics["after"]))
-        echo("")
-        echo(cost_table(metrics["cost"], metrics["training"]))
-        if "forgetting" in metrics:
-            echo("\nforgetting (benchmark suite, after - before):\n")
-            echo((run.path / "forgetting.md").read_text())
-        trunc = after.metrics["truncation"]
-        if trunc["inputs_truncated"] or train_truncation["inputs_truncated"]:
-            echo(f"\nnote: inputs cut at {cfg.template.max_input_tokens} tokens: "
-                 f"{train_truncation['inputs_truncated']}/{train_truncation['examples']} training, "
-                 f"{trunc['inputs_truncated']}/{trunc['examples']} evaluation examples")
-    return FinetuneResult(run.path, metrics)
+    state.dist.wait_for_everyone()
+    if not state.echo:
+        return
+    echo = state.echo
+    echo(f"\nrun: {run.path}  ({cfg.method.name} on {cfg.model.name}, {len(state.eval_examples)} "
+         f"{cfg.evaluation.split} examples)\n")
+    echo(before_after_table(metrics.get("before"), metrics["after"]))
+    echo("")
+    echo(cost_table(metrics["cost"], metrics["training"]))
+    if "forgetting" in metrics:
+        echo("\nforgetting (benchmark suite, after - before):\n")
+        echo((run.path / "forgetting.md").read_text())
+    trunc = metrics["after"]["truncation"]
+    train_truncation = state.train_truncation
+    if trunc["inputs_truncated"] or train_truncation["inputs_truncated"]:
+        echo(f"\nnote: inputs cut at {cfg.template.max_input_tokens} tokens: "
+             f"{train_truncation['inputs_truncated']}/{train_truncation['examples']} training, "
+             f"{trunc['inputs_truncated']}/{trunc['examples']} evaluation examples")

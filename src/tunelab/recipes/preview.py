@@ -1,6 +1,7 @@
 """`tunelab data preview`: the first training examples exactly as the model will see them (chat template
 applied), with the trained tokens marked, and length and truncation statistics over the whole training set.
-Loads the tokenizer and the model's config, never its weights."""
+Loads the tokenizer and the model's config, never its weights; from a local or built-in model it imports neither
+torch nor transformers (`data/light_tokenizer.py`)."""
 
 from __future__ import annotations
 
@@ -43,21 +44,42 @@ def mark_trained(tokenizer, encoded: Encoded, arch: str, marks: tuple[str, str])
     return "".join(out)
 
 
-def preview_data(cfg: ExperimentConfig, n: int = 5, marks: tuple[str, str] = PLAIN_MARK) -> Preview:
-    from tunelab.data.sources import load_split
-    from tunelab.data.templates import TemplateSet
-    from tunelab.models.loading import (
-        chat_template_in_use,
-        load_model_config,
-        load_tokenizer,
-        resolve_arch,
-        resolve_source,
-    )
-    from tunelab.recipes.components import seeded_sample
+def _light_tokenizer(cfg: ExperimentConfig):
+    """The tokenizer and architecture from a local (or built-in) model folder without importing transformers or
+    torch; None where that is not possible (a hub id, a .gguf file, a slow-only tokenizer)."""
+    import json
+    from pathlib import Path
+
+    from tunelab.data.light_tokenizer import LightTokenizer
+    from tunelab.models.registry import ALIASES, pull_model
+
+    name = cfg.model.name
+    folder = pull_model(name) if name in ALIASES else Path(name).expanduser()
+    if not (folder / "config.json").is_file():
+        return None
+    tokenizer = LightTokenizer.from_folder(folder)
+    if tokenizer is None:
+        return None
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    arch = cfg.model.arch if cfg.model.arch != "auto" else (
+        "seq2seq" if config.get("is_encoder_decoder") else "causal")
+    return tokenizer, arch
+
+
+def _transformers_tokenizer(cfg: ExperimentConfig):
+    from tunelab.models.loading import load_model_config, load_tokenizer, resolve_arch, resolve_source
 
     source = resolve_source(cfg.model.name, revision=cfg.model.revision)
-    arch = resolve_arch(load_model_config(source, cfg.model), cfg.model)
-    tokenizer = load_tokenizer(source, cfg.model)
+    return load_tokenizer(source, cfg.model), resolve_arch(load_model_config(source, cfg.model), cfg.model)
+
+
+def preview_data(cfg: ExperimentConfig, n: int = 5, marks: tuple[str, str] = PLAIN_MARK) -> Preview:
+    from tunelab.data.records import seeded_sample
+    from tunelab.data.sources import load_split
+    from tunelab.data.templates import TemplateSet
+    from tunelab.modeling import chat_template_in_use
+
+    tokenizer, arch = _light_tokenizer(cfg) or _transformers_tokenizer(cfg)
     encoder = PromptEncoder(tokenizer, arch, chat_template_in_use(tokenizer, arch, cfg.model),
                             cfg.template.max_input_tokens, cfg.template.max_target_tokens, cfg.data.train_on)
     examples = seeded_sample(load_split(cfg.data, cfg.data.train_split), cfg.data.max_train_samples, cfg.seed)
