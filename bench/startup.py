@@ -22,6 +22,7 @@ COMMANDS = {
     "tunelab train --help": [*TUNELAB, "train", "--help"],
     "tunelab tasks": [*TUNELAB, "tasks"],
     "config validation": [sys.executable, "-c", "import tunelab; tunelab.load_config('configs/dialogsum_lora.yaml')"],
+    "tunelab data preview": [*TUNELAB, "data", "preview", "configs/dialogsum_lora.yaml", "-n", "3"],
 }
 
 
