@@ -206,6 +206,26 @@ def render_generation() -> str:
     return "\n".join(lines)
 
 
+def render_bound() -> str:
+    causal = next(e for e in json.loads((RESULTS / "throughput.json").read_text())["eval"] if e["arch"] == "causal")
+    return (f"The bound is measured in the same run: the prompts' forward passes alone (what any method with the "
+            f"loop's fp32 arithmetic must also compute) take {causal['prompt_forward_seconds']:.1f} s of the causal "
+            f"loop's {causal['loop_seconds']:.1f} s, so batching can never give more than {causal['fp32_bound']:.1f}x "
+            "there even if decoding were free.")
+
+
+def render_mfu() -> str:
+    data = json.loads((RESULTS / "throughput.json").read_text())
+    mfu = data["mfu"]
+    where = machine_line(data["environment"]) if data.get("environment") else data["machine_note"]
+    return (f"Hardware bound: measured GEMM peak {mfu['lora fp32']['peak_tflops']:.3f} TFLOP/s fp32 and "
+            f"{mfu['lora bf16']['peak_tflops']:.3f} TFLOP/s bf16 ({where}); a LoRA step reaches "
+            f"{mfu['lora fp32']['mfu']:.0%} of the fp32 peak (model FLOPs: 4 per frozen parameter per token, 6 for full "
+            f"fine-tuning, the vocabulary projection counted only at completion positions) and "
+            f"{mfu['lora bf16']['mfu']:.0%} of the bf16 peak; full fine-tuning {mfu['full fp32']['mfu']:.0%} / "
+            f"{mfu['full bf16']['mfu']:.0%} (`python bench/throughput.py`, {data['date']}).")
+
+
 def render_startup() -> str:
     data = json.loads((RESULTS / "startup.json").read_text())
     rows = [[name, f"{r['median_s'] * 1000:.0f} ms", f"{r['ratio_to_python']:.1f}x"]
@@ -217,7 +237,7 @@ def render_startup() -> str:
 
 RENDERERS: dict[str, Callable[[], str]] = {
     "demo": render_demo, "demo_lora": render_demo_lora, "serve": render_serve, "export": render_export, "lm_eval": render_lm_eval,
-    "methods": render_methods, "throughput": render_throughput, "generation": render_generation, "startup": render_startup,
+    "methods": render_methods, "throughput": render_throughput, "generation": render_generation, "bound": render_bound, "mfu": render_mfu, "startup": render_startup,
 }
 
 

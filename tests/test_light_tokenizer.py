@@ -56,7 +56,7 @@ def test_same_ids_offsets_text_and_chat_renderings_as_transformers(tmp_path):
 
 def test_data_preview_is_the_same_through_both_tokenizers(tiny_llama_chat_dir, dialogue_files, tmp_path, monkeypatch):
     from tunelab import build_config
-    from tunelab.recipes import preview
+    from tunelab.data import preview
 
     cfg = build_config(experiment(tiny_llama_chat_dir, dialogue_files, tmp_path))
     light = preview.preview_data(cfg, n=3)

@@ -46,3 +46,14 @@ def test_data_preview_imports_no_heavy_library(tiny_llama_chat_dir, dialogue_fil
                          timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "trained" in out.stdout and out.stdout.strip().splitlines()[-1] == "[]", out.stdout[-800:]
+
+
+@pytest.mark.parametrize("package", ["tunelab.data", "tunelab.models", "tunelab.benchmarks"])
+def test_lazy_names_do_not_collide_with_submodules(package):
+    """A lazily exported name equal to a submodule's name would become the submodule once that is imported."""
+    import importlib
+    import pkgutil
+
+    module = importlib.import_module(package)
+    submodules = {m.name for m in pkgutil.iter_modules(module.__path__)}
+    assert not set(module._LAZY) & submodules

@@ -115,7 +115,7 @@ def cmd_forgetting(args: argparse.Namespace) -> int:
 
 def cmd_data_preview(args: argparse.Namespace) -> int:
     from tunelab.config import load_config
-    from tunelab.recipes.preview import MARK, PLAIN_MARK, format_preview, preview_data
+    from tunelab.data.preview import MARK, PLAIN_MARK, format_preview, preview_data
 
     cfg = load_config(args.config, args.set)
     marks = MARK if sys.stdout.isatty() and not args.plain else PLAIN_MARK

@@ -1,25 +1,14 @@
-"""Recipes: short, readable end-to-end flows assembled from the library's components.
+"""Recipes: short, readable end-to-end flows assembled from the library's components. (Light flows live with
+their package: data preview is `tunelab.data.preview`.)"""
 
-Names load on first use (PEP 562), so a light recipe (data preview) does not import the heavy ones."""
+from tunelab.recipes.adapters import merge_run, soft_prompt_neighbours
+from tunelab.recipes.benchmark import benchmark, benchmark_session, measure_forgetting
+from tunelab.recipes.compare import Comparison, compare
+from tunelab.recipes.evaluate import evaluate, open_run
+from tunelab.recipes.export import export_run
+from tunelab.recipes.finetune import FinetuneResult, finetune
+from tunelab.recipes.generate import open_for_generation, summarize
 
-from importlib import import_module as _import_module
-
-_LAZY = {
-    "benchmark": "benchmark", "benchmark_session": "benchmark", "measure_forgetting": "benchmark",
-    "merge_run": "adapters", "soft_prompt_neighbours": "adapters",
-    "Comparison": "compare", "compare": "compare",
-    "evaluate": "evaluate", "open_run": "evaluate",
-    "export_run": "export",
-    "FinetuneResult": "finetune", "finetune": "finetune",
-    "open_for_generation": "generate", "summarize": "generate",
-    "preview_data": "preview",
-}
-
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        return getattr(_import_module(f"tunelab.recipes.{_LAZY[name]}"), name)
-    raise AttributeError(f"module 'tunelab.recipes' has no attribute {name!r}")
-
-
-__all__ = sorted(_LAZY)
+__all__ = ["Comparison", "FinetuneResult", "benchmark", "benchmark_session", "compare", "evaluate", "export_run",
+           "finetune", "measure_forgetting", "merge_run", "open_for_generation", "open_run", "soft_prompt_neighbours",
+           "summarize"]
