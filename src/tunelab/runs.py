@@ -23,9 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 
-from tunelab.config.loader import build_config, config_to_dict
+from tunelab.config.loader import build_config, config_to_dict, read_yaml_mapping
 from tunelab.config.schema import ExperimentConfig
 from tunelab.errors import RunDirError
 from tunelab.io import atomic_write_json, atomic_write_jsonl, atomic_write_text, atomic_write_yaml
@@ -88,7 +87,7 @@ class RunDir:
         if run.is_complete:
             raise RunDirError(f"{path} holds a finished run; nothing to resume")
         # through the current schema: keys added by a newer tunelab (with their defaults) are no difference
-        stored = config_to_dict(build_config(yaml.safe_load(run.config_path.read_text()), source=str(run.config_path)))
+        stored = config_to_dict(build_config(read_yaml_mapping(run.config_path), source=str(run.config_path)))
         wanted = config_to_dict(cfg)
         if stored != wanted:
             diff = sorted(_diff_keys(stored, wanted))

@@ -120,8 +120,9 @@ def run_generation(model, tokenizer, arch: Arch, spec: TaskSpec, docs: Sequence[
 def translation_scores(preds: Sequence[str], refs: Sequence[Sequence[str]]) -> dict[str, Any]:
     from sacrebleu.metrics import BLEU, CHRF
 
-    n_refs = max(len(r) for r in refs)
-    streams = [[r[i] if i < len(r) else None for r in refs] for i in range(n_refs)]
+    from tunelab.evaluation.metrics import reference_streams
+
+    streams = reference_streams(refs)
     bleu, chrf = BLEU(), CHRF()
     return {"bleu": bleu.corpus_score(list(preds), streams).score, "chrf": chrf.corpus_score(list(preds), streams).score,
             "bleu_signature": str(bleu.get_signature()), "chrf_signature": str(chrf.get_signature())}

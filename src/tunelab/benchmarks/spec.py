@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from tunelab.config.loader import read_yaml_mapping
 from tunelab.errors import ConfigError
 
 TASK_DIR = Path(__file__).parent / "tasks"
@@ -65,7 +65,7 @@ class TaskSpec(BaseModel):
 
 def _load_spec(path: Path) -> TaskSpec:
     try:
-        return TaskSpec.model_validate(yaml.safe_load(path.read_text(encoding="utf-8")))
+        return TaskSpec.model_validate(read_yaml_mapping(path, "task file"))
     except ValidationError as e:
         bad = "; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors())
         raise ConfigError(f"task file {path}: {bad}") from None

@@ -89,13 +89,17 @@ def aggregate_rouge(per: Sequence[dict[str, dict[str, float]]], bootstrap_sample
     return result
 
 
+def reference_streams(references: Sequence[Sequence[str]]) -> list[list[str | None]]:
+    """sacrebleu's layout: one stream per reference position; examples with fewer references get None there."""
+    n_refs = max(len(r) for r in references)
+    return [[refs[i] if i < len(refs) else None for refs in references] for i in range(n_refs)]
+
+
 def bleu(predictions: Sequence[str], references: Sequence[Sequence[str]]) -> dict[str, Any]:
     from sacrebleu.metrics import BLEU
 
-    n_refs = max(len(r) for r in references)
-    streams = [[refs[i] if i < len(refs) else None for refs in references] for i in range(n_refs)]
     metric = BLEU()
-    score = metric.corpus_score(list(predictions), streams)
+    score = metric.corpus_score(list(predictions), reference_streams(references))
     return {"score": float(score.score), "precisions": [float(p) for p in score.precisions],
             "brevity_penalty": float(score.bp), "signature": str(metric.get_signature())}
 
