@@ -127,6 +127,35 @@ def evaluation_loss(model: torch.nn.Module, loader: DataLoader, arch: Arch,
     return float(sums[0] / max(sums[1], 1))
 
 
+@dataclass
+class LoopState:
+    """Everything one training loop carries from step to step (and what a checkpoint restores)."""
+
+    cfg: TrainingConfig
+    arch: Arch
+    accelerator: Accelerator
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    batches: LengthGroupedBatches
+    loader: DataLoader
+    eval_loader: DataLoader | None
+    params: list[torch.nn.Parameter]
+    total_steps: int
+    regularizer: Callable[[], torch.Tensor] | None
+    checkpoint_dir: Path | None
+    result: TrainResult
+    memory: PeakMemory
+    step: int = 0
+    epoch: int = 0
+    skip: int = 0  # micro-batches of the current epoch already consumed (a resumed run skips them)
+    window: dict[str, float] = field(default_factory=lambda: {"loss": 0.0, "n": 0})  # losses since the last log
+    pending_rng: dict[str, Any] | None = None  # a resumed run's RNG, restored once the epoch iterator exists
+    writer: Any = None
+    bar: Any = None
+    t0: float = 0.0
+
+
 def train_model(model: torch.nn.Module, tokenizer, arch: Arch, train_set: Sequence[Encoded],
                 eval_set: Sequence[Encoded] | None, cfg: TrainingConfig, *, seed: int, device: torch.device,
                 log_dir: Path | None = None, checkpoint_dir: Path | None = None, resume_from: Path | None = None,
@@ -135,6 +164,19 @@ def train_model(model: torch.nn.Module, tokenizer, arch: Arch, train_set: Sequen
     """Train `model` in place. With `checkpoint_dir` and `cfg.save_every`, checkpoints are written every
     N optimizer steps; `resume_from` continues from one exactly (weights, optimizer, scheduler, RNG,
     data position and loss history), giving the same result as an uninterrupted run."""
+    state = _set_up(model, tokenizer, arch, train_set, eval_set, cfg, seed, device, checkpoint_dir, regularizer)
+    if resume_from is not None:
+        _restore(state, resume_from)
+    _start_logging(state, log_dir, resumed=resume_from is not None, show_progress=show_progress)
+    while state.step < state.total_steps:
+        _train_epoch(state)
+    return _finish(state)
+
+
+def _set_up(model: torch.nn.Module, tokenizer, arch: Arch, train_set: Sequence[Encoded],
+            eval_set: Sequence[Encoded] | None, cfg: TrainingConfig, seed: int, device: torch.device,
+            checkpoint_dir: Path | None, regularizer: Callable[[], torch.Tensor] | None) -> LoopState:
+    """Accelerator, length-grouped data loaders, optimizer and schedule, all prepared by accelerate."""
     if not train_set:
         raise TrainingError("the training set is empty")
     set_seed(seed)
@@ -164,131 +206,164 @@ def train_model(model: torch.nn.Module, tokenizer, arch: Arch, train_set: Sequen
     params = [p for p in model.parameters() if p.requires_grad]  # FSDP replaces them with sharded ones
     if eval_loader is not None:
         eval_loader = accelerator.prepare(eval_loader)
-
     result = TrainResult(steps=0, epochs=0.0, seconds=0.0, precision=resolve_precision(cfg.precision, device))
-    step, epoch, skip = 0, 0, 0
-    window = {"loss": 0.0, "n": 0}
-    pending_rng = None
-    if resume_from is not None:
-        state = load_checkpoint(resume_from, accelerator.unwrap_model(model), optimizer, scheduler)
-        step, epoch, skip, pending_rng = state.step, state.epoch, state.batch_in_epoch, state.rng
-        h = state.history
-        result.train_loss = [tuple(x) for x in h["train_loss"]]
-        result.eval_loss = [tuple(x) for x in h["eval_loss"]]
-        result.completion_tokens, result.padded_tokens = h["completion_tokens"], h["padded_tokens"]
-        result.seconds = h["seconds"]
-        window = h["window"]
+    return LoopState(cfg, arch, accelerator, model, optimizer, scheduler, batches, loader, eval_loader, params,
+                     total_steps, regularizer, checkpoint_dir, result, PeakMemory(device))
 
-    writer = None
-    if log_dir is not None and accelerator.is_main_process:
+
+def _restore(state: LoopState, checkpoint: Path) -> None:
+    """Continue exactly where a checkpoint left off: weights, optimizer, schedule, data position, history."""
+    saved = load_checkpoint(checkpoint, state.accelerator.unwrap_model(state.model), state.optimizer, state.scheduler)
+    state.step, state.epoch, state.skip, state.pending_rng = saved.step, saved.epoch, saved.batch_in_epoch, saved.rng
+    h, result = saved.history, state.result
+    result.train_loss = [tuple(x) for x in h["train_loss"]]
+    result.eval_loss = [tuple(x) for x in h["eval_loss"]]
+    result.completion_tokens, result.padded_tokens = h["completion_tokens"], h["padded_tokens"]
+    result.seconds = h["seconds"]
+    state.window = h["window"]
+
+
+def _start_logging(state: LoopState, log_dir: Path | None, resumed: bool, show_progress: bool) -> None:
+    main = state.accelerator.is_main_process
+    if log_dir is not None and main:
         from torch.utils.tensorboard import SummaryWriter
 
-        writer = SummaryWriter(str(log_dir), purge_step=step + 1 if resume_from is not None else None)
-    memory = PeakMemory(device)
-    model.train()
-    bar = tqdm(total=total_steps, initial=step, desc="train", unit="step",
-               disable=not show_progress or not accelerator.is_main_process)
-    t0 = time.perf_counter() - result.seconds
+        state.writer = SummaryWriter(str(log_dir), purge_step=state.step + 1 if resumed else None)
+    state.memory.reset()
+    state.model.train()
+    state.bar = tqdm(total=state.total_steps, initial=state.step, desc="train", unit="step",
+                     disable=not show_progress or not main)
+    state.t0 = time.perf_counter() - state.result.seconds
 
-    def checkpoint(batch_in_epoch: int) -> None:
-        if checkpoint_dir is None:
-            return
-        history = {"train_loss": result.train_loss, "eval_loss": result.eval_loss, "window": window,
-                   "completion_tokens": result.completion_tokens, "padded_tokens": result.padded_tokens,
-                   "seconds": time.perf_counter() - t0}
-        unwrapped = accelerator.unwrap_model(model)
-        weights, optimizer_state = whole_trainable_state(unwrapped), whole_optimizer_state(unwrapped, optimizer)
-        if accelerator.is_main_process:
-            save_checkpoint(checkpoint_dir, weights, optimizer_state, scheduler,
-                            TrainingState(step, epoch, batch_in_epoch, history))
-        accelerator.wait_for_everyone()
-        fault_point("after-checkpoint", step)
 
-    while step < total_steps:
-        # accelerate's loader calls set_epoch(<its own iteration count>) on the batch sampler whenever it is
-        # iterated, and that count restarts at 0 after a resume: set both to tunelab's epoch.
-        loader.set_epoch(epoch)
-        batches.set_epoch(epoch)
-        epoch_loader = accelerator.skip_first_batches(loader, skip) if skip else loader
-        iterator = iter(epoch_loader)
-        first = next(iterator, None)  # starting an epoch's iterator draws from the RNG (DataLoader seeding)
-        if pending_rng is not None:  # so a resumed run restores the RNG after that draw, as it was saved
-            restore_rng(pending_rng)
-            pending_rng = None
-        batch_in_epoch = skip
-        for batch in itertools.chain([first] if first is not None else [], iterator):
-            batch_in_epoch += 1
-            with accelerator.accumulate(model):
-                loss = completion_loss(model, batch, arch)
-                memory.sample()
-                if not torch.isfinite(loss):
-                    raise TrainingError(stop_message(f"non-finite training loss ({loss.item()})", step + 1,
-                                                     checkpoint_dir))
-                total = loss + regularizer() if regularizer is not None else loss
-                accelerator.backward(total)
-                memory.sample()
-                if accelerator.sync_gradients:
-                    # a non-finite gradient would turn every weight it touches into NaN: stop before the step
-                    if cfg.max_grad_norm:
-                        norm = accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
-                        finite_grads = bool(torch.isfinite(norm))
-                    else:
-                        finite_grads = all_finite([p.grad for p in params if p.grad is not None], accelerator)
-                    if not finite_grads and accelerator.scaler is None:  # fp16's loss scaler skips such steps itself
-                        raise TrainingError(stop_message("non-finite gradient", step + 1, checkpoint_dir))
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                if accelerator.sync_gradients and not all_finite(params, accelerator):
-                    raise TrainingError(stop_message("non-finite weights after the update", step + 1,
-                                                     checkpoint_dir))
-            padded = batch["input_ids"].numel() + (batch["labels"].numel() if arch == "seq2seq" else 0)
-            stats = torch.tensor([float(loss.detach()), float((batch["labels"] != IGNORE_INDEX).sum()), float(padded)],
-                                 device=accelerator.device)
-            if accelerator.num_processes > 1:  # loss: mean over processes; token counts: their sum
-                stats = accelerator.reduce(stats, "sum") / torch.tensor([accelerator.num_processes, 1, 1],
-                                                                       device=accelerator.device)
-            logged, completion, padded = stats.tolist()
-            result.completion_tokens += int(completion)
-            result.padded_tokens += int(padded)
-            window["loss"] += logged
-            window["n"] += 1
-            if not accelerator.sync_gradients:
-                continue
-            step += 1
-            bar.update(1)
-            if step % cfg.log_every == 0 or step == total_steps:
-                mean = window["loss"] / window["n"]
-                result.train_loss.append((step, mean))
-                bar.set_postfix(loss=f"{mean:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
-                if writer:
-                    writer.add_scalar("train/loss", mean, step)
-                    writer.add_scalar("train/lr", scheduler.get_last_lr()[0], step)
-                window = {"loss": 0.0, "n": 0}
-            if eval_loader is not None and cfg.eval_every and step % cfg.eval_every == 0 and step < total_steps:
-                result.eval_loss.append((step, evaluation_loss(model, eval_loader, arch, accelerator)))
-                if writer:
-                    writer.add_scalar("eval/loss", result.eval_loss[-1][1], step)
-            if cfg.save_every and step % cfg.save_every == 0 and step < total_steps:
-                checkpoint(batch_in_epoch)
-            if step >= total_steps:
+def _train_epoch(state: LoopState) -> None:
+    # accelerate's loader calls set_epoch(<its own iteration count>) on the batch sampler whenever it is
+    # iterated, and that count restarts at 0 after a resume: set both to tunelab's epoch.
+    state.loader.set_epoch(state.epoch)
+    state.batches.set_epoch(state.epoch)
+    epoch_loader = state.accelerator.skip_first_batches(state.loader, state.skip) if state.skip else state.loader
+    iterator = iter(epoch_loader)
+    first = next(iterator, None)  # starting an epoch's iterator draws from the RNG (DataLoader seeding)
+    if state.pending_rng is not None:  # so a resumed run restores the RNG after that draw, as it was saved
+        restore_rng(state.pending_rng)
+        state.pending_rng = None
+    batch_in_epoch = state.skip
+    for batch in itertools.chain([first] if first is not None else [], iterator):
+        batch_in_epoch += 1
+        _micro_step(state, batch)
+        if state.accelerator.sync_gradients:
+            _after_update(state, batch_in_epoch)
+            if state.step >= state.total_steps:
                 break
-        epoch += 1
-        skip = 0
-    result.seconds = time.perf_counter() - t0
-    bar.close()
-    if eval_loader is not None:
-        result.eval_loss.append((step, evaluation_loss(model, eval_loader, arch, accelerator)))
-        if writer:
-            writer.add_scalar("eval/loss", result.eval_loss[-1][1], step)
-    if writer:
-        writer.close()
-    result.steps = step
-    result.epochs = step * cfg.grad_accum / max(len(loader), 1)
-    result.memory = memory.as_dict()
+    state.epoch += 1
+    state.skip = 0
+
+
+def _micro_step(state: LoopState, batch: dict[str, torch.Tensor]) -> None:
+    """Forward and backward on one micro-batch; the optimizer steps when accumulation is complete. Stops on
+    a non-finite loss, gradient or weight before it can spread."""
+    accelerator, cfg, params, step = state.accelerator, state.cfg, state.params, state.step
+    with accelerator.accumulate(state.model):
+        loss = completion_loss(state.model, batch, state.arch)
+        state.memory.sample()
+        if not torch.isfinite(loss):
+            raise TrainingError(stop_message(f"non-finite training loss ({loss.item()})", step + 1,
+                                             state.checkpoint_dir))
+        total = loss + state.regularizer() if state.regularizer is not None else loss
+        accelerator.backward(total)
+        state.memory.sample()
+        if accelerator.sync_gradients:
+            # a non-finite gradient would turn every weight it touches into NaN: stop before the step
+            if cfg.max_grad_norm:
+                norm = accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
+                finite_grads = bool(torch.isfinite(norm))
+            else:
+                finite_grads = all_finite([p.grad for p in params if p.grad is not None], accelerator)
+            if not finite_grads and accelerator.scaler is None:  # fp16's loss scaler skips such steps itself
+                raise TrainingError(stop_message("non-finite gradient", step + 1, state.checkpoint_dir))
+        state.optimizer.step()
+        state.scheduler.step()
+        state.optimizer.zero_grad(set_to_none=True)
+        if accelerator.sync_gradients and not all_finite(params, accelerator):
+            raise TrainingError(stop_message("non-finite weights after the update", step + 1, state.checkpoint_dir))
+    _count(state, batch, loss)
+
+
+def _count(state: LoopState, batch: dict[str, torch.Tensor], loss: torch.Tensor) -> None:
+    """Loss for the log window and token counts, over all processes."""
+    accelerator = state.accelerator
+    padded = batch["input_ids"].numel() + (batch["labels"].numel() if state.arch == "seq2seq" else 0)
+    stats = torch.tensor([float(loss.detach()), float((batch["labels"] != IGNORE_INDEX).sum()), float(padded)],
+                         device=accelerator.device)
+    if accelerator.num_processes > 1:  # loss: mean over processes; token counts: their sum
+        stats = accelerator.reduce(stats, "sum") / torch.tensor([accelerator.num_processes, 1, 1],
+                                                               device=accelerator.device)
+    logged, completion, padded = stats.tolist()
+    state.result.completion_tokens += int(completion)
+    state.result.padded_tokens += int(padded)
+    state.window["loss"] += logged
+    state.window["n"] += 1
+
+
+def _after_update(state: LoopState, batch_in_epoch: int) -> None:
+    """After an optimizer step: log the loss window, validation loss and checkpoints when due."""
+    cfg, result = state.cfg, state.result
+    state.step += 1
+    step = state.step
+    state.bar.update(1)
+    if step % cfg.log_every == 0 or step == state.total_steps:
+        mean = state.window["loss"] / state.window["n"]
+        lr = state.scheduler.get_last_lr()[0]
+        result.train_loss.append((step, mean))
+        state.bar.set_postfix(loss=f"{mean:.4f}", lr=f"{lr:.2e}")
+        if state.writer:
+            state.writer.add_scalar("train/loss", mean, step)
+            state.writer.add_scalar("train/lr", lr, step)
+        state.window = {"loss": 0.0, "n": 0}
+    if state.eval_loader is not None and cfg.eval_every and step % cfg.eval_every == 0 and step < state.total_steps:
+        _log_eval_loss(state)
+    if cfg.save_every and step % cfg.save_every == 0 and step < state.total_steps:
+        _checkpoint(state, batch_in_epoch)
+
+
+def _log_eval_loss(state: LoopState) -> None:
+    state.result.eval_loss.append((state.step, evaluation_loss(state.model, state.eval_loader, state.arch,
+                                                               state.accelerator)))
+    if state.writer:
+        state.writer.add_scalar("eval/loss", state.result.eval_loss[-1][1], state.step)
+
+
+def _checkpoint(state: LoopState, batch_in_epoch: int) -> None:
+    if state.checkpoint_dir is None:
+        return
+    result, accelerator = state.result, state.accelerator
+    history = {"train_loss": result.train_loss, "eval_loss": result.eval_loss, "window": state.window,
+               "completion_tokens": result.completion_tokens, "padded_tokens": result.padded_tokens,
+               "seconds": time.perf_counter() - state.t0}
+    unwrapped = accelerator.unwrap_model(state.model)
+    weights, optimizer_state = whole_trainable_state(unwrapped), whole_optimizer_state(unwrapped, state.optimizer)
+    if accelerator.is_main_process:
+        save_checkpoint(state.checkpoint_dir, weights, optimizer_state, state.scheduler,
+                        TrainingState(state.step, state.epoch, batch_in_epoch, history))
     accelerator.wait_for_everyone()
+    fault_point("after-checkpoint", state.step)
+
+
+def _finish(state: LoopState) -> TrainResult:
+    """Final validation loss, the record, and the caller's model back as it was (no autocast wrapper)."""
+    result = state.result
+    result.seconds = time.perf_counter() - state.t0
+    state.bar.close()
+    if state.eval_loader is not None:
+        _log_eval_loss(state)
+    if state.writer:
+        state.writer.close()
+    result.steps = state.step
+    result.epochs = state.step * state.cfg.grad_accum / max(len(state.loader), 1)
+    result.memory = state.memory.as_dict()
+    state.accelerator.wait_for_everyone()
     # accelerate patched forward() with autocast for mixed precision; restore the caller's model as it was.
-    model = accelerator.unwrap_model(model, keep_fp32_wrapper=False)
-    if cfg.gradient_checkpointing:
+    model = state.accelerator.unwrap_model(state.model, keep_fp32_wrapper=False)
+    if state.cfg.gradient_checkpointing:
         disable_gradient_checkpointing(model)
     return result
