@@ -125,3 +125,54 @@ def test_merging_a_qlora_run_folds_the_adapter_into_a_full_precision_base(tiny_l
         torch.testing.assert_close(merged(input_ids=x).logits, reference(input_ids=x).logits, rtol=1e-4, atol=1e-4)
         base = AutoModelForCausalLM.from_pretrained(tiny_llama_dir).eval()
         assert not torch.allclose(merged(input_ids=x).logits, base(input_ids=x).logits, atol=1e-3)
+
+
+@pytest.mark.parametrize("on_disk", [False, True])
+def test_select_by_keeps_the_best_evaluation_and_patience_stops(tmp_path, on_disk):
+    """A scripted validation metric (1, 3, 2, 2.5, ...): the run stops after 2 evaluations without improvement
+    (step 4) and ends with the weights it had at step 2."""
+    vocab = len(make_tokenizer())
+    scores = iter([1.0, 3.0, 2.0, 2.5, 9.0, 9.0])
+    seen: dict[int, torch.Tensor] = {}
+
+    def validate(model):
+        seen[len(seen) + 1] = weights(model).clone()
+        return {"rougeL": next(scores)}
+
+    model = tiny_llama(vocab)
+    cfg = TrainingConfig(lr=1e-2, warmup_ratio=0.0, precision="fp32", group_by_length=False, scheduler="constant",
+                         batch_size=4, max_steps=10, eval_generate_every=1, select_by="rougeL", patience=2)
+    result = train_model(model, make_tokenizer(), "causal", equal_length_set(40, vocab), None, cfg, seed=0,
+                         device=torch.device("cpu"), checkpoint_dir=tmp_path / "ckpt" if on_disk else None,
+                         show_progress=False, validate=validate)
+    assert result.stopped_early_at == 4 and result.steps == 4
+    assert [step for step, _ in result.eval_generation] == [1, 2, 3, 4]
+    assert result.selected == {"by": "rougeL", "step": 2, "value": 3.0}
+    torch.testing.assert_close(weights(model), seen[2])
+    assert not torch.equal(seen[2], seen[4])
+    assert (tmp_path / "ckpt" / "best" / "trainable.safetensors").is_file() == on_disk
+
+
+def test_generation_metrics_during_training_are_recorded(tiny_llama_dir, dialogue_files, tmp_path):
+    from tunelab import build_config, finetune
+
+    tree = experiment(tiny_llama_dir, dialogue_files, tmp_path, name="select",
+                      training={"max_steps": 4, "batch_size": 4, "lr": 1e-2, "warmup_ratio": 0.0,
+                                "eval_generate_every": 2, "eval_generate_samples": 3, "select_by": "rougeL"},
+                      evaluation={"max_samples": 2, "batch_size": 2, "max_new_tokens": 4, "before": False})
+    training = finetune(build_config(tree), show_progress=False, echo=None).metrics["training"]
+    assert [step for step, _ in training["eval_generation"]] == [2, 4]
+    assert set(training["eval_generation"][0][1]) == {"rouge1", "rouge2", "rougeL", "rougeLsum"}
+    best = max(training["eval_generation"], key=lambda e: e[1]["rougeL"])
+    assert training["selected"]["by"] == "rougeL" and training["selected"]["value"] == best[1]["rougeL"]
+
+
+def test_selection_settings_must_be_measurable():
+    from tunelab import ConfigError, build_config
+
+    with pytest.raises(ConfigError, match="eval_generate_every"):
+        build_config({"training": {"select_by": "rougeL"}})
+    with pytest.raises(ConfigError, match="eval_every"):
+        build_config({"training": {"select_by": "eval_loss"}})
+    with pytest.raises(ConfigError, match="patience needs select_by"):
+        build_config({"training": {"patience": 3}})

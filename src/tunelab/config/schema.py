@@ -164,6 +164,25 @@ class TrainingConfig(Strict):
     """Autocast precision; `auto`: bf16 where the hardware has native bf16 (GPU, or CPU with
     AVX512-BF16/AMX), else fp32. Weights stay fp32."""
     regularization: RegularizationConfig = Field(default_factory=RegularizationConfig)
+    eval_generate_every: int = Field(0, ge=0)
+    """Generate on the first `eval_generate_samples` validation examples every N optimizer steps and score
+    ROUGE (beside the validation loss); 0: off."""
+    eval_generate_samples: int = Field(32, gt=0)
+    select_by: Literal["last", "eval_loss", "rouge1", "rouge2", "rougeL", "rougeLsum"] = "last"
+    """Which weights the run keeps: the last step's, or those of the evaluation with the best validation loss
+    (needs eval_every) or ROUGE F1 (needs eval_generate_every); the record names the step."""
+    patience: int | None = Field(None, gt=0)
+    """Early stopping: stop after this many evaluations of `select_by` without improvement."""
+
+    @model_validator(mode="after")
+    def _selection_is_measured(self) -> TrainingConfig:
+        if self.select_by == "eval_loss" and not self.eval_every:
+            raise ValueError("select_by: eval_loss needs eval_every > 0 (how often the validation loss is measured)")
+        if self.select_by.startswith("rouge") and not self.eval_generate_every:
+            raise ValueError(f"select_by: {self.select_by} needs eval_generate_every > 0")
+        if self.patience and self.select_by == "last":
+            raise ValueError("patience needs select_by (the validation metric that must improve)")
+        return self
 
 
 class EvaluationConfig(Strict):
@@ -210,3 +229,11 @@ class ExperimentConfig(Strict):
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     benchmarks: BenchmarksConfig = Field(default_factory=BenchmarksConfig)
+
+    @model_validator(mode="after")
+    def _validation_split_for_selection(self) -> ExperimentConfig:
+        t = self.training
+        if (t.eval_generate_every or t.select_by != "last") and not self.data.eval_split:
+            raise ValueError("training.eval_generate_every and select_by measure on the validation split, but "
+                             "data.eval_split is null")
+        return self

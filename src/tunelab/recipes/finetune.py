@@ -23,7 +23,7 @@ from tunelab.environment import describe_environment
 from tunelab.errors import TunelabError
 from tunelab.evaluation.costs import full_checkpoint_bytes, parameter_counts, weight_file_bytes
 from tunelab.evaluation.metrics import rouge_protocol
-from tunelab.evaluation.summarization import evaluate_summaries
+from tunelab.evaluation.summarization import evaluate_summaries, score_prompts
 from tunelab.inference.adapters import base_fingerprint
 from tunelab.models.loading import pick_device
 from tunelab.recipes.benchmark import benchmark_session, target_gain, task_specs, write_forgetting
@@ -209,7 +209,8 @@ def _train(state: RunState, train_set: list[Encoded], eval_set: list[Encoded] | 
     training = train_model(model, session.loaded.tokenizer, session.loaded.arch, train_set, eval_set, cfg.training,
                            seed=cfg.seed, device=session.device, log_dir=run.path / "tensorboard",
                            checkpoint_dir=run.checkpoint_dir, resume_from=state.latest,
-                           regularizer=build_regularizer(session, model), show_progress=state.show_progress)
+                           regularizer=build_regularizer(session, model), show_progress=state.show_progress,
+                           validate=_generation_validator(state))
     artefact = run.path / ("adapter" if session.method.is_peft else "model")
     sharded = is_sharded(model)  # FSDP: gather whole tensors on every process, the main one writes them
     whole = (whole_trainable_state(model) if session.method.is_peft else whole_model_state(model)) if sharded else None
@@ -223,6 +224,24 @@ def _train(state: RunState, train_set: list[Encoded], eval_set: list[Encoded] | 
                                  "regularization": cfg.training.regularization.model_dump()}
     state.metrics["cost"] = {**counts, "artefact": artefact.name, "artefact_bytes": weight_file_bytes(artefact),
                              "full_checkpoint_bytes": full_checkpoint_bytes(model, counts, session.method.is_peft)}
+
+
+def _generation_validator(state: RunState):
+    """ROUGE F1 of generations on the first `eval_generate_samples` validation examples (training.eval_generate_every),
+    prompts encoded once; None when off."""
+    cfg, session = state.cfg, state.session
+    if not cfg.training.eval_generate_every:
+        return None
+    examples = load_split(cfg.data, cfg.data.eval_split)[: cfg.training.eval_generate_samples]
+    prompts = [session.encoder.encode_for_generation(session.templates.eval, ex) for ex in examples]
+    evaluation = cfg.evaluation.model_copy(update={"bootstrap_samples": 0, "metrics": ["rouge"]})
+
+    def validate(model) -> dict[str, float]:
+        result = score_prompts(model, session.loaded.tokenizer, session.loaded.arch, prompts, examples, evaluation,
+                               cfg.seed, "eval generate")
+        return {name: scores["f1"] for name, scores in result.metrics["rouge"].items()}
+
+    return validate
 
 
 def _evaluate_after(state: RunState):

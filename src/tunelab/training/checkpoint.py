@@ -90,8 +90,23 @@ def latest_checkpoint(folder: Path) -> Path | None:
 
 def remove_incomplete(folder: Path) -> None:
     if folder.is_dir():
-        for p in folder.glob(".step-*.tmp"):
+        for p in [*folder.glob(".step-*.tmp"), *folder.glob(".best.*.tmp")]:
             shutil.rmtree(p, ignore_errors=True)
+
+
+BEST = "best"  # checkpoints/best/: the trainable weights of the best validation evaluation (training.select_by)
+
+
+def save_best(folder: Path, weights: dict[str, torch.Tensor]) -> None:
+    with staged_dir(folder / BEST, "best weights") as stage:
+        save_file({k: v.contiguous() for k, v in weights.items()}, str(stage / "trainable.safetensors"))
+
+
+def load_best(folder: Path) -> dict[str, torch.Tensor]:
+    path = folder / BEST / "trainable.safetensors"
+    if not path.is_file():
+        raise TrainingError(f"{path} is missing: the best weights of this run cannot be restored")
+    return load_file(str(path))
 
 
 def load_checkpoint(path: Path, model: torch.nn.Module, optimizer, scheduler) -> TrainingState:

@@ -32,14 +32,17 @@ from tunelab.models.precision import resolve_precision
 from tunelab.testing import fault_point
 from tunelab.training.checkpoint import (
     TrainingState,
+    load_best,
     load_checkpoint,
     restore_rng,
+    save_best,
     save_checkpoint,
 )
 from tunelab.training.finite import all_finite, stop_message
 from tunelab.training.distributed import (
     check_fsdp_supported,
     enable_fsdp,
+    load_trainable_state,
     reshard,
     share_embedding_modules,
     whole_optimizer_state,
@@ -60,6 +63,9 @@ class TrainResult:
     padded_tokens: int = 0
     memory: dict[str, Any] = field(default_factory=dict)
     precision: str = "fp32"
+    eval_generation: list[tuple[int, dict[str, float]]] = field(default_factory=list)  # (step, ROUGE F1s)
+    selected: dict[str, Any] | None = None  # select_by: the metric, the step whose weights were kept, its value
+    stopped_early_at: int | None = None
 
     @property
     def tokens_per_second(self) -> float:
@@ -154,17 +160,25 @@ class LoopState:
     writer: Any = None
     bar: Any = None
     t0: float = 0.0
+    validate: Callable[[torch.nn.Module], dict[str, float]] | None = None  # generation scores on validation
+    best: dict[str, Any] | None = None  # {"step", "value"} of the best evaluation so far (select_by)
+    best_weights: dict[str, torch.Tensor] | None = None  # kept in memory when there is no checkpoint folder
+    stale: int = 0  # evaluations since the best one (patience)
 
 
 def train_model(model: torch.nn.Module, tokenizer, arch: Arch, train_set: Sequence[Encoded],
                 eval_set: Sequence[Encoded] | None, cfg: TrainingConfig, *, seed: int, device: torch.device,
                 log_dir: Path | None = None, checkpoint_dir: Path | None = None, resume_from: Path | None = None,
                 regularizer: Callable[[], torch.Tensor] | None = None,
-                show_progress: bool = True) -> TrainResult:
+                show_progress: bool = True,
+                validate: Callable[[torch.nn.Module], dict[str, float]] | None = None) -> TrainResult:
     """Train `model` in place. With `checkpoint_dir` and `cfg.save_every`, checkpoints are written every
     N optimizer steps; `resume_from` continues from one exactly (weights, optimizer, scheduler, RNG,
-    data position and loss history), giving the same result as an uninterrupted run."""
+    data position and loss history), giving the same result as an uninterrupted run. `validate` scores
+    generations on the validation set (every `cfg.eval_generate_every` steps); with `cfg.select_by` the model
+    ends with the weights of the best evaluation, and `cfg.patience` stops training early."""
     state = _set_up(model, tokenizer, arch, train_set, eval_set, cfg, seed, device, checkpoint_dir, regularizer)
+    state.validate = validate
     if resume_from is not None:
         _restore(state, resume_from)
     _start_logging(state, log_dir, resumed=resume_from is not None, show_progress=show_progress)
@@ -221,6 +235,8 @@ def _restore(state: LoopState, checkpoint: Path) -> None:
     result.completion_tokens, result.padded_tokens = h["completion_tokens"], h["padded_tokens"]
     result.seconds = h["seconds"]
     state.window = h["window"]
+    result.eval_generation = [tuple(x) for x in h.get("eval_generation", [])]
+    state.best, state.stale = h.get("best"), h.get("stale", 0)
 
 
 def _start_logging(state: LoopState, log_dir: Path | None, resumed: bool, show_progress: bool) -> None:
@@ -322,8 +338,15 @@ def _after_update(state: LoopState, batch_in_epoch: int) -> None:
         state.window = {"loss": 0.0, "n": 0}
     if state.eval_loader is not None and cfg.eval_every and step % cfg.eval_every == 0 and step < state.total_steps:
         _log_eval_loss(state)
+        _consider(state, "eval_loss", state.result.eval_loss[-1][1])
+    if state.validate is not None and cfg.eval_generate_every and step % cfg.eval_generate_every == 0 \
+            and step < state.total_steps:
+        _log_generation(state)
     if cfg.save_every and step % cfg.save_every == 0 and step < state.total_steps:
         _checkpoint(state, batch_in_epoch)
+    if cfg.patience and state.stale >= cfg.patience:
+        state.result.stopped_early_at = step
+        state.total_steps = step  # the loop ends after this step
 
 
 def _log_eval_loss(state: LoopState) -> None:
@@ -333,13 +356,42 @@ def _log_eval_loss(state: LoopState) -> None:
         state.writer.add_scalar("eval/loss", state.result.eval_loss[-1][1], state.step)
 
 
+def _log_generation(state: LoopState) -> None:
+    scores = state.validate(state.accelerator.unwrap_model(state.model))  # generate() lives on the plain model
+    state.result.eval_generation.append((state.step, scores))
+    if state.writer:
+        for name, value in scores.items():
+            state.writer.add_scalar(f"eval/{name}", value, state.step)
+    if state.cfg.select_by in scores:
+        _consider(state, state.cfg.select_by, scores[state.cfg.select_by])
+
+
+def _consider(state: LoopState, metric: str, value: float) -> None:
+    """Keep the weights of the best evaluation of `select_by` (lower loss, higher ROUGE is better)."""
+    if metric != state.cfg.select_by:
+        return
+    better = state.best is None or (value < state.best["value"] if metric == "eval_loss" else value > state.best["value"])
+    if not better:
+        state.stale += 1
+        return
+    state.best, state.stale = {"step": state.step, "value": value}, 0
+    weights = whole_trainable_state(state.accelerator.unwrap_model(state.model))
+    if state.checkpoint_dir is not None:  # on disk, so a resumed run selects from the same weights
+        if state.accelerator.is_main_process:
+            save_best(state.checkpoint_dir, weights)
+        state.accelerator.wait_for_everyone()
+    else:
+        state.best_weights = {k: v.detach().clone() for k, v in weights.items()}
+
+
 def _checkpoint(state: LoopState, batch_in_epoch: int) -> None:
     if state.checkpoint_dir is None:
         return
     result, accelerator = state.result, state.accelerator
     history = {"train_loss": result.train_loss, "eval_loss": result.eval_loss, "window": state.window,
                "completion_tokens": result.completion_tokens, "padded_tokens": result.padded_tokens,
-               "seconds": time.perf_counter() - state.t0}
+               "seconds": time.perf_counter() - state.t0, "eval_generation": result.eval_generation,
+               "best": state.best, "stale": state.stale}
     unwrapped = accelerator.unwrap_model(state.model)
     weights, optimizer_state = whole_trainable_state(unwrapped), whole_optimizer_state(unwrapped, state.optimizer)
     if accelerator.is_main_process:
@@ -354,8 +406,12 @@ def _finish(state: LoopState) -> TrainResult:
     result = state.result
     result.seconds = time.perf_counter() - state.t0
     state.bar.close()
-    if state.eval_loader is not None:
+    if state.eval_loader is not None and (not result.eval_loss or result.eval_loss[-1][0] != state.step):
         _log_eval_loss(state)
+        _consider(state, "eval_loss", result.eval_loss[-1][1])
+    if state.validate is not None and state.cfg.eval_generate_every and (
+            not result.eval_generation or result.eval_generation[-1][0] != state.step):
+        _log_generation(state)
     if state.writer:
         state.writer.close()
     result.steps = state.step
@@ -366,4 +422,8 @@ def _finish(state: LoopState) -> TrainResult:
     model = state.accelerator.unwrap_model(state.model, keep_fp32_wrapper=False)
     if state.cfg.gradient_checkpointing:
         disable_gradient_checkpointing(model)
+    if state.cfg.select_by != "last" and state.best is not None:
+        weights = state.best_weights or load_best(state.checkpoint_dir)
+        load_trainable_state(model, weights)
+        result.selected = {"by": state.cfg.select_by, **state.best}
     return result
