@@ -176,3 +176,28 @@ def test_selection_settings_must_be_measurable():
         build_config({"training": {"select_by": "eval_loss"}})
     with pytest.raises(ConfigError, match="patience needs select_by"):
         build_config({"training": {"patience": 3}})
+
+
+def test_sweep_scores_each_grid_point_on_validation_and_resumes(tiny_llama_dir, dialogue_files, tmp_path, capsys):
+    import json
+
+    import yaml
+
+    from tunelab.cli.main import main
+
+    tree = experiment(tiny_llama_dir, dialogue_files, tmp_path, name="lr",
+                      training={"max_steps": 3, "batch_size": 4, "warmup_ratio": 0.0},
+                      evaluation={"max_samples": 2, "batch_size": 2, "max_new_tokens": 4})
+    config = tmp_path / "sweep.yaml"
+    config.write_text(yaml.safe_dump(tree))
+    argv = ["sweep", str(config), "--set-grid", "training.lr=1e-4,1e-2", "--set-grid", "method.r=2,4"]
+    assert main(argv) == 0
+    record = json.loads((tmp_path / "runs" / "lr-sweep" / "sweep.json").read_text())
+    assert len(record["trials"]) == 4 and record["split"] == "validation"
+    assert record["best"] == min(record["trials"], key=lambda t: t["eval_loss"])
+    trial = json.loads((tmp_path / "runs" / "lr-sweep" / "lr=1e-2_r=4" / "metrics.json").read_text())
+    assert trial["evaluation_split"] == "validation" and "before" not in trial  # test split never touched
+    assert "best on the validation split" in capsys.readouterr().out
+    stamp = (tmp_path / "runs" / "lr-sweep" / "lr=1e-2_r=4" / "metrics.json").stat().st_mtime_ns
+    assert main(argv) == 0  # finished trials are reused
+    assert (tmp_path / "runs" / "lr-sweep" / "lr=1e-2_r=4" / "metrics.json").stat().st_mtime_ns == stamp

@@ -160,6 +160,17 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from tunelab.config import load_config
+    from tunelab.recipes.sweep import parse_grid, sweep
+
+    record = sweep(load_config(args.config, args.set), parse_grid(args.set_grid), args.metric)
+    best = record["best"]
+    print(f"\nbest on the {record['split']} split ({record['metric']}, {record['better']} is better): "
+          + ", ".join(f"{k}={v}" for k, v in best["overrides"].items()) + f"  ({best[record['metric']]:.4f}, {best['run']})")
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from tunelab.reporting.html import write_report
 
@@ -270,6 +281,15 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("config")
     add_set(cp)
     cp.set_defaults(func=cmd_compare)
+
+    sw = add_parser("sweep", help="one run per grid point, scored on the validation split; names the best")
+    sw.add_argument("config")
+    sw.add_argument("--set-grid", action="append", default=[], metavar="KEY=V1,V2,...", required=True,
+                    help="values to try, e.g. --set-grid training.lr=1e-4,3e-4,1e-3 (repeatable: the product)")
+    sw.add_argument("--metric", default="eval_loss", choices=["eval_loss", "rouge1", "rouge2", "rougeL", "rougeLsum"],
+                    help="validation metric that picks the best (default eval_loss)")
+    add_set(sw)
+    sw.set_defaults(func=cmd_sweep)
 
     rp = add_parser("report", help="rebuild report.html/report.md from a comparison directory")
     rp.add_argument("directory")

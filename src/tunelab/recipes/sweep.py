@@ -1,0 +1,98 @@
+"""The sweep recipe: one run per combination of a grid of config values (`tunelab sweep CONFIG --set-grid
+training.lr=1e-4,3e-4,1e-3`), each scored on the validation split only, the best named.
+
+Trials evaluate on `data.eval_split` (never on test: the test split stays untouched until the chosen setting
+is run for real), skip the before-evaluation and the benchmark suite, and live in `<output_dir>/<name>-sweep/`
+with `sweep.json` (every trial's overrides, run folder and validation score, and the best). Finished trials are
+reused, so an interrupted sweep continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from tunelab.config.loader import build_config, config_to_dict, parse_override
+from tunelab.config.schema import ExperimentConfig
+from tunelab.errors import ConfigError
+from tunelab.io import atomic_write_json
+from tunelab.runs import COMPLETE_MARKER
+
+METRICS = ("eval_loss", "rouge1", "rouge2", "rougeL", "rougeLsum")
+
+
+def parse_grid(items: Sequence[str]) -> dict[str, list[Any]]:
+    """`training.lr=1e-4,3e-4` -> {"training.lr": [0.0001, 0.0003]} (each value parsed as YAML)."""
+    grid: dict[str, list[Any]] = {}
+    for item in items:
+        key, _ = parse_override(item)
+        raw = item.split("=", 1)[1]
+        values = [parse_override(f"{key}={v.strip()}")[1] for v in raw.split(",") if v.strip()]
+        if not values:
+            raise ConfigError(f"--set-grid {item!r}: no values")
+        grid[key] = values
+    if not grid:
+        raise ConfigError("a sweep needs at least one --set-grid key=v1,v2,...")
+    return grid
+
+
+def _trial_name(assignment: dict[str, Any]) -> str:
+    text = "_".join(f"{k.split('.')[-1]}={v}" for k, v in assignment.items())
+    return re.sub(r"[^A-Za-z0-9_.=+-]+", "-", text)
+
+
+def trial_config(base: ExperimentConfig, assignment: dict[str, Any], directory: Path, metric: str) -> ExperimentConfig:
+    """The base config with one grid point, scored on the validation split (its final validation loss is
+    measured whenever data.eval_split is set; ROUGE by the after-evaluation, moved to that split)."""
+    if not base.data.eval_split:
+        raise ConfigError("a sweep scores trials on the validation split, but data.eval_split is null")
+    overrides = [f"{k}={v}" for k, v in assignment.items()]
+    tree = config_to_dict(build_config(config_to_dict(base), overrides))
+    tree.update(name=_trial_name(assignment), output_dir=str(directory))
+    tree["evaluation"].update(split=base.data.eval_split, before=False)
+    tree["benchmarks"]["tasks"] = []
+    return build_config(tree, source=f"sweep trial {_trial_name(assignment)}")
+
+
+def _score(metrics: dict[str, Any], metric: str) -> float:
+    if metric == "eval_loss":
+        losses = metrics["training"].get("eval_loss") or []
+        if not losses:
+            raise ConfigError("eval_loss needs a validation split with examples (data.eval_split)")
+        return float(losses[-1][1])
+    return float(metrics["after"]["rouge"][metric]["f1"])
+
+
+def sweep(base: ExperimentConfig, grid: dict[str, list[Any]], metric: str = "eval_loss", show_progress: bool = True,
+          echo=print) -> dict[str, Any]:
+    """Run every grid point (reusing finished ones) and return the sweep record (also in sweep.json)."""
+    from tunelab.recipes.finetune import finetune
+    from tunelab.runs import RunDir
+
+    if metric not in METRICS:
+        raise ConfigError(f"sweep metric {metric!r} is not one of {', '.join(METRICS)}")
+    directory = Path(base.output_dir) / f"{base.name}-sweep"
+    trials = []
+    for values in itertools.product(*grid.values()):
+        assignment = dict(zip(grid, values, strict=True))
+        cfg = trial_config(base, assignment, directory, metric)
+        run_dir = directory / cfg.name
+        if (run_dir / COMPLETE_MARKER).exists():
+            metrics = RunDir(run_dir).read_json("metrics.json")
+        else:
+            if run_dir.exists():  # an interrupted trial: it has no result, start it again
+                shutil.rmtree(run_dir)
+            metrics = finetune(cfg, show_progress=show_progress, echo=None).metrics
+        trials.append({"overrides": assignment, "run": str(run_dir), metric: _score(metrics, metric)})
+        if echo:
+            echo(f"{cfg.name}: validation {metric} {trials[-1][metric]:.4f}")
+    lower_is_better = metric == "eval_loss"
+    best = (min if lower_is_better else max)(trials, key=lambda t: t[metric])
+    record = {"metric": metric, "split": base.data.eval_split, "better": "lower" if lower_is_better else "higher",
+              "grid": grid, "trials": trials, "best": best}
+    atomic_write_json(directory / "sweep.json", record)
+    return record
