@@ -29,7 +29,8 @@ _LAZY = {
     "benchmark_session": "tunelab.recipes", "compare": "tunelab.recipes", "evaluate": "tunelab.recipes",
     "measure_forgetting": "tunelab.recipes", "finetune": "tunelab.recipes", "merge_run": "tunelab.recipes",
     "open_for_generation": "tunelab.recipes", "soft_prompt_neighbours": "tunelab.recipes",
-    "summarize": "tunelab.recipes",
+    "summarize": "tunelab.recipes", "export_run": "tunelab.recipes", "sweep": "tunelab.recipes",
+    "preview_data": "tunelab.data.preview",
 }
 
 
@@ -52,13 +53,17 @@ if _TYPE_CHECKING:
         measure_forgetting,
         merge_run,
         open_for_generation,
+        export_run,
         soft_prompt_neighbours,
         summarize,
+        sweep,
     )
+    from tunelab.data.preview import preview_data
 
 __version__ = "0.1.0"
 __all__ = [
     "ConfigError", "DataError", "ExperimentConfig", "ModelError", "RunDirError", "TrainingError", "TunelabError",
     "benchmark_session", "build_config", "compare", "evaluate", "measure_forgetting", "finetune", "load_config",
-    "merge_run", "open_for_generation", "pull_model", "soft_prompt_neighbours", "summarize",
+    "merge_run", "open_for_generation", "pull_model", "soft_prompt_neighbours", "summarize", "export_run", "sweep",
+    "preview_data",
 ]

@@ -8,7 +8,8 @@ from tunelab.recipes.evaluate import evaluate, open_run
 from tunelab.recipes.export import export_run
 from tunelab.recipes.finetune import FinetuneResult, finetune
 from tunelab.recipes.generate import open_for_generation, summarize
+from tunelab.recipes.sweep import parse_grid, sweep
 
 __all__ = ["Comparison", "FinetuneResult", "benchmark", "benchmark_session", "compare", "evaluate", "export_run",
-           "finetune", "measure_forgetting", "merge_run", "open_for_generation", "open_run", "soft_prompt_neighbours",
-           "summarize"]
+           "finetune", "measure_forgetting", "merge_run", "open_for_generation", "open_run", "parse_grid",
+           "soft_prompt_neighbours", "summarize", "sweep"]
