@@ -4,6 +4,7 @@ generation tasks by greedy decoding scored with ROUGE or BLEU/chrF."""
 from __future__ import annotations
 
 import math
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -13,11 +14,15 @@ from tunelab.benchmarks.loaders import Doc, evaluation_documents, load_documents
 from tunelab.benchmarks.prompts import choices_of, label_of, references_of, render
 from tunelab.benchmarks.scoring import encode_pair, expected_calibration_error, loglikelihoods
 from tunelab.benchmarks.spec import TaskSpec
-from tunelab.data.encoding import Encoded
-from tunelab.modeling import Arch
+from tunelab.data.encoding import PromptEncoder
+from tunelab.data.records import Example
+from tunelab.data.templates import Template
 from tunelab.errors import DataError
 from tunelab.evaluation import metrics
 from tunelab.evaluation.generation import generate_texts
+from tunelab.modeling import Arch
+
+WHOLE_INPUT = Template("{input}")  # a benchmark renders its own prompt
 
 
 @dataclass
@@ -87,18 +92,14 @@ def run_multiple_choice(model, tokenizer, arch: Arch, spec: TaskSpec, docs: Sequ
 def run_generation(model, tokenizer, arch: Arch, spec: TaskSpec, docs: Sequence[Doc], batch_size: int,
                    use_chat_template: bool, show_progress: bool, precision: str = "fp32") -> TaskResult:
     t0 = time.perf_counter()
+    # the same prompt building as training and evaluation (chat template, special tokens, seq2seq EOS); the
+    # task's own prompt is the whole input, cut by characters (max_input_chars), not by tokens
+    encoder = PromptEncoder(tokenizer, arch, use_chat_template, max_input_tokens=sys.maxsize, max_target_tokens=1)
     prompts = []
-    for doc in docs:
+    for i, doc in enumerate(docs):
         if spec.max_input_chars:
             doc = {k: (v[: spec.max_input_chars] if isinstance(v, str) else v) for k, v in doc.items()}
-        text = render(spec.prompt, doc)
-        if use_chat_template:
-            text = tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
-                                                 add_generation_prompt=True)
-        ids = tokenizer(text, add_special_tokens=not use_chat_template)["input_ids"]
-        if arch == "seq2seq" and ids[-1] != tokenizer.eos_token_id:
-            ids.append(tokenizer.eos_token_id)
-        prompts.append(Encoded(ids))
+        prompts.append(encoder.encode_for_generation(WHOLE_INPUT, Example(str(i), render(spec.prompt, doc), ())))
     preds = generate_texts(model, tokenizer, prompts, arch, batch_size=batch_size, max_new_tokens=spec.max_new_tokens,
                            desc=spec.name, show_progress=show_progress, precision=precision)
     # keep the first line: base models often continue with another example after the answer
