@@ -173,3 +173,29 @@ def test_paired_interval_uses_the_pairing():
     assert 1.8 < result["ci95_low"] < result["delta"] < result["ci95_high"] < 2.2
     lo, hi = bootstrap_ci(base, 1000)
     assert (result["ci95_high"] - result["ci95_low"]) < 0.1 * (hi - lo)
+
+
+def test_bleu_change_significance_comes_from_sacrebleu_paired_test():
+    """A translation task: the change's p-value is sacrebleu's paired bootstrap test (what `sacrebleu --paired-bs`
+    prints), small for a clearly better system, large for an identical one."""
+    from sacrebleu.metrics import BLEU
+    from sacrebleu.significance import PairedTest
+
+    refs = [[f"the {w} is on the table today"] for w in ("cat", "dog", "book", "cup", "key", "pen") * 5]
+    good = [r[0] for r in refs]
+    bad = [f"a {r[0].split()[1]} sat somewhere" for r in refs]
+
+    def result(preds, score):
+        return {"task": "wmt", "main_metric": "bleu", "score": score, "n": len(preds), "metrics": {},
+                "per_example": {"predictions": preds, "references": refs}}
+
+    bleu = BLEU()
+    before = result(bad, bleu.corpus_score(bad, [[r[0] for r in refs]]).score)
+    after = result(good, bleu.corpus_score(good, [[r[0] for r in refs]]).score)
+    report = forgetting_report({"wmt": before}, {"wmt": after}, samples=200)["tasks"]["wmt"]
+    _, expected = PairedTest([("before", bad), ("after", good)], {"BLEU": BLEU(references=[[r[0] for r in refs]])},
+                             references=None, test_type="bs", n_samples=200)()
+    assert report["p_value"] == pytest.approx(expected["BLEU"][1].p_value) and report["p_value"] < 0.05
+    assert report["significant"] and report["delta"] > 50
+    same = forgetting_report({"wmt": before}, {"wmt": result(bad, before["score"])}, samples=200)["tasks"]["wmt"]
+    assert same["p_value"] == 1.0 and not same["significant"]

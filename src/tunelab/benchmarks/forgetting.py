@@ -54,6 +54,24 @@ def paired_bootstrap_delta(before: Mapping[str, Any], after: Mapping[str, Any], 
     return {"delta": delta, "ci95_low": float(ci.low), "ci95_high": float(ci.high)}
 
 
+def bleu_paired_p_value(before: Mapping[str, Any], after: Mapping[str, Any], samples: int = 1000) -> float:
+    """p-value of the BLEU change from sacrebleu's paired bootstrap resampling test (Koehn, 2004), as
+    `sacrebleu --paired-bs` reports it."""
+    from sacrebleu.metrics import BLEU
+    from sacrebleu.significance import PairedTest
+
+    from tunelab.evaluation.metrics import reference_streams
+
+    b, a = before["per_example"], after["per_example"]
+    if list(b["predictions"]) == list(a["predictions"]):
+        return 1.0  # no change at all (sacrebleu's test gives its smallest p-value to this degenerate case)
+    test = PairedTest([("before", list(b["predictions"])), ("after", list(a["predictions"]))],
+                      {"BLEU": BLEU(references=reference_streams(b["references"]))}, references=None, test_type="bs",
+                      n_samples=samples)
+    _, results = test()
+    return float(results["BLEU"][1].p_value)
+
+
 def forgetting_report(before: Mapping[str, Mapping[str, Any]], after: Mapping[str, Mapping[str, Any]],
                       target_gain: Mapping[str, float] | None = None, samples: int = 1000, seed: int = 0) -> dict[str, Any]:
     tasks = {}
@@ -66,7 +84,11 @@ def forgetting_report(before: Mapping[str, Mapping[str, Any]], after: Mapping[st
                        "before_metrics": b["metrics"], "after_metrics": a["metrics"],
                        "examples_per_second_after": a.get("examples_per_second")}
         t = tasks[name]
-        t["significant"] = t["ci95_high"] < 0 or t["ci95_low"] > 0
+        if t["metric"] == "bleu" and samples > 0 and t["n"] > 1:  # corpus BLEU: sacrebleu's own paired test decides
+            t["p_value"] = bleu_paired_p_value(b, a, min(samples, 1000))
+            t["significant"] = t["p_value"] < 0.05
+        else:
+            t["significant"] = t["ci95_high"] < 0 or t["ci95_low"] > 0
     deltas = [t["delta"] for t in tasks.values()]
     return {"tasks": tasks, "mean_delta": float(np.mean(deltas)) if deltas else 0.0,
             "target_gain": dict(target_gain or {}), "bootstrap_samples": samples}
