@@ -16,10 +16,10 @@ import logging as _logging
 # its own fallback kernel is used and the warning only adds noise to every command.
 _logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(_logging.ERROR)
 
-from importlib import import_module as _import_module
 from typing import TYPE_CHECKING as _TYPE_CHECKING
 
 from tunelab.errors import ConfigError, DataError, ModelError, RunDirError, TrainingError, TunelabError
+from tunelab.lazy import lazy_exports as _lazy_exports
 
 # Everything else loads on first use (PEP 562), so `import tunelab`, config validation and `tunelab --help`
 # do not import torch, transformers or peft.
@@ -34,12 +34,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        value = getattr(_import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'tunelab' has no attribute {name!r}")
+__getattr__ = _lazy_exports(__name__, _LAZY)
 
 
 if _TYPE_CHECKING:

@@ -2,7 +2,7 @@
 
 Names load on first use (PEP 562): reading and previewing data must not import torch (collate does)."""
 
-from importlib import import_module as _import_module
+from tunelab.lazy import lazy_exports
 
 _LAZY = {
     "LengthGroupedBatches": "collate", "TrainCollator": "collate", "generation_batch": "collate",
@@ -12,11 +12,6 @@ _LAZY = {
     "TEMPLATES": "templates", "Template": "templates", "TemplateSet": "templates", "register_templates": "templates",
 }
 
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        return getattr(_import_module(f"tunelab.data.{_LAZY[name]}"), name)
-    raise AttributeError(f"module 'tunelab.data' has no attribute {name!r}")
-
+__getattr__ = lazy_exports(__name__, _LAZY)
 
 __all__ = sorted(_LAZY)

@@ -2,7 +2,7 @@
 
 Names load on first use (PEP 562): the alias registry must not import torch (loading does)."""
 
-from importlib import import_module as _import_module
+from tunelab.lazy import lazy_exports
 
 _LAZY = {
     "LoadedModel": "loading", "ModelSource": "loading", "detect_arch": "loading", "load_model": "loading",
@@ -10,11 +10,6 @@ _LAZY = {
     "ALIASES": "registry", "alias_dir": "registry", "is_pulled": "registry", "pull_model": "registry",
 }
 
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        return getattr(_import_module(f"tunelab.models.{_LAZY[name]}"), name)
-    raise AttributeError(f"module 'tunelab.models' has no attribute {name!r}")
-
+__getattr__ = lazy_exports(__name__, _LAZY)
 
 __all__ = sorted(_LAZY)
