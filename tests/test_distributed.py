@@ -3,6 +3,7 @@ global batch; only rank 0 writes; distributed generation returns predictions in 
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,8 @@ import torch
 import yaml
 
 from conftest import experiment
+
+from tunelab.training.distributed import read_sharded_weights
 
 
 def _run(cmd, cwd):
@@ -80,8 +83,8 @@ def _weights(folder: Path) -> dict:
 def test_fsdp_on_cpu_matches_one_process_and_resumes(arch, method, tiny_llama_dir, tiny_t5_dir, dialogue_files,
                                                      tmp_path):
     """FSDP2 through `accelerate launch` with configs/accelerate/fsdp_cpu.yaml (2 processes, gloo): same
-    loss curve, saved weights and predictions as one process; checkpoints hold whole tensors; a run
-    SIGKILLed after its first checkpoint resumes under FSDP to the same result."""
+    loss curve, saved weights and predictions as one process; checkpoints are sharded (each process writes its
+    slice); a run SIGKILLed after its first checkpoint resumes to the same result under FSDP and in one process."""
     model_dir = tiny_llama_dir if arch == "causal" else tiny_t5_dir
     tree = experiment(model_dir, dialogue_files, tmp_path, method=method,
                       training={"max_steps": 6, "batch_size": 8, "log_every": 1, "precision": "fp32",
@@ -95,15 +98,25 @@ def test_fsdp_on_cpu_matches_one_process_and_resumes(arch, method, tiny_llama_di
     assert single.returncode == 0, single.stderr[-3000:]
     killed = _accelerate_launch("fsdp_cpu.yaml", cfg, "killed", tmp_path, fault="after-checkpoint:3")
     assert killed.returncode != 0
+    runs = tmp_path / "runs"
+    shards = runs / "killed" / "checkpoints" / "step-3" / "sharded"
+    assert sorted(p.name for p in shards.glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]  # one per process
+    assert not (shards.parent / "trainable.safetensors").exists()  # nothing gathered onto rank 0
+    # the same sharded checkpoint also resumes in one process, without FSDP
+    shutil.copytree(runs / "killed", runs / "killed-alone")
+    stored = yaml.safe_load((runs / "killed-alone" / "config.yaml").read_text())
+    (runs / "killed-alone" / "config.yaml").write_text(yaml.safe_dump({**stored, "name": "killed-alone"}))
+    alone = _run([sys.executable, "-m", "tunelab.cli.main", "train", str(cfg), "--set", "name=killed-alone",
+                  "--resume"], tmp_path)
+    assert alone.returncode == 0, alone.stderr[-3000:]
     resumed = _accelerate_launch("fsdp_cpu.yaml", cfg, "killed", tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
 
-    runs = tmp_path / "runs"
     b = json.loads((runs / "single" / "metrics.json").read_text())
     artefact = "model" if method["name"] == "full" else "adapter"
     wb = _weights(runs / "single" / artefact)
     cb = _weights(runs / "single" / "checkpoints" / "step-3")
-    for name in ("fsdp", "killed"):
+    for name in ("fsdp", "killed", "killed-alone"):
         a = json.loads((runs / name / "metrics.json").read_text())
         for (sa, la), (sb, lb) in zip(a["training"]["train_loss"], b["training"]["train_loss"], strict=True):
             assert sa == sb and la == pytest.approx(lb, rel=1e-4)
@@ -117,9 +130,11 @@ def test_fsdp_on_cpu_matches_one_process_and_resumes(arch, method, tiny_llama_di
         for k in wb:
             assert wa[k].shape == wb[k].shape
             torch.testing.assert_close(wa[k], wb[k], atol=1e-5, rtol=1e-4)
-        ca = _weights(runs / name / "checkpoints" / "step-3")
-        assert sorted(ca) == sorted(cb) and all(ca[k].shape == cb[k].shape for k in cb)
-    assert (runs / "killed" / "COMPLETE").exists()
+        ca = read_sharded_weights(runs / name / "checkpoints" / "step-3" / "sharded")
+        assert sorted(ca) == sorted(cb)
+        for k in cb:
+            torch.testing.assert_close(ca[k], cb[k], atol=1e-5, rtol=1e-4)
+    assert (runs / "killed" / "COMPLETE").exists() and (runs / "killed-alone" / "COMPLETE").exists()
 
 
 def test_fsdp_refuses_what_it_cannot_shard(tiny_llama_dir):

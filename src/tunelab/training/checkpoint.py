@@ -3,13 +3,17 @@
 A checkpoint folder `checkpoints/step-N/` holds:
     trainable.safetensors   the trainable parameters only (all of them for full fine-tuning; the
                             adapter for PEFT, so a LoRA checkpoint is megabytes, not the whole base)
-    optimizer.pt            optimizer state keyed by parameter name (tensors and numbers; weights_only),
-                            whole tensors also under FSDP, so a checkpoint resumes with or without it
+    optimizer.pt            optimizer state keyed by parameter name (tensors and numbers; weights_only)
+    sharded/                under FSDP, instead of the two files above: the trainable parameters and the
+                            optimizer state as `torch.distributed.checkpoint` shards, each process writing
+                            its own slice (nothing is gathered onto one process); it resumes under FSDP on
+                            any number of processes, or without FSDP (`load_sharded_state` reshards)
     scheduler.pt            LR scheduler state (weights_only)
     rng.pt                  torch CPU/CUDA generator states (weights_only)
     state.json              step, epoch, batch position inside the epoch, loss history so far
 It is written into a temporary folder and renamed, so a crash mid-write leaves the previous one intact.
-Only tunelab's own checkpoints are loaded this way; no arbitrary pickles are read.
+Only tunelab's own checkpoints are loaded this way; no arbitrary pickles are read (the sharded format
+stores tensors and plain values; its metadata file is read by torch's own checkpoint reader).
 """
 
 from __future__ import annotations
@@ -26,8 +30,14 @@ from safetensors.torch import load_file, save_file
 
 from tunelab.errors import TrainingError
 from tunelab.io import staged_dir
-from tunelab.training.distributed import load_optimizer_state, load_trainable_state
 from tunelab.testing import fault_point
+from tunelab.training.distributed import (
+    SHARDED,
+    load_optimizer_state,
+    load_sharded_state,
+    load_trainable_state,
+    save_sharded_state,
+)
 from tunelab.training.finite import non_finite_names
 
 _STEP = re.compile(r"^step-(\d+)$")
@@ -50,29 +60,63 @@ def restore_rng(rng: dict[str, Any]) -> None:
 
 def save_checkpoint(folder: Path, weights: dict[str, torch.Tensor], optimizer_state: dict[str, Any], scheduler,
                     state: TrainingState, keep_last: int = 2) -> Path:
-    """Write a checkpoint from whole tensors (`whole_trainable_state`, `whole_optimizer_state`)."""
+    """Write a checkpoint from whole tensors (`whole_trainable_state`, `whole_optimizer_state`); main process only."""
     final = folder / f"step-{state.step}"
     bad = non_finite_names(weights.items())
     if bad:
         raise TrainingError(f"refusing to write checkpoint {final}: non-finite values in {', '.join(bad)}")
-    previous = latest_checkpoint(folder)
-    kept = (f"the previous checkpoint {previous} is intact (free some space, then continue with --resume)"
-            if previous else "no earlier checkpoint exists")
-    with staged_dir(final, "checkpoint", kept) as stage:
+    with staged_dir(final, "checkpoint", _what_is_kept(folder)) as stage:
         save_file(weights, str(stage / "trainable.safetensors"))
         torch.save(optimizer_state, stage / "optimizer.pt")
         fault_point("checkpoint-write", state.step)
-        torch.save(scheduler.state_dict(), stage / "scheduler.pt")
-        rng = {"cpu": torch.get_rng_state()}
-        if torch.cuda.is_available():
-            rng["cuda"] = torch.cuda.get_rng_state_all()
-        torch.save(rng, stage / "rng.pt")
-        (stage / "state.json").write_text(json.dumps({"step": state.step, "epoch": state.epoch,
-                                                      "batch_in_epoch": state.batch_in_epoch,
-                                                      "history": state.history}))
+        _write_schedule_and_position(stage, scheduler, state)
+    _prune(folder, keep_last)
+    return final
+
+
+def save_sharded_checkpoint(folder: Path, model: torch.nn.Module, optimizer: Any, scheduler, state: TrainingState,
+                            accelerator, keep_last: int = 2) -> Path:
+    """Write a checkpoint of an FSDP-sharded model: every process writes its own shards into the folder the
+    main process stages (a collective: all processes call it). The caller has checked the weights are finite."""
+    from accelerate.utils import broadcast_object_list
+
+    final = folder / f"step-{state.step}"
+    main = accelerator.is_main_process
+    if main:
+        with staged_dir(final, "checkpoint", _what_is_kept(folder)) as stage:
+            broadcast_object_list([str(stage)])
+            save_sharded_state(stage / SHARDED, model, optimizer)
+            fault_point("checkpoint-write", state.step)
+            _write_schedule_and_position(stage, scheduler, state)
+        _prune(folder, keep_last)
+    else:
+        where: list[Any] = [None]
+        broadcast_object_list(where)
+        save_sharded_state(Path(where[0]) / SHARDED, model, optimizer)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def _what_is_kept(folder: Path) -> str:
+    previous = latest_checkpoint(folder)
+    return (f"the previous checkpoint {previous} is intact (free some space, then continue with --resume)"
+            if previous else "no earlier checkpoint exists")
+
+
+def _write_schedule_and_position(stage: Path, scheduler, state: TrainingState) -> None:
+    torch.save(scheduler.state_dict(), stage / "scheduler.pt")
+    rng = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    torch.save(rng, stage / "rng.pt")
+    (stage / "state.json").write_text(json.dumps({"step": state.step, "epoch": state.epoch,
+                                                  "batch_in_epoch": state.batch_in_epoch,
+                                                  "history": state.history}))
+
+
+def _prune(folder: Path, keep_last: int) -> None:
     for old in list_checkpoints(folder)[:-keep_last]:
         shutil.rmtree(old, ignore_errors=True)
-    return final
 
 
 def list_checkpoints(folder: Path) -> list[Path]:
@@ -110,6 +154,17 @@ def load_best(folder: Path) -> dict[str, torch.Tensor]:
 
 
 def load_checkpoint(path: Path, model: torch.nn.Module, optimizer, scheduler) -> TrainingState:
+    if (path / SHARDED).is_dir():
+        load_sharded_state(path / SHARDED, model, optimizer)
+    else:
+        _load_whole(path, model, optimizer)
+    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
+    raw = json.loads((path / "state.json").read_text())
+    return TrainingState(raw["step"], raw["epoch"], raw["batch_in_epoch"], raw["history"],
+                         torch.load(path / "rng.pt", weights_only=True))
+
+
+def _load_whole(path: Path, model: torch.nn.Module, optimizer) -> None:
     weights = load_file(str(path / "trainable.safetensors"))
     params = dict(model.named_parameters())
     missing = [n for n, p in params.items() if p.requires_grad and n not in weights]
@@ -126,7 +181,3 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer, scheduler) ->
                                if good else "no finite checkpoint exists"))
     load_trainable_state(model, weights)
     load_optimizer_state(model, optimizer, torch.load(path / "optimizer.pt", weights_only=True))
-    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
-    raw = json.loads((path / "state.json").read_text())
-    return TrainingState(raw["step"], raw["epoch"], raw["batch_in_epoch"], raw["history"],
-                         torch.load(path / "rng.pt", weights_only=True))

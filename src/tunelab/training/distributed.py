@@ -6,9 +6,10 @@ tunelab uses FSDP2 (`torch.distributed.fsdp.fully_shard`) as accelerate prepares
   runs on CPU with gloo, so when a launch asks for FSDP (`ACCELERATE_USE_FSDP=true`, set by
   `accelerate launch --config_file configs/accelerate/fsdp_cpu.yaml`) tunelab switches the accelerator
   state to FSDP there. This is how FSDP is tested on CPU; on GPUs accelerate does it itself.
-* A sharded model's parameters are DTensors, each process holding a slice. Checkpoints and saved
-  models need whole tensors: `whole_trainable_state` and `whole_optimizer_state` gather them. Every
-  process must call them (they are collectives); only the main process writes what they return.
+* A sharded model's parameters are DTensors, each process holding a slice. Training checkpoints stay
+  sharded (`save_sharded_state`: torch.distributed.checkpoint, each process writes its slices); the
+  final artefacts (saved model or adapter) need whole tensors: `whole_trainable_state` gathers them.
+  Every process must call these (they are collectives); only the main process writes whole tensors.
 
 After training the model stays sharded: evaluation runs on all processes in lockstep (generation
 with `synced_gpus`), so a model too large for one device never has to be whole on one.
@@ -17,6 +18,7 @@ with `synced_gpus`), so a model too large for one device never has to be whole o
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -157,3 +159,59 @@ def load_optimizer_state(model: torch.nn.Module, optimizer: Any, state: dict[str
                             "matched to the parameters: start the run again")
     set_optimizer_state_dict(model, _inner(optimizer), optim_state_dict=state,
                              options=StateDictOptions(full_state_dict=is_sharded(model)))
+
+
+SHARDED = "sharded"  # a checkpoint's torch.distributed.checkpoint folder under FSDP
+
+
+def _trainable_model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The trainable entries of the model's state dict, sharded as the model is (DTensors under FSDP)."""
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    return {k: v for k, v in get_model_state_dict(model).items() if k in trainable}
+
+
+def save_sharded_state(folder: Path, model: torch.nn.Module, optimizer: Any) -> None:
+    """Trainable parameters and optimizer state as torch.distributed.checkpoint shards: each process writes
+    its own slices, so no process ever holds the whole state (a collective under FSDP)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+    dcp.save({"model": _trainable_model_state(model), "optim": get_optimizer_state_dict(model, _inner(optimizer))},
+             checkpoint_id=str(folder))
+
+
+def load_sharded_state(folder: Path, model: torch.nn.Module, optimizer: Any) -> None:
+    """Load `save_sharded_state`'s shards into the model and optimizer as they are sharded now: under FSDP
+    on any number of processes, or whole in one process (torch's loader reshards)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_optimizer_state_dict,
+        set_model_state_dict,
+        set_optimizer_state_dict,
+    )
+
+    inner = _inner(optimizer)
+    state = {"model": _trainable_model_state(model), "optim": get_optimizer_state_dict(model, inner)}
+    try:
+        dcp.load(state, checkpoint_id=str(folder))
+    except Exception as e:  # torch raises CheckpointException, listing every rank's failure
+        raise TrainingError(f"checkpoint {folder.parent} does not match the model or cannot be read: {e}") from None
+    set_model_state_dict(model, state["model"], options=StateDictOptions(strict=False))
+    set_optimizer_state_dict(model, inner, optim_state_dict=state["optim"])
+
+
+def read_sharded_weights(folder: Path) -> dict[str, torch.Tensor]:
+    """The whole trainable weights of a sharded checkpoint, in one process (for checks and inspection)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint import FileSystemReader
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+    reader = FileSystemReader(str(folder))
+    meta = reader.read_metadata().state_dict_metadata
+    weights = {k: torch.empty(m.size, dtype=m.properties.dtype) for k, m in meta.items()
+               if k.startswith("model.") and isinstance(m, TensorStorageMetadata)}
+    dcp.load(weights, storage_reader=reader)
+    return {k.removeprefix("model."): v for k, v in weights.items()}

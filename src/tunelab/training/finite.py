@@ -32,6 +32,10 @@ def non_finite_names(named: Iterable[tuple[str, torch.Tensor]], limit: int = 3) 
 def checkpoint_is_finite(path: Path) -> bool:
     from safetensors import safe_open
 
+    from tunelab.training.distributed import SHARDED, read_sharded_weights
+
+    if (path / SHARDED).is_dir():
+        return all(bool(torch.isfinite(t).all()) for t in read_sharded_weights(path / SHARDED).values())
     with safe_open(str(path / "trainable.safetensors"), framework="pt") as f:
         return all(bool(torch.isfinite(f.get_tensor(k)).all()) for k in f.keys())
 

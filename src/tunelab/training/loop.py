@@ -37,11 +37,13 @@ from tunelab.training.checkpoint import (
     restore_rng,
     save_best,
     save_checkpoint,
+    save_sharded_checkpoint,
 )
 from tunelab.training.finite import all_finite, stop_message
 from tunelab.training.distributed import (
     check_fsdp_supported,
     enable_fsdp,
+    is_sharded,
     load_trainable_state,
     reshard,
     share_embedding_modules,
@@ -393,10 +395,16 @@ def _checkpoint(state: LoopState, batch_in_epoch: int) -> None:
                "seconds": time.perf_counter() - state.t0, "eval_generation": result.eval_generation,
                "best": state.best, "stale": state.stale}
     unwrapped = accelerator.unwrap_model(state.model)
-    weights, optimizer_state = whole_trainable_state(unwrapped), whole_optimizer_state(unwrapped, state.optimizer)
-    if accelerator.is_main_process:
-        save_checkpoint(state.checkpoint_dir, weights, optimizer_state, state.scheduler,
-                        TrainingState(state.step, state.epoch, batch_in_epoch, history))
+    position = TrainingState(state.step, state.epoch, batch_in_epoch, history)
+    if is_sharded(unwrapped):  # each process writes its shards; nothing is gathered
+        if not all_finite((p for p in unwrapped.parameters() if p.requires_grad), accelerator):
+            raise TrainingError(f"refusing to write checkpoint step-{state.step}: non-finite trainable weights")
+        save_sharded_checkpoint(state.checkpoint_dir, unwrapped, state.optimizer, state.scheduler, position,
+                                accelerator)
+    else:
+        weights, optimizer_state = whole_trainable_state(unwrapped), whole_optimizer_state(unwrapped, state.optimizer)
+        if accelerator.is_main_process:
+            save_checkpoint(state.checkpoint_dir, weights, optimizer_state, state.scheduler, position)
     accelerator.wait_for_everyone()
     fault_point("after-checkpoint", state.step)
 
