@@ -5,6 +5,7 @@ import random
 from types import SimpleNamespace
 
 import pytest
+import sacrebleu
 import torch
 
 from conftest import make_tokenizer
@@ -90,11 +91,20 @@ def test_suite_runs_end_to_end_offline(data_dir, tiny_llama_dir):
                             ("wmt22_de_en", {"max_new_tokens": 4})]:
         spec = get_task(name, limit=3, **overrides)
         r = run_task(loaded.model, loaded.tokenizer, "causal", spec, batch_size=4, show_progress=False)
-        assert r.n == 3 and 0 <= r.score <= 100 and r.examples_per_second > 0, name
-        if spec.kind == "multiple_choice":
+        assert r.n == 3 and r.examples_per_second > 0, name
+        ex = r.per_example
+        if spec.kind == "multiple_choice":  # the score is the accuracy of the argmax choice, re-derived here
             assert {"accuracy", "accuracy_norm", "ece"} <= r.metrics.keys()
-        elif spec.metric == "translation":
+            picked = [max(range(len(ll)), key=ll.__getitem__) for ll in ex["loglik"]]
+            assert ex["correct"] == [int(p == y) for p, y in zip(picked, ex["label"], strict=True)], name
+            assert r.score == pytest.approx(100 * sum(ex["correct"]) / 3), name
+        elif spec.metric == "translation":  # corpus BLEU from sacrebleu itself
             assert {"bleu", "chrf"} <= r.metrics.keys() and r.metrics["bleu_signature"].startswith("nrefs:")
+            streams = [list(s) for s in zip(*ex["references"], strict=True)]
+            assert r.score == pytest.approx(sacrebleu.corpus_bleu(ex["predictions"], streams).score), name
+        else:  # ROUGE-L: the mean of the per-example F1 scores
+            assert len(ex["predictions"]) == 3
+            assert r.score == pytest.approx(sum(ex["rougeL"]) / 3), name
 
 
 def test_mmlu_prompt_has_the_description_and_k_shots(data_dir):

@@ -118,8 +118,11 @@ def test_finetune_with_mixture_ewc_and_forgetting_report(tiny_llama_dir, dialogu
     assert sum(c["drawn"] for c in m["training"]["mixture"].values()) == 80
     assert set(m["forgetting"]) == {"boolq", "sst2"}
     report = json.loads((result.run_dir / "forgetting.json").read_text())
-    for t in report["tasks"].values():
-        assert t["delta"] == pytest.approx(t["after"] - t["before"])
+    runs = {when: json.loads((result.run_dir / f"benchmarks_{when}.json").read_text()) for when in ("before", "after")}
+    for name, t in report["tasks"].items():  # accuracies re-derived from the per-question results
+        accuracy = {when: 100 * sum(r[name]["per_example"]["correct"]) / 8 for when, r in runs.items()}
+        assert (t["before"], t["after"]) == pytest.approx((accuracy["before"], accuracy["after"]))
+        assert t["delta"] == pytest.approx(accuracy["after"] - accuracy["before"])
     assert (result.run_dir / "forgetting.md").read_text().startswith("| task")
     # the standalone command gives the same numbers
     again = tunelab.measure_forgetting(result.run_dir)

@@ -2,6 +2,7 @@
 
 import random
 
+import psutil
 import pytest
 import torch
 
@@ -54,13 +55,15 @@ def test_training_lowers_the_loss(arch, method, tiny_llama_dir, tiny_t5_dir):
     model_dir = tiny_llama_dir if arch == "llama" else tiny_t5_dir
     cfg, loaded, model, train, held = _setup(model_dir, method)
     before = _held_loss(model, loaded, held)
+    resident_at_start = psutil.Process().memory_info().rss
     result = train_model(model, loaded.tokenizer, loaded.arch, train, None, cfg.training, seed=0,
                          device=torch.device("cpu"), show_progress=False)
     after = _held_loss(model, loaded, held)
     assert result.steps == 40
     assert result.train_loss[-1][1] < result.train_loss[0][1]
     assert after < 0.75 * before, (before, after)
-    assert result.completion_tokens > 0 and result.memory["peak_rss_bytes"] > 0
+    assert result.completion_tokens > 0
+    assert result.memory["peak_rss_bytes"] >= 0.9 * resident_at_start  # a high-water mark, in bytes
 
 
 def test_lora_leaves_base_weights_bit_identical(tiny_llama_dir):

@@ -505,6 +505,10 @@ def test_a_task_file_of_ones_own_reads_data_beside_it_or_by_absolute_path(tmp_pa
     assert len(evaluation_documents(get_task(str(folder / "abs.yaml"), sample=4))) == 4
     with pytest.raises(ConfigError, match="benchmark task file not found"):
         get_task(str(folder / "missing.yaml"))
+    # a task missing what its kind needs is refused when read, naming the file and the field
+    (folder / "nolabel.yaml").write_text(yaml.safe_dump({k: v for k, v in task.items() if k != "label_field"}))
+    with pytest.raises(ConfigError, match=r"nolabel.yaml: .*multiple_choice task needs label_field"):
+        get_task(str(folder / "nolabel.yaml"))
 
 
 def test_a_later_forgetting_measurement_never_rewrites_what_training_recorded(tiny_llama_dir, dialogue_files, tmp_path,

@@ -19,7 +19,7 @@ class _StderrHandler(logging.StreamHandler):
     """Writes to whatever `sys.stderr` is at the time (a notebook or a test may replace it)."""
 
     @property
-    def stream(self):  # type: ignore[override]
+    def stream(self):
         return sys.stderr
 
     @stream.setter

@@ -8,6 +8,11 @@ from typing import Any, Literal
 
 Arch = Literal["causal", "seq2seq"]
 
+# A transformers PreTrainedModel, or a PEFT PeftModel around one. Loosely typed on purpose: tunelab drives
+# the API both share by duck typing (generate, save_pretrained, get_input_embeddings, config...), which
+# neither library declares as one protocol, and nn.Module's typing would see those as tensors.
+Model = Any
+
 
 def unwrap_parallel(model: Any) -> Any:
     """The model inside a DistributedDataParallel / FSDP wrapper (itself when not wrapped)."""

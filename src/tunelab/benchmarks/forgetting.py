@@ -69,7 +69,9 @@ def bleu_paired_p_value(before: Mapping[str, Any], after: Mapping[str, Any], sam
                       {"BLEU": BLEU(references=reference_streams(b["references"]))}, references=None, test_type="bs",
                       n_samples=samples)
     _, results = test()
-    return float(results["BLEU"][1].p_value)
+    after_result = results["BLEU"][1]  # [0] is the baseline system's ("before"), [1] the compared one's
+    assert not isinstance(after_result, str) and after_result.p_value is not None
+    return float(after_result.p_value)
 
 
 def forgetting_report(before: Mapping[str, Mapping[str, Any]], after: Mapping[str, Mapping[str, Any]],

@@ -68,7 +68,7 @@ def _read_parallel(folder: Path, spec: TaskSpec) -> list[Doc]:
     def lines(name: str) -> list[str]:
         return (folder / name).read_text(encoding="utf-8").rstrip("\n").split("\n")
 
-    src = lines(spec.source_file)
+    src = lines(spec.source_file or "")  # required by TaskSpec for this loader
     refs = [lines(r) for r in spec.reference_files or []]
     for r, name in zip(refs, spec.reference_files or []):
         if len(r) != len(src):

@@ -18,7 +18,7 @@ def render(template: str, doc: Doc) -> str:
 
 
 def label_of(spec: TaskSpec, doc: Doc) -> int:
-    raw = doc[spec.label_field]
+    raw = doc[spec.label_key]
     if spec.label_map is not None:
         key = str(raw)
         if key not in spec.label_map:

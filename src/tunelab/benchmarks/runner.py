@@ -12,7 +12,7 @@ from typing import Any
 
 from tunelab.benchmarks.loaders import Doc, evaluation_documents, load_documents
 from tunelab.benchmarks.prompts import choices_of, label_of, references_of, render
-from tunelab.benchmarks.scoring import encode_pair, expected_calibration_error, loglikelihoods
+from tunelab.benchmarks.scoring import Request, encode_pair, expected_calibration_error, loglikelihoods
 from tunelab.benchmarks.spec import TaskSpec
 from tunelab.data.encoding import PromptEncoder
 from tunelab.data.records import Example
@@ -49,7 +49,7 @@ def fewshot_prefix(spec: TaskSpec, doc: Doc) -> str:
     if spec.num_fewshot and spec.loader == "mmlu":
         pool = [d for d in load_documents(spec, spec.fewshot_split) if d["subject"] == doc["subject"]]
         for shot in pool[: spec.num_fewshot]:
-            prefix += render(spec.prompt, shot) + spec.choices[shot[spec.label_field]] + "\n\n"
+            prefix += render(spec.prompt, shot) + choices_of(spec, shot)[label_of(spec, shot)] + "\n\n"
     return prefix
 
 
@@ -57,7 +57,10 @@ def run_multiple_choice(model, tokenizer, arch: Arch, spec: TaskSpec, docs: Sequ
                         show_progress: bool) -> TaskResult:
     t0 = time.perf_counter()
     prefixes: dict[str, str] = {}
-    requests, spans, labels, choice_texts = [], [], [], []
+    requests: list[Request] = []
+    spans: list[tuple[int, int]] = []
+    labels: list[int] = []
+    choice_texts: list[list[str]] = []
     for doc in docs:
         key = doc.get("subject", "")
         if key not in prefixes:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from tunelab.config.loader import read_yaml_mapping
 from tunelab.errors import ConfigError
@@ -61,6 +61,22 @@ class TaskSpec(BaseModel):
     max_input_chars: int | None = None
     source_file: str | None = None
     reference_files: list[str] | None = None
+
+    @model_validator(mode="after")
+    def _fields_of_its_kind(self) -> TaskSpec:
+        if self.kind == "multiple_choice" and self.label_field is None:
+            raise ValueError("a multiple_choice task needs label_field")
+        if self.kind == "multiple_choice" and not (self.choices or self.choice_fields):
+            raise ValueError("a multiple_choice task needs choices or choice_fields")
+        if self.loader == "parallel" and self.source_file is None:
+            raise ValueError("the parallel loader needs source_file")
+        return self
+
+    @property
+    def label_key(self) -> str:
+        if self.label_field is None:  # excluded by the validator for multiple choice
+            raise ConfigError(f"task {self.name} has no label_field")
+        return self.label_field
 
 
 def _load_spec(path: Path) -> TaskSpec:

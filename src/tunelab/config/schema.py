@@ -191,7 +191,7 @@ class EvaluationConfig(Strict):
     batch_size: int = Field(16, gt=0)
     max_new_tokens: int = Field(96, gt=0)
     num_beams: int = Field(1, gt=0)
-    metrics: list[Literal["rouge", "bleu"]] = Field(default_factory=lambda: ["rouge", "bleu"])
+    metrics: list[Literal["rouge", "bleu"]] = ["rouge", "bleu"]  # pydantic copies mutable defaults
     before: bool = True
     """Also evaluate the base model before training, for a before/after table."""
     bootstrap_samples: int = Field(1000, ge=0)

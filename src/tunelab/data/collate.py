@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterator, Sequence
+from typing import cast
 
 import torch
+from torch.utils.data import Dataset
 
 from tunelab.data.encoding import IGNORE_INDEX, Encoded
 from tunelab.modeling import Arch
@@ -91,3 +93,9 @@ class LengthGroupedBatches:
 
     def __len__(self) -> int:
         return (len(self.lengths) + self.batch_size - 1) // self.batch_size
+
+
+def as_dataset(examples: Sequence[Encoded]) -> Dataset[Encoded]:
+    """Encoded examples as a map-style dataset for a DataLoader (a list already is one at run time; torch's
+    annotations ask for the class)."""
+    return cast("Dataset[Encoded]", list(examples))

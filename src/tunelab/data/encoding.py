@@ -200,8 +200,8 @@ class PromptEncoder:
         ids = self._prompt_ids(text)
         full = len(ids)
         if max_prompt_tokens is not None and full > max_prompt_tokens:
-            ids = ids[-max_prompt_tokens:]
-            text = None  # cut in token space: the prompt text is decoded from the ids kept
+            # cut in token space: the prompt text is decoded from the ids kept
+            return Encoded(input_ids=ids[-max_prompt_tokens:], prompt=None), full
         return Encoded(input_ids=ids, prompt=text), full
 
 

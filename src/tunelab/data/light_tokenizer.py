@@ -54,7 +54,7 @@ class LightTokenizer:
         self.chat_template = (jinja_file.read_text(encoding="utf-8") if jinja_file.is_file()
                               else config.get("chat_template"))
         self.clean_up_spaces = bool(config.get("clean_up_tokenization_spaces", False))
-        self._template = None
+        self._template: Any = None  # the compiled jinja2 template, on first use
 
     @classmethod
     def from_folder(cls, folder: str | Path) -> LightTokenizer | None:
@@ -104,5 +104,6 @@ class LightTokenizer:
             raise ValueError("this tokenizer has no chat template")
         if self._template is None:
             self._template = _chat_environment().from_string(self.chat_template)
-        return self._template.render(messages=list(messages), tools=None, documents=None,
+        template = self._template
+        return template.render(messages=list(messages), tools=None, documents=None,
                                      add_generation_prompt=add_generation_prompt, **self.special_tokens_map)

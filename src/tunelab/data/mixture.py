@@ -34,7 +34,7 @@ def _task_examples(comp: MixtureComponent) -> list[Example]:
     from tunelab.benchmarks.loaders import training_documents
     from tunelab.benchmarks.prompts import answer_of, document_key
 
-    spec = get_task(comp.task)
+    spec = get_task(comp.task or "")  # MixtureComponent requires task or source
     return [Example(f"{spec.name}-train-{i}", document_key(spec, d), (answer_of(spec, d),))
             for i, d in enumerate(training_documents(spec))]
 

@@ -92,7 +92,7 @@ class TemplateSet:
         else:
             raise ConfigError(f"template.task {task!r} is unknown; tasks: {', '.join(TEMPLATES)}")
         n = len(phrasings)
-        idx = list(range(n)) if train_phrasings == "all" else list(train_phrasings)
+        idx = list(range(n)) if isinstance(train_phrasings, str) else list(train_phrasings)
         for i in [*idx, eval_phrasing]:
             if not 0 <= i < n:
                 raise ConfigError(f"template phrasing index {i} out of range for {task!r} (0..{n - 1})")

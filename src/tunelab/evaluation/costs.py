@@ -7,8 +7,10 @@ from typing import Any
 
 import torch
 
+from tunelab.modeling import Model
 
-def parameter_counts(model: torch.nn.Module) -> dict[str, Any]:
+
+def parameter_counts(model: Model) -> dict[str, Any]:
     """Trainable and total parameters (PEFT's count, which also unpacks 4-bit weights)."""
     if hasattr(model, "get_nb_trainable_parameters"):
         trainable, total = model.get_nb_trainable_parameters()

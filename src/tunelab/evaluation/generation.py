@@ -11,13 +11,13 @@ from tqdm.auto import tqdm
 from tunelab.data.collate import generation_batch
 from tunelab.data.encoding import Encoded
 from tunelab.methods import method_of
-from tunelab.modeling import Arch
+from tunelab.modeling import Arch, Model
 from tunelab.models.precision import autocast, resolve_precision
 from tunelab.training.distributed import is_sharded, reshard, unshard_root
 
 
 @torch.no_grad()
-def generate_texts(model: torch.nn.Module, tokenizer, prompts: Sequence[Encoded], arch: Arch, *, batch_size: int = 16,
+def generate_texts(model: Model, tokenizer, prompts: Sequence[Encoded], arch: Arch, *, batch_size: int = 16,
                    max_new_tokens: int = 96, num_beams: int = 1, desc: str = "generate",
                    show_progress: bool = True, precision: str = "fp32") -> list[str]:
     device = next(p for p in model.parameters()).device
@@ -55,7 +55,7 @@ def generate_texts(model: torch.nn.Module, tokenizer, prompts: Sequence[Encoded]
     return outputs
 
 
-def generate_texts_sharded(model: torch.nn.Module, tokenizer, prompts: Sequence[Encoded], arch: Arch,
+def generate_texts_sharded(model: Model, tokenizer, prompts: Sequence[Encoded], arch: Arch,
                            **kwargs) -> list[str]:
     """`generate_texts` over all processes of a distributed run: each takes a contiguous shard of the
     prompts and the predictions are gathered back in input order (one process: plain generation).

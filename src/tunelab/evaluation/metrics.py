@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -29,7 +29,7 @@ ROUGE_PROTOCOL = ("rouge-score {version}, use_stemmer=True, sentence-per-line fo
 
 
 def sentence_per_line(text: str) -> str:
-    lines = []
+    lines: list[str] = []
     for line in text.strip().splitlines():
         lines.extend(s.strip() for s in _SENTENCE_END.split(line) if s.strip())
     return "\n".join(lines)
@@ -89,10 +89,11 @@ def aggregate_rouge(per: Sequence[dict[str, dict[str, float]]], bootstrap_sample
     return result
 
 
-def reference_streams(references: Sequence[Sequence[str]]) -> list[list[str | None]]:
-    """sacrebleu's layout: one stream per reference position; examples with fewer references get None there."""
+def reference_streams(references: Sequence[Sequence[str]]) -> list[list[str]]:
+    """sacrebleu's layout: one stream per reference position; examples with fewer references get None there
+    (sacrebleu's documented way to mix reference counts, though its annotations say str)."""
     n_refs = max(len(r) for r in references)
-    return [[refs[i] if i < len(refs) else None for refs in references] for i in range(n_refs)]
+    return cast(list[list[str]], [[refs[i] if i < len(refs) else None for refs in references] for i in range(n_refs)])
 
 
 def bleu(predictions: Sequence[str], references: Sequence[Sequence[str]]) -> dict[str, Any]:

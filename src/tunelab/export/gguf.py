@@ -19,6 +19,7 @@ import torch
 
 from tunelab.errors import ExportError
 from tunelab.export.vocab import GgufVocab
+from tunelab.modeling import Model
 
 Dtype = Literal["f32", "f16", "bf16", "q8_0"]
 DTYPES: tuple[str, ...] = ("f32", "f16", "bf16", "q8_0")
@@ -58,7 +59,8 @@ def _rope(config: Any) -> float:
     kind = params.get("rope_type") or (getattr(config, "rope_scaling", None) or {}).get("rope_type")
     if kind not in (None, "default"):
         raise ExportError(f"rotary scaling {kind!r} is not supported by the exporter (only plain RoPE)")
-    return float(params.get("rope_theta") or getattr(config, "rope_theta", 10000.0))
+    theta = params.get("rope_theta") or getattr(config, "rope_theta", None)
+    return float(theta) if theta is not None else 10000.0
 
 
 def _head_dim(config: Any) -> int:
@@ -167,7 +169,7 @@ def _finish(writer: Any) -> None:
     writer.close()
 
 
-def write_model_gguf(model: torch.nn.Module, vocab: GgufVocab, path: Path, dtype: Dtype = "f16",
+def write_model_gguf(model: Model, vocab: GgufVocab, path: Path, dtype: Dtype = "f16",
                      name: str = "model") -> Path:
     """Write a (merged, plain) causal model and its tokenizer as one GGUF file."""
     import gguf

@@ -41,7 +41,7 @@ def pre_tokenizer_name(tokenizer_json: dict[str, Any]) -> str:
         return "smollm"
     if kinds == ["Split", "ByteLevel"] and not steps[1].get("use_regex", True):
         regex = (steps[0].get("pattern") or {}).get("Regex")
-        name = _split_regexes().get(regex)
+        name = _split_regexes().get(regex) if isinstance(regex, str) else None
         if name is not None:
             return name
     raise ExportError(f"the tokenizer's pre-tokenizer ({' + '.join(map(str, kinds)) or 'none'}) has no llama.cpp "
@@ -65,7 +65,7 @@ class GgufVocab:
     add-BOS flag and chat template are read from it by `gguf.SpecialVocab`)."""
 
     tokens: list[str]
-    types: list[int]
+    types: list[int]  # gguf.TokenType values
     pre: str
     folder: Path
     add_bos: bool  # whether the tokenizer puts BOS before a plain prompt (llama.cpp must do the same)
@@ -113,5 +113,5 @@ def vocab_from_tokenizer(tokenizer: Any, folder: Path) -> GgufVocab:
             types.append(gguf.TokenType.UNUSED)
     probe = tokenizer("a")["input_ids"]
     add_bos = tokenizer.bos_token_id is not None and bool(probe) and probe[0] == tokenizer.bos_token_id
-    return GgufVocab(tokens, types, pre, Path(folder), add_bos)
+    return GgufVocab(tokens, [int(t) for t in types], pre, Path(folder), add_bos)
 

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from tunelab.errors import ModelError
-from tunelab.modeling import base_model
+from tunelab.modeling import Model, base_model
 
 BASE = "__base__"  # adapter name that means "no adapter" in a mixed batch (PEFT's convention)
 ADAPTER_META = "tunelab.json"  # beside PEFT's files: base model, method, task (plain PEFT ignores it)
@@ -75,7 +75,7 @@ def check_base(model: torch.nn.Module, adapter_dir: Path, base_name: str) -> Non
         raise ModelError(f"adapter {adapter_dir} was trained on base model {trained_on!r}, not {base_name!r}")
 
 
-def attach_adapter(model: torch.nn.Module, adapter_dir: Path, base_name: str, adapter_name: str = "default"):
+def attach_adapter(model: Model, adapter_dir: Path, base_name: str, adapter_name: str = "default"):
     """Load a PEFT adapter onto `model`; a wrong base model gives an error naming both."""
     from peft import PeftModel
 
@@ -94,7 +94,7 @@ def attach_adapter(model: torch.nn.Module, adapter_dir: Path, base_name: str, ad
                          f"base model {base_name!r}: {str(e).splitlines()[0]}") from None
 
 
-def load_adapters(model: torch.nn.Module, adapters: Mapping[str, str | Path], base_name: str):
+def load_adapters(model: Model, adapters: Mapping[str, str | Path], base_name: str):
     """Attach several named adapters to `model` (a plain base model); the first becomes active."""
     if not adapters:
         raise ModelError("no adapters given")
@@ -120,7 +120,7 @@ def generate_mixed(model, tokenizer, prompts, arch, adapter_names: Sequence[str]
     return [tokenizer.decode(row, skip_special_tokens=True).strip() for row in new]
 
 
-def merge_adapter(model) -> torch.nn.Module:
+def merge_adapter(model: Model) -> Model:
     """Fold a LoRA/IA3 adapter into the base weights and return the plain model.
 
     A 4-bit base cannot take merged weights without losing them to re-quantization: merge into a

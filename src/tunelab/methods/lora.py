@@ -37,7 +37,7 @@ def peft_lora_config(cfg: LoraSettings, ctx: ModelContext) -> LoraConfig:
     return LoraConfig(
         task_type=peft_task_type(ctx.arch),
         r=cfg.r,
-        lora_alpha=cfg.alpha,
+        lora_alpha=cfg.alpha,  # type: ignore[arg-type]  # PEFT says int; scaling = alpha / r takes any number
         lora_dropout=cfg.dropout,
         target_modules=cfg.target_modules,
         bias=cfg.bias,

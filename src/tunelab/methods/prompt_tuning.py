@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
 
@@ -31,7 +31,7 @@ def prepare(model: torch.nn.Module, cfg: PromptTuningMethodConfig, ctx: ModelCon
 
     init = {"text": PromptTuningInit.TEXT, "sample_vocab": PromptTuningInit.SAMPLE_VOCAB,
             "random": PromptTuningInit.RANDOM}[cfg.init]
-    kwargs = {}
+    kwargs: dict[str, Any] = {}
     if cfg.init == "text":
         kwargs = {"prompt_tuning_init_text": cfg.init_text or ctx.instruction or "Summarize the dialogue.",
                   "tokenizer_name_or_path": ctx.model_path}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
@@ -96,7 +96,7 @@ def _keep_bnb_weights_trainable(model: torch.nn.Module) -> None:
     Keep the trainable layout."""
     for module in model.modules():
         if hasattr(module, "support_avx512bf16_for_cpu"):
-            module.support_avx512bf16_for_cpu = False
+            cast(Any, module).support_avx512bf16_for_cpu = False
 
 
 def load_tokenizer(source: ModelSource, cfg: ModelConfig):
@@ -152,7 +152,7 @@ def load_model(cfg: ModelConfig, device: torch.device | None = None, extra_kwarg
         raise ModelError(f"model.attn_implementation {cfg.attn_implementation!r} is not available for "
                          f"{cfg.name!r} here: {e}") from None
     if "quantization_config" not in kwargs:
-        model.to(device)
+        model.to(device)  # type: ignore[arg-type]  # transformers' wrapper of `to` misstates its signature
     else:
         _keep_bnb_weights_trainable(model)
     tok = load_tokenizer(source, cfg)

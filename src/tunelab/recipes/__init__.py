@@ -4,7 +4,8 @@ their package: data preview is `tunelab.data.preview`.)"""
 from tunelab.recipes.adapters import merge_run, soft_prompt_neighbours
 from tunelab.recipes.benchmark import benchmark, benchmark_session, measure_forgetting
 from tunelab.recipes.compare import Comparison, compare
-from tunelab.recipes.evaluate import evaluate, open_run
+from tunelab.recipes.components import open_run
+from tunelab.recipes.evaluate import evaluate
 from tunelab.recipes.export import export_run
 from tunelab.recipes.finetune import FinetuneResult, finetune
 from tunelab.recipes.generate import open_for_generation, summarize

@@ -9,7 +9,7 @@ from tunelab.io import staged_dir
 from tunelab.inference.adapters import attach_adapter, merge_adapter
 from tunelab.methods.prompt_tuning import nearest_tokens
 from tunelab.recipes.components import open_session
-from tunelab.recipes.evaluate import open_run
+from tunelab.recipes.components import open_run
 from tunelab.runs import RunDir
 
 

@@ -11,7 +11,8 @@ from tunelab.config.schema import BenchmarksConfig, ExperimentConfig
 from tunelab.errors import ConfigError
 from tunelab.io import atomic_write_json, atomic_write_text
 from tunelab.recipes.components import Session, open_session
-from tunelab.recipes.evaluate import open_run, open_target
+from tunelab.recipes.components import open_run
+from tunelab.recipes.evaluate import open_target
 from tunelab.runs import RunDir, unique_path
 
 
@@ -89,7 +90,7 @@ def measure_forgetting(run_path: str | Path, tasks: list[str] | None = None, lim
         return {**report, "folder": str(out)}
 
 
-def benchmark(target: str | Path, tasks: list[str], limit: int | None = None, overrides: tuple[str, ...] = (),
+def benchmark(target: str | Path | ExperimentConfig, tasks: list[str], limit: int | None = None, overrides: tuple[str, ...] = (),
               show_progress: bool = True, sample: int | None = None, seed: int | None = None,
               adapter: str | Path | None = None) -> tuple[Path, dict[str, Any]]:
     """Run tasks on a config's base model (a new run directory) or on a finished run (a new folder
@@ -101,8 +102,8 @@ def benchmark(target: str | Path, tasks: list[str], limit: int | None = None, ov
     session, run = open_target(target, (*overrides, *subset), adapter)
     session.cfg = with_subset(session.cfg, limit, sample, seed)
     results = benchmark_session(session, tasks, show_progress)
-    out = run.path if run is not None else unique_path(Path(target) / later_folder_name("benchmarks", tasks,
-                                                                                         session.cfg.benchmarks))
+    out = run.path if run is not None else unique_path(Path(str(target)) / later_folder_name(
+        "benchmarks", tasks, session.cfg.benchmarks))  # no new run: `target` is a run directory
     atomic_write_json(out / "benchmarks.json", results)
     if run is not None:
         run.mark_complete()

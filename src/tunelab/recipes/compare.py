@@ -58,7 +58,7 @@ def prompting_arm(arm: Arm, run_path: Path, show_progress: bool = True) -> dict[
                          "max_prompt_tokens": max(lengths),
                          "prompts_over_window": sum(budget is not None and n > budget for n in lengths)}}
     n_params = sum(p.numel() for p in session.model.parameters())
-    metrics = {"name": arm.name, "model": cfg.model.name, "arch": session.loaded.arch, "method": f"{arm.shots}-shot",
+    metrics: dict[str, Any] = {"name": arm.name, "model": cfg.model.name, "arch": session.loaded.arch, "method": f"{arm.shots}-shot",
                "dataset": cfg.data.source, "evaluation_split": cfg.evaluation.split, "after": after,
                "cost": {"trainable_parameters": 0, "total_parameters": n_params, "trainable_percent": 0.0,
                         "artefact": None, "artefact_bytes": 0, "full_checkpoint_bytes": 0},

@@ -1,4 +1,5 @@
-"""Reusable pieces the recipes are assembled from: model + method, data, templates, artefacts."""
+"""Reusable pieces the recipes are assembled from: a session on a config's base model (`open_session`) or on a
+run's trained model (`open_run`), data, templates, artefacts."""
 
 from __future__ import annotations
 
@@ -12,11 +13,14 @@ from tunelab.data.encoding import PromptEncoder
 from tunelab.data.records import Example, first_n, seeded_sample
 from tunelab.data.sources import load_split
 from tunelab.data.templates import TemplateSet
-from tunelab.errors import TrainingError
+from tunelab.config.loader import load_config
+from tunelab.errors import RunDirError, TrainingError
+from tunelab.inference.adapters import ADAPTER_META, attach_adapter
 from tunelab.io import atomic_write_json, staged_dir
 from tunelab.methods import Method, ModelContext, get_method
-from tunelab.inference.adapters import ADAPTER_META
+from tunelab.modeling import Model
 from tunelab.models.loading import LoadedModel, load_model, pick_device
+from tunelab.runs import RunDir
 from tunelab.training.finite import non_finite_names
 
 
@@ -33,7 +37,7 @@ class Session:
     device: torch.device
 
     @property
-    def model(self) -> torch.nn.Module:
+    def model(self) -> Model:
         return self.loaded.model
 
     @property
@@ -54,11 +58,25 @@ def open_session(cfg: ExperimentConfig, quantize_for_method: bool = True) -> Ses
     return Session(cfg=cfg, method=method, loaded=loaded, templates=templates, encoder=encoder, device=device)
 
 
+def open_run(run_path: str | Path) -> Session:
+    """A session whose model is the run's trained artefact (base + adapter, or the full model)."""
+    run = RunDir.open(run_path)
+    cfg = load_config(run.config_path)
+    if run.adapter_dir.is_dir():
+        session = open_session(cfg)
+        session.loaded.model = attach_adapter(session.model, run.adapter_dir, cfg.model.name)
+        return session
+    if run.model_dir.is_dir():
+        full_cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"name": str(run.model_dir)})})
+        return open_session(full_cfg, quantize_for_method=False)
+    raise RunDirError(f"{run.path} holds no trained artefact (adapter/ or model/); did training finish?")
+
+
 def load_eval_examples(cfg: ExperimentConfig, split: str | None = None, max_samples: int | None = None) -> list[Example]:
     return first_n(load_split(cfg.data, split or cfg.evaluation.split), max_samples or cfg.evaluation.max_samples)
 
 
-def save_artefact(model: torch.nn.Module, tokenizer, cfg: ExperimentConfig, is_peft: bool, run_path: Path,
+def save_artefact(model: Model, tokenizer, cfg: ExperimentConfig, is_peft: bool, run_path: Path,
                   base_path: str, state_dict: dict[str, torch.Tensor] | None = None,
                   base_fingerprint: dict | None = None) -> Path:
     """Save the trained adapter (PEFT format) or full model, written to a temp folder and renamed.
@@ -102,7 +120,7 @@ def build_regularizer(session: Session, model: torch.nn.Module):
     from torch.utils.data import DataLoader
 
     from tunelab.config.schema import DataConfig
-    from tunelab.data.collate import TrainCollator
+    from tunelab.data.collate import TrainCollator, as_dataset
     from tunelab.data.encoding import encode_training_set
     from tunelab.training.regularization import AnchoredPenalty, estimate_fisher
 
@@ -114,7 +132,7 @@ def build_regularizer(session: Session, model: torch.nn.Module):
         return AnchoredPenalty(params, reg.strength)
     general = first_n(load_split(DataConfig(source=reg.fisher_source), reg.fisher_split), reg.fisher_samples)
     encoded = encode_training_set(session.encoder, general, [session.templates.eval] * len(general))
-    loader = DataLoader(encoded, batch_size=session.cfg.training.batch_size,
+    loader: DataLoader = DataLoader(as_dataset(encoded), batch_size=session.cfg.training.batch_size,
                         collate_fn=TrainCollator(session.loaded.tokenizer.pad_token_id, session.loaded.arch))
     fisher = estimate_fisher(model, loader, session.loaded.arch)
     return AnchoredPenalty(params, reg.strength, fisher)

@@ -14,22 +14,8 @@ from tunelab.evaluation.metrics import rouge_protocol
 from tunelab.evaluation.summarization import evaluate_summaries
 from tunelab.io import atomic_write_json, atomic_write_jsonl
 from tunelab.inference.adapters import attach_adapter
-from tunelab.recipes.components import Session, load_eval_examples, open_session
+from tunelab.recipes.components import Session, load_eval_examples, open_run, open_session
 from tunelab.runs import RunDir, unique_path
-
-
-def open_run(run_path: str | Path) -> Session:
-    """A session whose model is the run's trained artefact (base + adapter, or the full model)."""
-    run = RunDir.open(run_path)
-    cfg = load_config(run.config_path)
-    if run.adapter_dir.is_dir():
-        session = open_session(cfg)
-        session.loaded.model = attach_adapter(session.model, run.adapter_dir, cfg.model.name)
-        return session
-    if run.model_dir.is_dir():
-        full_cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"name": str(run.model_dir)})})
-        return open_session(full_cfg, quantize_for_method=False)
-    raise RunDirError(f"{run.path} holds no trained artefact (adapter/ or model/); did training finish?")
 
 
 def open_target(target: str | Path | ExperimentConfig, overrides: tuple[str, ...] = (),
@@ -90,7 +76,7 @@ def evaluate(target: str | Path | ExperimentConfig, split: str | None = None, ma
         run.mark_complete()
         return run.path, metrics
     metrics, preds = evaluate_session(session, split, max_samples, "eval run")
-    out = unique_path(Path(target) / f"eval-{metrics['split']}")
+    out = unique_path(Path(str(target)) / f"eval-{metrics['split']}")  # no new run: `target` is a run directory
     atomic_write_jsonl(out / "predictions.jsonl", preds)
     atomic_write_json(out / "metrics.json", metrics)
     return out, metrics

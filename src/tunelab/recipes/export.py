@@ -13,13 +13,16 @@ import json
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from tunelab.config.loader import load_config
 from tunelab.config.schema import ExperimentConfig
 from tunelab.errors import DataError, ExportError, RunDirError
 from tunelab.io import atomic_write_json, atomic_write_text, staged_dir
 from tunelab.runs import RunDir
+
+if TYPE_CHECKING:
+    from tunelab.export.gguf import Dtype
 
 # PEFT methods whose learned parameters are input vectors, not weight updates
 PROMPT_LEARNING = {"PROMPT_TUNING", "PREFIX_TUNING", "P_TUNING", "MULTITASK_PROMPT_TUNING"}
@@ -142,7 +145,7 @@ The prompt, with `{{input}}` standing for your text:
 """
 
 
-def _write_files(stage: Path, session, run: RunDir, dtype: str, adapter_only: bool) -> dict[str, str]:
+def _write_files(stage: Path, session, run: RunDir, dtype: Dtype, adapter_only: bool) -> dict[str, str]:
     from tunelab.export.gguf import write_lora_gguf, write_model_gguf
     from tunelab.export.vocab import vocab_from_tokenizer
     from tunelab.inference.adapters import attach_adapter, merge_adapter
@@ -183,7 +186,7 @@ def export_run(run_path: str | Path, out: str | Path, to: str = "gguf", dtype: s
     context = min(int(getattr(session.model.config, "max_position_embeddings", 2048)), CONTEXT_CAP)
     stops = _stops(session.loaded.tokenizer)
     with staged_dir(out, "the export") as stage:
-        written = _write_files(stage, session, run, dtype, adapter_only)
+        written = _write_files(stage, session, run, cast("Dtype", dtype), adapter_only)
         manifest: dict[str, Any] = {
             "run": str(run.path), "method": cfg.method.name, "base_model": cfg.model.name, "dtype": dtype,
             "adapter_only": adapter_only, **written, "stops": stops, "context": context,

@@ -232,7 +232,8 @@ def _generation_validator(state: RunState):
     cfg, session = state.cfg, state.session
     if not cfg.training.eval_generate_every:
         return None
-    examples = load_split(cfg.data, cfg.data.eval_split)[: cfg.training.eval_generate_samples]
+    split = cfg.data.eval_split or "validation"  # the config's validator requires one here
+    examples = load_split(cfg.data, split)[: cfg.training.eval_generate_samples]
     prompts = [session.encoder.encode_for_generation(session.templates.eval, ex) for ex in examples]
     evaluation = cfg.evaluation.model_copy(update={"bootstrap_samples": 0, "metrics": ["rouge"]})
 

@@ -10,7 +10,7 @@ from tunelab.data.records import Example
 from tunelab.evaluation.generation import generate_texts
 from tunelab.inference.adapters import attach_adapter
 from tunelab.recipes.components import Session, open_session
-from tunelab.recipes.evaluate import open_run
+from tunelab.recipes.components import open_run
 
 
 def open_for_generation(model: str | None = None, run: str | Path | None = None, adapter: str | Path | None = None,

@@ -76,13 +76,13 @@ def sweep(base: ExperimentConfig, grid: dict[str, list[Any]], metric: str = "eva
     if metric not in METRICS:
         raise ConfigError(f"sweep metric {metric!r} is not one of {', '.join(METRICS)}")
     directory = Path(base.output_dir) / f"{base.name}-sweep"
-    trials = []
+    trials: list[dict[str, Any]] = []
     for values in itertools.product(*grid.values()):
         assignment = dict(zip(grid, values, strict=True))
         cfg = trial_config(base, assignment, directory, metric)
         run_dir = directory / cfg.name
         if (run_dir / COMPLETE_MARKER).exists():
-            metrics = RunDir(run_dir).read_json("metrics.json")
+            metrics = RunDir(run_dir).read_json("metrics.json") or {}
         else:
             if run_dir.exists():  # an interrupted trial: it has no result, start it again
                 shutil.rmtree(run_dir)
@@ -91,7 +91,7 @@ def sweep(base: ExperimentConfig, grid: dict[str, list[Any]], metric: str = "eva
         if echo:
             echo(f"{cfg.name}: validation {metric} {trials[-1][metric]:.4f}")
     lower_is_better = metric == "eval_loss"
-    best = (min if lower_is_better else max)(trials, key=lambda t: t[metric])
+    best = (min if lower_is_better else max)(trials, key=lambda t: float(t[metric]))
     record = {"metric": metric, "split": base.data.eval_split, "better": "lower" if lower_is_better else "higher",
               "grid": grid, "trials": trials, "best": best}
     atomic_write_json(directory / "sweep.json", record)

@@ -149,7 +149,7 @@ def later_evaluations(arms: Sequence[ArmSummary]) -> list[list[str]]:
         for folder in folders:
             kind = next((k for k in LATER_KINDS if folder.name.startswith(k)), None)
             summary = _later_summary(kind, folder) if kind else None
-            if summary:
+            if kind and summary:
                 rows.append([a.name, folder.name, LATER_KINDS[kind], summary])
     return rows
 
@@ -245,8 +245,8 @@ def html_report(arms: Sequence[ArmSummary], title: str, n_examples: int = 5) -> 
     pred_rows = []
     for ex_id in ids:
         refs = by_arm[arms[0].name][ex_id]["references"]
-        cells = "".join(f"<td>{escape(by_arm[a.name].get(ex_id, {}).get('prediction', '-'))}</td>" for a in arms)
-        pred_rows.append(f"<tr><td>{escape(ex_id)}</td><td>{'<br><br>'.join(escape(r) for r in refs)}</td>{cells}</tr>")
+        outputs = "".join(f"<td>{escape(by_arm[a.name].get(ex_id, {}).get('prediction', '-'))}</td>" for a in arms)
+        pred_rows.append(f"<tr><td>{escape(ex_id)}</td><td>{'<br><br>'.join(escape(r) for r in refs)}</td>{outputs}</tr>")
     preds = ("<table class='preds' id='predictions'><tr><th>id</th><th>references</th>"
              + "".join(f"<th>{escape(n)}</th>" for n in names) + "</tr>" + "".join(pred_rows) + "</table>")
     configs = "".join(f"<details><summary>{escape(a.name)}</summary><pre>{escape(a.config_text)}</pre></details>"

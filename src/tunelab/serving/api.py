@@ -152,7 +152,13 @@ class _BodyLimit:
         return await self.app(scope, limited, send)
 
 
-def create_app(pool: ModelPool, engine: Engine, settings: ServerSettings) -> FastAPI:
+def _events(req: GenerationRequest) -> asyncio.Queue:
+    if req.events is None:  # the engine sets it when the request is submitted
+        raise RuntimeError("request was not submitted to the engine")
+    return req.events
+
+
+def create_app(pool: ModelPool, engine: Engine, settings: ServerSettings) -> _BodyLimit:
     app = FastAPI(title="tunelab", docs_url=None, redoc_url=None, openapi_url=None)
     metrics = _Metrics(lambda: engine)
     engine.metrics = metrics
@@ -248,8 +254,9 @@ def create_app(pool: ModelPool, engine: Engine, settings: ServerSettings) -> Fas
                 "choices": [{"index": 0, "text": text, "finish_reason": finish, "logprobs": None}], "usage": usage}
 
     async def _drain(req: GenerationRequest) -> str:
+        events = _events(req)
         while True:
-            kind, *rest = await req.events.get()
+            kind, *rest = await events.get()
             if kind == "done":
                 return rest[0]
             if kind == "error":
@@ -282,7 +289,7 @@ def create_app(pool: ModelPool, engine: Engine, settings: ServerSettings) -> Fas
             if kind == "chat":
                 yield chunk(None, None, first=True)
             while True:
-                event, *rest = await req.events.get()
+                event, *rest = await _events(req).get()
                 if event == "delta":
                     yield chunk(rest[0], None)
                 elif event == "done":

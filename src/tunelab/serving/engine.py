@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
@@ -126,7 +126,7 @@ class _Rows(BaseStreamer, StoppingCriteria):
                 req.finish_reason = "length"
             self._flush(req)
 
-    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
+    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
         done = [r.finish_reason is not None or r.cancelled.is_set() for r in self.requests]
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
@@ -293,7 +293,7 @@ def prefill_cache(model, prompts: list[list[int]], pad_id: int, adapter_names: l
         if not all(isinstance(layer, DynamicLayer) for layer in cache.layers):
             return None
         for j, i in enumerate(part):
-            rows[i] = [(layer.keys[j:j + 1], layer.values[j:j + 1]) for layer in cache.layers]
+            rows[i] = [(layer.keys[j:j + 1], layer.values[j:j + 1]) for layer in cast(list[Any], cache.layers)]
     merged = DynamicCache()
     for layer in range(len(rows[0])):
         keys, values = [], []

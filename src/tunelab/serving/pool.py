@@ -14,6 +14,7 @@ from tunelab.data.records import Example
 from tunelab.data.templates import Template, TemplateSet
 from tunelab.errors import ConfigError, ModelError
 from tunelab.inference.adapters import BASE, attach_adapter, read_adapter_meta
+from tunelab.modeling import Arch
 
 SERVABLE_ADAPTERS = ("lora", "qlora")  # PEFT mixes these in one batch (adapter_names)
 
@@ -44,14 +45,14 @@ class ServedModel:
 class Group:
     model: Any
     tokenizer: Any
-    arch: str
+    arch: Arch
     use_chat_template: bool
     encoder: PromptEncoder  # plain encoder (no truncation beyond the window) for chat/completion prompts
     max_length: int
     lock: threading.Lock = field(default_factory=threading.Lock)  # generation vs adapter loading
 
 
-def _task_prompt(run_dir: Path | None, meta: dict[str, Any], tokenizer, arch: str, use_chat: bool) -> TaskPrompt:
+def _task_prompt(run_dir: Path | None, meta: dict[str, Any], tokenizer, arch: Arch, use_chat: bool) -> TaskPrompt:
     if run_dir is not None and (run_dir / "config.yaml").is_file():
         cfg = load_config(run_dir / "config.yaml")
     else:  # an adapter folder outside a run: its task's default phrasing

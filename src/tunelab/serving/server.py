@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import signal
+from typing import Any
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -67,7 +68,7 @@ def _run_kinds(runs: list[str]) -> tuple[list[tuple[str, Path, dict]], list[tupl
 def _common_base(adapter_runs: list[tuple[str, Path, dict]]) -> str | None:
     if not adapter_runs:
         return None
-    bases = {}
+    bases: dict[str, list[tuple[str, Any]]] = {}
     for name, _, meta in adapter_runs:
         key = str(meta.get("base_fingerprint") or meta.get("base_model"))
         bases.setdefault(key, []).append((name, meta.get("base_model")))
@@ -111,8 +112,8 @@ def build(options: ServeOptions):
         pool.set_base(base)
     for name, folder, _ in adapter_runs:
         pool.add_adapter(name, folder)
-    for name, path in options.adapters.items():
-        pool.add_adapter(name, path)
+    for name, adapter_path in options.adapters.items():
+        pool.add_adapter(name, adapter_path)
     for name, path in full_runs:
         pool.add_full_run(name, path)
     engine = Engine(pool, options.max_batch_size, options.batch_window_ms, options.max_queue, options.precision)

@@ -105,7 +105,7 @@ def _what_is_kept(folder: Path) -> str:
 
 def _write_schedule_and_position(stage: Path, scheduler, state: TrainingState) -> None:
     torch.save(scheduler.state_dict(), stage / "scheduler.pt")
-    rng = {"cpu": torch.get_rng_state()}
+    rng: dict[str, Any] = {"cpu": torch.get_rng_state()}
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state_all()
     torch.save(rng, stage / "rng.pt")

@@ -102,7 +102,7 @@ def share_embedding_modules(model: torch.nn.Module) -> None:
     shared = base.get_input_embeddings()
     for stack in (getattr(base, "encoder", None), getattr(base, "decoder", None)):
         embed = getattr(stack, "embed_tokens", None)
-        if embed is not None and embed is not shared and getattr(embed, "weight", None) is shared.weight:
+        if stack is not None and embed is not None and embed is not shared and getattr(embed, "weight", None) is shared.weight:
             stack.embed_tokens = shared
 
 
@@ -117,7 +117,7 @@ def whole_trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {n: _full(p.detach()).cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
 
 
-def whole_model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+def whole_model_state(model: torch.nn.Module) -> dict[str, Any]:
     """The whole state dict on the main process (a collective under FSDP; other processes get {})."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
@@ -164,7 +164,7 @@ def load_optimizer_state(model: torch.nn.Module, optimizer: Any, state: dict[str
 SHARDED = "sharded"  # a checkpoint's torch.distributed.checkpoint folder under FSDP
 
 
-def _trainable_model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+def _trainable_model_state(model: torch.nn.Module) -> dict[str, Any]:
     """The trainable entries of the model's state dict, sharded as the model is (DTensors under FSDP)."""
     from torch.distributed.checkpoint.state_dict import get_model_state_dict
 
@@ -194,13 +194,13 @@ def load_sharded_state(folder: Path, model: torch.nn.Module, optimizer: Any) -> 
     )
 
     inner = _inner(optimizer)
-    state = {"model": _trainable_model_state(model), "optim": get_optimizer_state_dict(model, inner)}
+    weights, optim = _trainable_model_state(model), get_optimizer_state_dict(model, inner)
     try:
-        dcp.load(state, checkpoint_id=str(folder))
+        dcp.load({"model": weights, "optim": optim}, checkpoint_id=str(folder))  # fills both in place
     except Exception as e:  # torch raises CheckpointException, listing every rank's failure
         raise TrainingError(f"checkpoint {folder.parent} does not match the model or cannot be read: {e}") from None
-    set_model_state_dict(model, state["model"], options=StateDictOptions(strict=False))
-    set_optimizer_state_dict(model, inner, optim_state_dict=state["optim"])
+    set_model_state_dict(model, weights, options=StateDictOptions(strict=False))
+    set_optimizer_state_dict(model, inner, optim_state_dict=optim)
 
 
 def read_sharded_weights(folder: Path) -> dict[str, torch.Tensor]:

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration
@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from tunelab.config.schema import TrainingConfig
-from tunelab.data.collate import LengthGroupedBatches, TrainCollator
+from tunelab.data.collate import LengthGroupedBatches, TrainCollator, as_dataset
 from tunelab.data.encoding import IGNORE_INDEX, Encoded
 from tunelab.errors import TrainingError
 from tunelab.modeling import Arch, base_model
@@ -132,7 +132,7 @@ def evaluation_loss(model: torch.nn.Module, loader: DataLoader, arch: Arch,
     model.train(was_training)
     if accelerator is not None and accelerator.num_processes > 1:
         sums = accelerator.reduce(sums.to(accelerator.device), "sum").cpu()
-    return float(sums[0] / max(sums[1], 1))
+    return float(sums[0]) / max(float(sums[1]), 1.0)
 
 
 @dataclass
@@ -206,8 +206,9 @@ def _set_up(model: torch.nn.Module, tokenizer, arch: Arch, train_set: Sequence[E
     collator = TrainCollator(tokenizer.pad_token_id, arch)
     # split_batches: `batch_size` is the global batch; under DDP each process takes its slice of it.
     batches = LengthGroupedBatches([e.length for e in train_set], cfg.batch_size, seed, cfg.group_by_length)
-    loader = DataLoader(list(train_set), batch_sampler=batches, collate_fn=collator)
-    eval_loader = (DataLoader(list(eval_set), batch_size=cfg.batch_size, collate_fn=collator) if eval_set else None)
+    loader: DataLoader = DataLoader(as_dataset(train_set), batch_sampler=batches, collate_fn=collator)
+    eval_loader = (DataLoader(as_dataset(eval_set), batch_size=cfg.batch_size, collate_fn=collator) if eval_set
+                   else None)
 
     total_steps = total_optimizer_steps(cfg, len(loader))
     params = [p for p in model.parameters() if p.requires_grad]
@@ -257,7 +258,7 @@ def _start_logging(state: LoopState, log_dir: Path | None, resumed: bool, show_p
 def _train_epoch(state: LoopState) -> None:
     # accelerate's loader calls set_epoch(<its own iteration count>) on the batch sampler whenever it is
     # iterated, and that count restarts at 0 after a resume: set both to tunelab's epoch.
-    state.loader.set_epoch(state.epoch)
+    state.loader.set_epoch(state.epoch)  # type: ignore[attr-defined]  # accelerate's DataLoaderShard
     state.batches.set_epoch(state.epoch)
     epoch_loader = state.accelerator.skip_first_batches(state.loader, state.skip) if state.skip else state.loader
     iterator = iter(epoch_loader)
@@ -352,6 +353,7 @@ def _after_update(state: LoopState, batch_in_epoch: int) -> None:
 
 
 def _log_eval_loss(state: LoopState) -> None:
+    assert state.eval_loader is not None  # called only when there is a validation split
     state.result.eval_loss.append((state.step, evaluation_loss(state.model, state.eval_loader, state.arch,
                                                                state.accelerator)))
     if state.writer:
@@ -359,6 +361,7 @@ def _log_eval_loss(state: LoopState) -> None:
 
 
 def _log_generation(state: LoopState) -> None:
+    assert state.validate is not None  # called only when generation scoring is configured
     scores = state.validate(state.accelerator.unwrap_model(state.model))  # generate() lives on the plain model
     state.result.eval_generation.append((state.step, scores))
     if state.writer:
@@ -431,7 +434,8 @@ def _finish(state: LoopState) -> TrainResult:
     if state.cfg.gradient_checkpointing:
         disable_gradient_checkpointing(model)
     if state.cfg.select_by != "last" and state.best is not None:
-        weights = state.best_weights or load_best(state.checkpoint_dir)
+        # in memory, or on disk when there is a checkpoint folder (`_consider`)
+        weights = state.best_weights or load_best(cast(Path, state.checkpoint_dir))
         load_trainable_state(model, weights)
         result.selected = {"by": state.cfg.select_by, **state.best}
     return result
