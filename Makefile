@@ -39,10 +39,11 @@ demo-lora: setup
 	$(BIN)/tunelab models pull smollm2-135m-instruct
 	$(BIN)/tunelab train configs/dialogsum_lora.yaml --set name=dialogsum-lora-$(RUN_ID)
 
-## Lint (bug-catching rules) and type check, then the whole test suite, the real-model tests included (pulls
+## Lint (bug-catching rules), format check and type check, then the whole test suite, the real-model tests included (pulls
 ## smollm2-135m-instruct once).
 test: setup
 	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy
 	$(BIN)/tunelab models pull smollm2-135m-instruct
 	$(BIN)/python -m pytest -q

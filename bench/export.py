@@ -41,9 +41,10 @@ def greedy_torch(model, prompts: list[list[int]], max_new: int, eos: int) -> lis
     outs = []
     for ids in prompts:
         with torch.no_grad():
-            out = model.generate(torch.tensor([ids]), max_new_tokens=max_new, do_sample=False, eos_token_id=eos,
-                                 pad_token_id=eos)
-        new = out[0, len(ids):].tolist()
+            out = model.generate(
+                torch.tensor([ids]), max_new_tokens=max_new, do_sample=False, eos_token_id=eos, pad_token_id=eos
+            )
+        new = out[0, len(ids) :].tolist()
         outs.append(new[: new.index(eos)] if eos in new else new)  # llama.cpp's loop stops before EOS too
     return outs
 
@@ -67,12 +68,19 @@ def agreement(reference: list[list[int]], other: list[list[int]]) -> dict:
     return {"exact": exact, "of": len(reference), "token_agreement": round(agreed / max(total, 1), 4)}
 
 
-def greedy_llamacpp(path: Path, prompts: list[list[int]], max_new: int, eos: int, lora: Path | None = None,
-                    texts: list[str] | None = None) -> tuple[list[list[int]], bool]:
+def greedy_llamacpp(
+    path: Path,
+    prompts: list[list[int]],
+    max_new: int,
+    eos: int,
+    lora: Path | None = None,
+    texts: list[str] | None = None,
+) -> tuple[list[list[int]], bool]:
     from llama_cpp import Llama
 
-    llm = Llama(model_path=str(path), lora_path=str(lora) if lora else None, n_ctx=2048, n_threads=2,
-                verbose=False, seed=0)
+    llm = Llama(
+        model_path=str(path), lora_path=str(lora) if lora else None, n_ctx=2048, n_threads=2, verbose=False, seed=0
+    )
     same_ids = all(llm.tokenize(t.encode(), add_bos=False, special=True) == ids for t, ids in zip(texts or [], prompts))
     outs = []
     for ids in prompts:
@@ -110,28 +118,40 @@ def main() -> None:
     def rouge_l(outputs: list[list[int]]) -> float:
         texts = [tok.decode(o, skip_special_tokens=True).strip() for o in outputs]
         return round(rouge(texts, references, bootstrap_samples=0)["rougeL"]["f1"], 2)
+
     try:
         import llama_cpp
+
         llamacpp_version = llama_cpp.__version__
     except ImportError:
         llamacpp_version = None
-    results: dict = {"run": args.run, "prompts": args.n, "max_new_tokens": args.max_new_tokens,
-                     "machine": describe_environment(torch.device("cpu"), "float32", "float32"),
-                     "llama_cpp_python": llamacpp_version, "tunelab_rougeL": rouge_l(reference), "dtypes": {}}
+    results: dict = {
+        "run": args.run,
+        "prompts": args.n,
+        "max_new_tokens": args.max_new_tokens,
+        "machine": describe_environment(torch.device("cpu"), "float32", "float32"),
+        "llama_cpp_python": llamacpp_version,
+        "tunelab_rougeL": rouge_l(reference),
+        "dtypes": {},
+    }
     with tempfile.TemporaryDirectory() as tmp:
         for dtype in ("f32", "f16", "bf16", "q8_0"):
             t0 = time.perf_counter()
             out = export_run(args.run, Path(tmp) / dtype, dtype=dtype).out
-            row: dict = {"seconds": round(time.perf_counter() - t0, 1),
-                         "mib": round((out / "model.gguf").stat().st_size / 2**20, 1)}
+            row: dict = {
+                "seconds": round(time.perf_counter() - t0, 1),
+                "mib": round((out / "model.gguf").stat().st_size / 2**20, 1),
+            }
             loaded = AutoModelForCausalLM.from_pretrained(out, gguf_file="model.gguf", dtype=torch.float32).eval()
-            row["transformers"] = {"max_logit_diff": max_logit_diff(merged, loaded, prompts),
-                                   **agreement(reference, greedy_torch(loaded, prompts, args.max_new_tokens,
-                                                                       tok.eos_token_id))}
+            row["transformers"] = {
+                "max_logit_diff": max_logit_diff(merged, loaded, prompts),
+                **agreement(reference, greedy_torch(loaded, prompts, args.max_new_tokens, tok.eos_token_id)),
+            }
             del loaded
             if llamacpp_version:
-                outs, same_ids = greedy_llamacpp(out / "model.gguf", prompts, args.max_new_tokens, tok.eos_token_id,
-                                                 texts=texts)
+                outs, same_ids = greedy_llamacpp(
+                    out / "model.gguf", prompts, args.max_new_tokens, tok.eos_token_id, texts=texts
+                )
                 row["llama_cpp"] = {"same_prompt_ids": same_ids, **agreement(reference, outs), "rougeL": rouge_l(outs)}
                 if dtype == "f16":
                     merged_outs = outs
@@ -139,22 +159,31 @@ def main() -> None:
             print(dtype, json.dumps(row), flush=True)
         if llamacpp_version:
             pair = export_run(args.run, Path(tmp) / "adapter", dtype="f16", adapter_only=True).out
-            outs, _ = greedy_llamacpp(pair / "base.gguf", prompts, args.max_new_tokens, tok.eos_token_id,
-                                      lora=pair / "adapter.gguf")
-            results["adapter_only_f16"] = {"adapter_mib": round((pair / "adapter.gguf").stat().st_size / 2**20, 1),
-                                           "vs_merged_f16": agreement(merged_outs, outs),
-                                           "vs_tunelab": agreement(reference, outs)}
+            outs, _ = greedy_llamacpp(
+                pair / "base.gguf", prompts, args.max_new_tokens, tok.eos_token_id, lora=pair / "adapter.gguf"
+            )
+            results["adapter_only_f16"] = {
+                "adapter_mib": round((pair / "adapter.gguf").stat().st_size / 2**20, 1),
+                "vs_merged_f16": agreement(merged_outs, outs),
+                "vs_tunelab": agreement(reference, outs),
+            }
             print("adapter-only", json.dumps(results["adapter_only_f16"]), flush=True)
     Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
-    lines = [f"tunelab (PyTorch, merged fp32) ROUGE-L on the {args.n} dialogues: {results['tunelab_rougeL']}", "",
-             "| dtype | size (MiB) | transformers max logit diff | transformers greedy = tunelab | "
-             "llama.cpp greedy = tunelab | llama.cpp token agreement | llama.cpp ROUGE-L |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        f"tunelab (PyTorch, merged fp32) ROUGE-L on the {args.n} dialogues: {results['tunelab_rougeL']}",
+        "",
+        "| dtype | size (MiB) | transformers max logit diff | transformers greedy = tunelab | "
+        "llama.cpp greedy = tunelab | llama.cpp token agreement | llama.cpp ROUGE-L |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for dtype, row in results["dtypes"].items():
         lc = row.get("llama_cpp", {})
-        lines.append(f"| {dtype} | {row['mib']} | {row['transformers']['max_logit_diff']:.2e} | "
-                     f"{row['transformers']['exact']}/{row['transformers']['of']} | "
-                     f"{lc.get('exact', '-')}/{lc.get('of', '-')} | {lc.get('token_agreement', '-')} | "
-                     f"{lc.get('rougeL', '-')} |")
+        lines.append(
+            f"| {dtype} | {row['mib']} | {row['transformers']['max_logit_diff']:.2e} | "
+            f"{row['transformers']['exact']}/{row['transformers']['of']} | "
+            f"{lc.get('exact', '-')}/{lc.get('of', '-')} | {lc.get('token_agreement', '-')} | "
+            f"{lc.get('rougeL', '-')} |"
+        )
     Path(args.out).with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

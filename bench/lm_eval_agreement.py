@@ -32,8 +32,12 @@ def main() -> None:
     args = ap.parse_args()
     path = tunelab.pull_model("smollm2-135m-instruct")
     loaded = load_model(tunelab.build_config({}).model, device=torch.device("cpu"))
-    tasks = [("boolq", {}), ("copa", {}), ("sst2", {}),
-             ("mmlu", {"subjects": ["high_school_geography", "marketing"], "num_fewshot": 5})]
+    tasks = [
+        ("boolq", {}),
+        ("copa", {}),
+        ("sst2", {}),
+        ("mmlu", {"subjects": ["high_school_geography", "marketing"], "num_fewshot": 5}),
+    ]
     rows = []
     for name, extra in tasks:
         spec = get_task(name, limit=args.limit, **extra)
@@ -45,24 +49,47 @@ def main() -> None:
         t2 = time.perf_counter()
         diff = max(abs(a - b) for x, y in zip(ours.per_example["loglik"], theirs["loglik"]) for a, b in zip(x, y))
         agree = sum(a == b for a, b in zip(ours.per_example["correct"], theirs["correct"]))
-        rows.append({"task": name, "shots": spec.num_fewshot, "n": ours.n, "tunelab_accuracy": ours.score,
-                     "lm_eval_accuracy": theirs["accuracy"], "same_prediction": agree, "max_loglik_diff": diff,
-                     "tunelab_seconds": t1 - t0, "lm_eval_seconds": t2 - t1})
-    print("| task | shots | n | tunelab acc | lm-eval acc | same prediction | max |loglik diff| | time tunelab / lm-eval |")
+        rows.append(
+            {
+                "task": name,
+                "shots": spec.num_fewshot,
+                "n": ours.n,
+                "tunelab_accuracy": ours.score,
+                "lm_eval_accuracy": theirs["accuracy"],
+                "same_prediction": agree,
+                "max_loglik_diff": diff,
+                "tunelab_seconds": t1 - t0,
+                "lm_eval_seconds": t2 - t1,
+            }
+        )
+    print(
+        "| task | shots | n | tunelab acc | lm-eval acc | same prediction | max |loglik diff| | time tunelab / lm-eval |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['task']} | {r['shots']} | {r['n']} | {r['tunelab_accuracy']:.1f} | {r['lm_eval_accuracy']:.1f} | "
-              f"{r['same_prediction']}/{r['n']} | {r['max_loglik_diff']:.2e} | "
-              f"{r['tunelab_seconds'] / r['lm_eval_seconds']:.2f} |")
+        print(
+            f"| {r['task']} | {r['shots']} | {r['n']} | {r['tunelab_accuracy']:.1f} | {r['lm_eval_accuracy']:.1f} | "
+            f"{r['same_prediction']}/{r['n']} | {r['max_loglik_diff']:.2e} | "
+            f"{r['tunelab_seconds'] / r['lm_eval_seconds']:.2f} |"
+        )
     out = Path(__file__).parent / "results" / "lm_eval_agreement.json"
     out.parent.mkdir(exist_ok=True)
     from importlib.metadata import version
 
     from tunelab.environment import describe_environment
 
-    out.write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "lm_eval_version": version("lm-eval"),
-                               "precision": "fp32", "environment": describe_environment(torch.device("cpu")),
-                               "rows": rows}, indent=2))
+    out.write_text(
+        json.dumps(
+            {
+                "date": time.strftime("%Y-%m-%d"),
+                "lm_eval_version": version("lm-eval"),
+                "precision": "fp32",
+                "environment": describe_environment(torch.device("cpu")),
+                "rows": rows,
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -27,15 +27,28 @@ from pathlib import Path
 METHOD_CONFIGS = {
     "full": {"name": "full"},
     "lora": {"name": "lora", "r": 16, "alpha": 32, "dropout": 0.0, "target_modules": "all-linear"},
-    "qlora": {"name": "qlora", "r": 16, "alpha": 32, "dropout": 0.0, "target_modules": "all-linear",
-              "compute_dtype": "bfloat16"},
+    "qlora": {
+        "name": "qlora",
+        "r": 16,
+        "alpha": 32,
+        "dropout": 0.0,
+        "target_modules": "all-linear",
+        "compute_dtype": "bfloat16",
+    },
     "prompt_tuning": {"name": "prompt_tuning", "num_virtual_tokens": 20, "init": "text"},
     "ia3": {"name": "ia3"},
 }
 
 
-def worker(method: str, batch_size: int, steps: int, max_input_tokens: int, precision: str = "auto",
-           checkpointing: bool = False, attn: str = "auto") -> dict:
+def worker(
+    method: str,
+    batch_size: int,
+    steps: int,
+    max_input_tokens: int,
+    precision: str = "auto",
+    checkpointing: bool = False,
+    attn: str = "auto",
+) -> dict:
     import torch
 
     import tunelab
@@ -56,7 +69,8 @@ def worker(method: str, batch_size: int, steps: int, max_input_tokens: int, prec
     enc = PromptEncoder(loaded.tokenizer, "causal", loaded.use_chat_template, max_input_tokens, 64)
     examples = load_split(cfg.data, "train")[:batch_size]
     batch = TrainCollator(loaded.tokenizer.pad_token_id, "causal")(
-        [enc.encode_for_training(ts.eval, ex) for ex in examples])
+        [enc.encode_for_training(ts.eval, ex) for ex in examples]
+    )
     batch = {k: v.to(device) for k, v in batch.items()}
     torch.manual_seed(0)
     model = m.prepare(loaded.model, cfg.method, ModelContext("causal", loaded.source.path, ts.eval.instruction))
@@ -82,10 +96,17 @@ def worker(method: str, batch_size: int, steps: int, max_input_tokens: int, prec
         if i:
             times.append(time.perf_counter() - t0)
     label = method + (" +ckpt" if checkpointing else "") + (f" [{attn}]" if attn != "auto" else "")
-    out = {"method": label, "precision": amp, "step_seconds": sorted(times)[len(times) // 2], "step_seconds_all": times,
-           "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-           "rss_after_load_bytes": rss_ready, "batch_shape": list(batch["input_ids"].shape),
-           "completion_tokens": int((batch["labels"] != -100).sum()), **parameter_counts(model)}
+    out = {
+        "method": label,
+        "precision": amp,
+        "step_seconds": sorted(times)[len(times) // 2],
+        "step_seconds_all": times,
+        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "rss_after_load_bytes": rss_ready,
+        "batch_shape": list(batch["input_ids"].shape),
+        "completion_tokens": int((batch["labels"] != -100).sum()),
+        **parameter_counts(model),
+    }
     if device.type == "cuda":
         out["peak_cuda_allocated_bytes"] = torch.cuda.max_memory_allocated()
     return out
@@ -99,24 +120,54 @@ def main() -> None:
     ap.add_argument("--max-input-tokens", type=int, default=256)
     ap.add_argument("--precision", default="auto", help="autocast precision, as training.precision")
     ap.add_argument("--checkpointing", action="store_true", help=argparse.SUPPRESS)
-    ap.add_argument("--also-checkpointing", default="full,lora,qlora",
-                    help="methods also measured with training.gradient_checkpointing")
+    ap.add_argument(
+        "--also-checkpointing",
+        default="full,lora,qlora",
+        help="methods also measured with training.gradient_checkpointing",
+    )
     ap.add_argument("--attn", default="auto", help="model.attn_implementation values to measure, comma-separated")
-    ap.add_argument("--return-freed-memory", action="store_true",
-                    help="fixed glibc mmap threshold in the workers: peak RSS follows live memory")
+    ap.add_argument(
+        "--return-freed-memory",
+        action="store_true",
+        help="fixed glibc mmap threshold in the workers: peak RSS follows live memory",
+    )
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "methods.json"))
     args = ap.parse_args()
     if args.worker:
-        print(json.dumps(worker(args.worker, args.batch, args.steps, args.max_input_tokens, args.precision,
-                                args.checkpointing, args.attn)))
+        print(
+            json.dumps(
+                worker(
+                    args.worker,
+                    args.batch,
+                    args.steps,
+                    args.max_input_tokens,
+                    args.precision,
+                    args.checkpointing,
+                    args.attn,
+                )
+            )
+        )
         return
     rows = []
     runs = [(m, False) for m in args.methods.split(",")] + [(m, True) for m in args.also_checkpointing.split(",") if m]
     for (method, ckpt), attn in ((r, a) for r in runs for a in args.attn.split(",")):
-        cmd = [sys.executable, __file__, "--worker", method, "--batch", str(args.batch), "--steps", str(args.steps),
-               "--max-input-tokens", str(args.max_input_tokens), "--precision", args.precision, "--attn", attn] \
-            + (["--checkpointing"] if ckpt else [])
+        cmd = [
+            sys.executable,
+            __file__,
+            "--worker",
+            method,
+            "--batch",
+            str(args.batch),
+            "--steps",
+            str(args.steps),
+            "--max-input-tokens",
+            str(args.max_input_tokens),
+            "--precision",
+            args.precision,
+            "--attn",
+            attn,
+        ] + (["--checkpointing"] if ckpt else [])
         env = {**os.environ, "TQDM_DISABLE": "1"}
         if args.return_freed_memory:
             env["MALLOC_MMAP_THRESHOLD_"] = "65536"
@@ -128,24 +179,38 @@ def main() -> None:
         print(f"  measured {method}", file=sys.stderr)
     ref = next((r for r in rows if r["method"] == "full"), rows[0])
     mem_key = "peak_cuda_allocated_bytes" if "peak_cuda_allocated_bytes" in ref else "peak_rss_bytes"
-    print(f"\nbatch {ref['batch_shape']} (DialogSum train, chat template), precision {ref['precision']}, median of "
-          f"{args.steps} steps after 1 warm-up; memory = {mem_key} (whole process, model included)"
-          + ("; freed memory returned to the OS (fixed mmap threshold)" if args.return_freed_memory else "") + "\n")
+    print(
+        f"\nbatch {ref['batch_shape']} (DialogSum train, chat template), precision {ref['precision']}, median of "
+        f"{args.steps} steps after 1 warm-up; memory = {mem_key} (whole process, model included)"
+        + ("; freed memory returned to the OS (fixed mmap threshold)" if args.return_freed_memory else "")
+        + "\n"
+    )
     print("| method | trainable % | step s | step / full | peak memory GiB | memory / full |")
     print("|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['method']} | {r['trainable_percent']:.3f} | {r['step_seconds']:.2f} | "
-              f"{r['step_seconds'] / ref['step_seconds']:.2f} | {r[mem_key] / 2**30:.2f} | "
-              f"{r[mem_key] / ref[mem_key]:.2f} |")
+        print(
+            f"| {r['method']} | {r['trainable_percent']:.3f} | {r['step_seconds']:.2f} | "
+            f"{r['step_seconds'] / ref['step_seconds']:.2f} | {r[mem_key] / 2**30:.2f} | "
+            f"{r[mem_key] / ref[mem_key]:.2f} |"
+        )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     import torch
 
     from tunelab.environment import describe_environment
 
-    Path(args.out).write_text(json.dumps({"machine": platform.platform(), "cpu_count": os.cpu_count(),
-                                          "environment": describe_environment(torch.device("cpu")),
-                                          "return_freed_memory": args.return_freed_memory,
-                                          "date": time.strftime("%Y-%m-%d"), "rows": rows}, indent=2))
+    Path(args.out).write_text(
+        json.dumps(
+            {
+                "machine": platform.platform(),
+                "cpu_count": os.cpu_count(),
+                "environment": describe_environment(torch.device("cpu")),
+                "return_freed_memory": args.return_freed_memory,
+                "date": time.strftime("%Y-%m-%d"),
+                "rows": rows,
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -50,41 +50,54 @@ def collect_demo(directory: Path) -> dict:
     arms = load_arms(directory)
     finished = max((a.path / "COMPLETE").stat().st_mtime for a in arms if (a.path / "COMPLETE").exists())
     env = next((a.metrics["environment"] for a in arms if a.training and "environment" in a.metrics), {})
-    return {"table": markdown_table(SUMMARY_HEADERS, summary_rows(arms)), "machine": machine_line(env),
-            "precision": env.get("precision"),
-            "date": time.strftime("%Y-%m-%d", time.gmtime(finished))}
+    return {
+        "table": markdown_table(SUMMARY_HEADERS, summary_rows(arms)),
+        "machine": machine_line(env),
+        "precision": env.get("precision"),
+        "date": time.strftime("%Y-%m-%d", time.gmtime(finished)),
+    }
 
 
 def collect_demo_lora(runs: Path) -> dict:
     """Before/after and cost tables of the newest finished `make demo-lora` run."""
     from tunelab.reporting.tables import before_after_table, cost_table
 
-    finished = sorted((p for p in runs.glob("dialogsum-lora-*") if (p / "COMPLETE").exists()),
-                      key=lambda p: (p / "COMPLETE").stat().st_mtime)
+    finished = sorted(
+        (p for p in runs.glob("dialogsum-lora-*") if (p / "COMPLETE").exists()),
+        key=lambda p: (p / "COMPLETE").stat().st_mtime,
+    )
     if not finished:
         raise SystemExit(f"no finished dialogsum-lora-* run in {runs}: run make demo-lora first")
     metrics = json.loads((finished[-1] / "metrics.json").read_text())
     env = metrics.get("environment") or {}
-    return {"run": finished[-1].name, "examples": metrics["after"].get("examples"),
-            "metrics": before_after_table(metrics.get("before"), metrics["after"]),
-            "cost": cost_table(metrics["cost"], metrics.get("training")), "machine": machine_line(env),
-            "precision": env.get("precision"),
-            "date": time.strftime("%Y-%m-%d", time.gmtime((finished[-1] / "COMPLETE").stat().st_mtime))}
+    return {
+        "run": finished[-1].name,
+        "examples": metrics["after"].get("examples"),
+        "metrics": before_after_table(metrics.get("before"), metrics["after"]),
+        "cost": cost_table(metrics["cost"], metrics.get("training")),
+        "machine": machine_line(env),
+        "precision": env.get("precision"),
+        "date": time.strftime("%Y-%m-%d", time.gmtime((finished[-1] / "COMPLETE").stat().st_mtime)),
+    }
 
 
 def render_demo_lora() -> str:
     run = json.loads((RESULTS / "demo_lora.json").read_text())
     precision = run.get("precision") or {}
-    return (f"{run['metrics'].rstrip()}\n\n{run['cost'].rstrip()}\n\n`make demo-lora` ({run['run']}) on {run['date']}, "
-            f"{run['examples']} test dialogues: {run['machine']}; training in {precision.get('training', '?')}, "
-            f"generation in {precision.get('generation', '?')}.")
+    return (
+        f"{run['metrics'].rstrip()}\n\n{run['cost'].rstrip()}\n\n`make demo-lora` ({run['run']}) on {run['date']}, "
+        f"{run['examples']} test dialogues: {run['machine']}; training in {precision.get('training', '?')}, "
+        f"generation in {precision.get('generation', '?')}."
+    )
 
 
 def render_demo() -> str:
     demo = json.loads((RESULTS / "demo.json").read_text())
     precision = demo.get("precision") or {}
-    return (f"{demo['table'].rstrip()}\n\nMeasured by `make demo` on {demo['date']}: {demo['machine']}; training in "
-            f"{precision.get('training', '?')}, generation in {precision.get('generation', '?')}.")
+    return (
+        f"{demo['table'].rstrip()}\n\nMeasured by `make demo` on {demo['date']}: {demo['machine']}; training in "
+        f"{precision.get('training', '?')}, generation in {precision.get('generation', '?')}."
+    )
 
 
 def render_export() -> str:
@@ -94,11 +107,15 @@ def render_export() -> str:
     lines = [table, ""]
     if pair:
         same = pair["vs_merged_f16"]
-        lines.append(f"Base f16 + LoRA file ({pair['adapter_mib']} MiB) in llama.cpp: {same['exact']}/{same['of']} "
-                     f"outputs identical to the merged f16 file.")
-    lines.append(f"`python bench/export.py` on {data['prompts']} DialogSum test dialogues (greedy, at most "
-                 f"{data['max_new_tokens']} new tokens), {machine_line(data['machine'])}, llama-cpp-python "
-                 f"{data.get('llama_cpp_python') or 'not installed'}.")
+        lines.append(
+            f"Base f16 + LoRA file ({pair['adapter_mib']} MiB) in llama.cpp: {same['exact']}/{same['of']} "
+            f"outputs identical to the merged f16 file."
+        )
+    lines.append(
+        f"`python bench/export.py` on {data['prompts']} DialogSum test dialogues (greedy, at most "
+        f"{data['max_new_tokens']} new tokens), {machine_line(data['machine'])}, llama-cpp-python "
+        f"{data.get('llama_cpp_python') or 'not installed'}."
+    )
     return "\n".join(lines)
 
 
@@ -107,20 +124,29 @@ def render_serve() -> str:
 
     data = json.loads((RESULTS / "serve.json").read_text())
     s, c = data["one_at_a_time"], data["concurrent"]
-    rows = [f"| one at a time | {s['requests_per_second']:.2f} | {s['tokens_per_second']:.1f} | "
-            f"{s['p50_latency_s']:.1f} s | {s['p95_latency_s']:.1f} s |",
-            f"| {data['clients']} concurrent clients | {c['requests_per_second']:.2f} | {c['tokens_per_second']:.1f} | "
-            f"{c['p50_latency_s']:.1f} s | {c['p95_latency_s']:.1f} s |",
-            f"| ratio | **{data['throughput_ratio']:.2f}x** | "
-            f"{c['tokens_per_second'] / s['tokens_per_second']:.2f}x | | |"]
-    lines = ["| | requests/s | tokens/s | p50 latency | p95 latency |", "|---|---|---|---|---|", *rows, "",
-             f"Answers identical both ways: {data['identical_outputs']}."]
+    rows = [
+        f"| one at a time | {s['requests_per_second']:.2f} | {s['tokens_per_second']:.1f} | "
+        f"{s['p50_latency_s']:.1f} s | {s['p95_latency_s']:.1f} s |",
+        f"| {data['clients']} concurrent clients | {c['requests_per_second']:.2f} | {c['tokens_per_second']:.1f} | "
+        f"{c['p50_latency_s']:.1f} s | {c['p95_latency_s']:.1f} s |",
+        f"| ratio | **{data['throughput_ratio']:.2f}x** | {c['tokens_per_second'] / s['tokens_per_second']:.2f}x | | |",
+    ]
+    lines = [
+        "| | requests/s | tokens/s | p50 latency | p95 latency |",
+        "|---|---|---|---|---|",
+        *rows,
+        "",
+        f"Answers identical both ways: {data['identical_outputs']}.",
+    ]
     if memory := data.get("memory"):
-        lines[-1] += (f" Memory (resident, each in its own process): one base + 8 adapters "
-                      f"{human_bytes(memory['base_plus_8_adapters_rss_bytes'])} vs 8 merged models "
-                      f"{human_bytes(memory['8_merged_models_rss_bytes'])} ({memory['ratio']:.2f}x).")
-    lines.append(f"(`python bench/serve.py` on {data['date']}: {machine_line({'cpu': data.get('cpu')})}"
-                 f"; {data['precision']}.)")
+        lines[-1] += (
+            f" Memory (resident, each in its own process): one base + 8 adapters "
+            f"{human_bytes(memory['base_plus_8_adapters_rss_bytes'])} vs 8 merged models "
+            f"{human_bytes(memory['8_merged_models_rss_bytes'])} ({memory['ratio']:.2f}x)."
+        )
+    lines.append(
+        f"(`python bench/serve.py` on {data['date']}: {machine_line({'cpu': data.get('cpu')})}; {data['precision']}.)"
+    )
     return "\n".join(lines)
 
 
@@ -129,20 +155,33 @@ LM_EVAL_TASKS = {"boolq": "BoolQ", "copa": "COPA", "sst2": "SST-2", "mmlu": "MML
 
 def render_lm_eval() -> str:
     data = json.loads((RESULTS / "lm_eval_agreement.json").read_text())
-    lines = ["| task | shots | n | tunelab accuracy | lm-eval accuracy | same prediction | "
-             "max abs. log-likelihood difference | time tunelab / lm-eval |", "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| task | shots | n | tunelab accuracy | lm-eval accuracy | same prediction | "
+        "max abs. log-likelihood difference | time tunelab / lm-eval |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in data["rows"]:
-        lines.append(f"| {LM_EVAL_TASKS.get(r['task'], r['task'])} | {r['shots']} | {r['n']} | "
-                     f"{r['tunelab_accuracy']:.1f} | {r['lm_eval_accuracy']:.1f} | {r['same_prediction']}/{r['n']} | "
-                     f"{r['max_loglik_diff']:.1e} | {r['tunelab_seconds'] / r['lm_eval_seconds']:.2f} |")
+        lines.append(
+            f"| {LM_EVAL_TASKS.get(r['task'], r['task'])} | {r['shots']} | {r['n']} | "
+            f"{r['tunelab_accuracy']:.1f} | {r['lm_eval_accuracy']:.1f} | {r['same_prediction']}/{r['n']} | "
+            f"{r['max_loglik_diff']:.1e} | {r['tunelab_seconds'] / r['lm_eval_seconds']:.2f} |"
+        )
     machine = f", {machine_line(data['environment'])}" if data.get("environment") else ""
-    lines += ["", f"(lm-eval {data.get('lm_eval_version', '?')}, {data.get('precision', 'fp32')}, {data['date']}{machine}.)"]
+    lines += [
+        "",
+        f"(lm-eval {data.get('lm_eval_version', '?')}, {data.get('precision', 'fp32')}, {data['date']}{machine}.)",
+    ]
     return "\n".join(lines)
 
 
-METHOD_LABELS = {"lora": "lora (r 16, all-linear)", "qlora": "qlora (NF4, bf16 compute)",
-                 "prompt_tuning": "prompt_tuning (20 tokens)", "full +ckpt": "full + gradient checkpointing",
-                 "lora +ckpt": "lora + gradient checkpointing", "qlora +ckpt": "qlora + gradient checkpointing"}
+METHOD_LABELS = {
+    "lora": "lora (r 16, all-linear)",
+    "qlora": "qlora (NF4, bf16 compute)",
+    "prompt_tuning": "prompt_tuning (20 tokens)",
+    "full +ckpt": "full + gradient checkpointing",
+    "lora +ckpt": "lora + gradient checkpointing",
+    "qlora +ckpt": "qlora + gradient checkpointing",
+}
 
 
 def render_methods() -> str:
@@ -150,22 +189,37 @@ def render_methods() -> str:
     default = json.loads((RESULTS / "methods.json").read_text())
     freed = {r["method"]: r for r in json.loads((RESULTS / "methods_freed.json").read_text())["rows"]}
     full, full_freed = default["rows"][0], freed.get("full")
-    lines = ["| method | trainable % | step / full | memory / full (default allocator) | "
-             "memory / full (freed memory returned) |", "|---|---|---|---|---|"]
+    lines = [
+        "| method | trainable % | step / full | memory / full (default allocator) | "
+        "memory / full (freed memory returned) |",
+        "|---|---|---|---|---|",
+    ]
     for r in default["rows"]:
         is_full = r["method"] == "full"
         step = f"1.00 ({r['step_seconds']:.2f} s)" if is_full else f"{r['step_seconds'] / full['step_seconds']:.2f}"
-        mem = (f"1.00 ({r['peak_rss_bytes'] / 2**30:.2f} GiB)" if is_full
-               else f"{r['peak_rss_bytes'] / full['peak_rss_bytes']:.2f}")
+        mem = (
+            f"1.00 ({r['peak_rss_bytes'] / 2**30:.2f} GiB)"
+            if is_full
+            else f"{r['peak_rss_bytes'] / full['peak_rss_bytes']:.2f}"
+        )
         other = freed.get(r["method"])
-        mem_freed = ("-" if other is None or full_freed is None else
-                     f"1.00 ({other['peak_rss_bytes'] / 2**30:.2f} GiB)" if is_full else
-                     f"{other['peak_rss_bytes'] / full_freed['peak_rss_bytes']:.2f}")
-        lines.append(f"| {METHOD_LABELS.get(r['method'], r['method'])} | {r['trainable_percent']:.3f} | {step} | {mem} | "
-                     f"{mem_freed} |")
+        mem_freed = (
+            "-"
+            if other is None or full_freed is None
+            else f"1.00 ({other['peak_rss_bytes'] / 2**30:.2f} GiB)"
+            if is_full
+            else f"{other['peak_rss_bytes'] / full_freed['peak_rss_bytes']:.2f}"
+        )
+        lines.append(
+            f"| {METHOD_LABELS.get(r['method'], r['method'])} | {r['trainable_percent']:.3f} | {step} | {mem} | "
+            f"{mem_freed} |"
+        )
     where = machine_line(default["environment"]) if default.get("environment") else default["machine_note"]
-    lines += ["", f"(`python bench/methods.py` and `--return-freed-memory`, {default['date']}, {where}; "
-                  "`bench/results/methods.md`.)"]
+    lines += [
+        "",
+        f"(`python bench/methods.py` and `--return-freed-memory`, {default['date']}, {where}; "
+        "`bench/results/methods.md`.)",
+    ]
     return "\n".join(lines)
 
 
@@ -175,23 +229,31 @@ TRAIN_LABELS = {"causal": "SmolLM2-135M (causal)", "seq2seq": "T5, flan-t5-small
 def render_throughput() -> str:
     data = json.loads((RESULTS / "throughput.json").read_text())
     speed = {(r["arch"], r["method"], r["side"]): r["completion_tokens_per_s"] for r in data["train"]}
-    lines = ["| model | method | tunelab fp32 / reference fp32 | tunelab bf16 / reference bf16 | "
-             "tunelab default (auto = bf16 here) / reference default (fp32) |", "|---|---|---|---|---|"]
+    lines = [
+        "| model | method | tunelab fp32 / reference fp32 | tunelab bf16 / reference bf16 | "
+        "tunelab default (auto = bf16 here) / reference default (fp32) |",
+        "|---|---|---|---|---|",
+    ]
+
     def ratio(arch: str, method: str, ours: str, theirs: str) -> str:
         return f"{speed[(arch, method, ours)] / speed[(arch, method, theirs)]:.2f}x"
 
     for arch, method in dict.fromkeys((r["arch"], r["method"]) for r in data["train"]):
-        lines.append(f"| {TRAIN_LABELS[arch]} | {'LoRA' if method == 'lora' else method} | "
-                     f"{ratio(arch, method, 'tunelab fp32', 'reference fp32')} | "
-                     f"{ratio(arch, method, 'tunelab auto', 'reference bf16')} | "
-                     f"{ratio(arch, method, 'tunelab auto', 'reference fp32')} |")
+        lines.append(
+            f"| {TRAIN_LABELS[arch]} | {'LoRA' if method == 'lora' else method} | "
+            f"{ratio(arch, method, 'tunelab fp32', 'reference fp32')} | "
+            f"{ratio(arch, method, 'tunelab auto', 'reference bf16')} | "
+            f"{ratio(arch, method, 'tunelab auto', 'reference fp32')} |"
+        )
     where = machine_line(data["environment"]) if data.get("environment") else data["machine_note"]
     lines += ["", f"(`python bench/throughput.py`, {data['date']}, {where}.)"]
     return "\n".join(lines)
 
 
-EVAL_LABELS = {"seq2seq": "T5 of flan-t5-small's shape (seq2seq, the course lab's family)",
-               "causal": "SmolLM2-135M-Instruct (causal)"}
+EVAL_LABELS = {
+    "seq2seq": "T5 of flan-t5-small's shape (seq2seq, the course lab's family)",
+    "causal": "SmolLM2-135M-Instruct (causal)",
+}
 
 
 def render_generation() -> str:
@@ -208,36 +270,52 @@ def render_generation() -> str:
 
 def render_bound() -> str:
     causal = next(e for e in json.loads((RESULTS / "throughput.json").read_text())["eval"] if e["arch"] == "causal")
-    return (f"The bound is measured in the same run: the prompts' forward passes alone (what any method with the "
-            f"loop's fp32 arithmetic must also compute) take {causal['prompt_forward_seconds']:.1f} s of the causal "
-            f"loop's {causal['loop_seconds']:.1f} s, so batching can never give more than {causal['fp32_bound']:.1f}x "
-            "there even if decoding were free.")
+    return (
+        f"The bound is measured in the same run: the prompts' forward passes alone (what any method with the "
+        f"loop's fp32 arithmetic must also compute) take {causal['prompt_forward_seconds']:.1f} s of the causal "
+        f"loop's {causal['loop_seconds']:.1f} s, so batching can never give more than {causal['fp32_bound']:.1f}x "
+        "there even if decoding were free."
+    )
 
 
 def render_mfu() -> str:
     data = json.loads((RESULTS / "throughput.json").read_text())
     mfu = data["mfu"]
     where = machine_line(data["environment"]) if data.get("environment") else data["machine_note"]
-    return (f"Hardware bound: measured GEMM peak {mfu['lora fp32']['peak_tflops']:.3f} TFLOP/s fp32 and "
-            f"{mfu['lora bf16']['peak_tflops']:.3f} TFLOP/s bf16 ({where}); a LoRA step reaches "
-            f"{mfu['lora fp32']['mfu']:.0%} of the fp32 peak (model FLOPs: 4 per frozen parameter per token, 6 for full "
-            f"fine-tuning, the vocabulary projection counted only at completion positions) and "
-            f"{mfu['lora bf16']['mfu']:.0%} of the bf16 peak; full fine-tuning {mfu['full fp32']['mfu']:.0%} / "
-            f"{mfu['full bf16']['mfu']:.0%} (`python bench/throughput.py`, {data['date']}).")
+    return (
+        f"Hardware bound: measured GEMM peak {mfu['lora fp32']['peak_tflops']:.3f} TFLOP/s fp32 and "
+        f"{mfu['lora bf16']['peak_tflops']:.3f} TFLOP/s bf16 ({where}); a LoRA step reaches "
+        f"{mfu['lora fp32']['mfu']:.0%} of the fp32 peak (model FLOPs: 4 per frozen parameter per token, 6 for full "
+        f"fine-tuning, the vocabulary projection counted only at completion positions) and "
+        f"{mfu['lora bf16']['mfu']:.0%} of the bf16 peak; full fine-tuning {mfu['full fp32']['mfu']:.0%} / "
+        f"{mfu['full bf16']['mfu']:.0%} (`python bench/throughput.py`, {data['date']})."
+    )
 
 
 def render_startup() -> str:
     data = json.loads((RESULTS / "startup.json").read_text())
-    rows = [[name, f"{r['median_s'] * 1000:.0f} ms", f"{r['ratio_to_python']:.1f}x"]
-            for name, r in data.items() if isinstance(r, dict) and "median_s" in r]
+    rows = [
+        [name, f"{r['median_s'] * 1000:.0f} ms", f"{r['ratio_to_python']:.1f}x"]
+        for name, r in data.items()
+        if isinstance(r, dict) and "median_s" in r
+    ]
     from tunelab.reporting.tables import markdown_table
 
     return markdown_table(["command", "median", "vs python -c pass"], rows)
 
 
 RENDERERS: dict[str, Callable[[], str]] = {
-    "demo": render_demo, "demo_lora": render_demo_lora, "serve": render_serve, "export": render_export, "lm_eval": render_lm_eval,
-    "methods": render_methods, "throughput": render_throughput, "generation": render_generation, "bound": render_bound, "mfu": render_mfu, "startup": render_startup,
+    "demo": render_demo,
+    "demo_lora": render_demo_lora,
+    "serve": render_serve,
+    "export": render_export,
+    "lm_eval": render_lm_eval,
+    "methods": render_methods,
+    "throughput": render_throughput,
+    "generation": render_generation,
+    "bound": render_bound,
+    "mfu": render_mfu,
+    "startup": render_startup,
 }
 
 
@@ -258,7 +336,9 @@ def main() -> int:
     parser.add_argument("--check", action="store_true", help="only compare; exit 1 on a difference")
     args = parser.parse_args()
     if args.collect_demo:
-        (RESULTS / "demo.json").write_text(json.dumps(collect_demo(ROOT / "runs" / "dialogsum-compare"), indent=2) + "\n")
+        (RESULTS / "demo.json").write_text(
+            json.dumps(collect_demo(ROOT / "runs" / "dialogsum-compare"), indent=2) + "\n"
+        )
     if args.collect_demo_lora:
         (RESULTS / "demo_lora.json").write_text(json.dumps(collect_demo_lora(ROOT / "runs"), indent=2) + "\n")
     text = README.read_text(encoding="utf-8")

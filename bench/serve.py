@@ -40,8 +40,10 @@ def make_adapters(n: int, folder: Path) -> list[Path]:
     out = []
     for i in range(n):
         torch.manual_seed(i)
-        model = get_peft_model(AutoModelForCausalLM.from_pretrained(base_dir),
-                               LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM"))
+        model = get_peft_model(
+            AutoModelForCausalLM.from_pretrained(base_dir),
+            LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM"),
+        )
         with torch.no_grad():
             for name, p in model.named_parameters():
                 if "lora_B" in name:
@@ -59,8 +61,9 @@ def free_port() -> int:
 
 def start_server(args: list[str]) -> tuple[subprocess.Popen, int]:
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "tunelab.cli.main", "serve", *args, "--port", str(port)],
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tunelab.cli.main", "serve", *args, "--port", str(port)], stderr=subprocess.DEVNULL
+    )
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         try:
@@ -77,17 +80,34 @@ def start_server(args: list[str]) -> tuple[subprocess.Popen, int]:
 def ask(port: int, model: str, text: str, max_tokens: int) -> tuple[str, int, float]:
     t0 = time.perf_counter()
     conn = http.client.HTTPConnection(HOST, port, timeout=600)
-    conn.request("POST", "/v1/chat/completions", json.dumps({
-        "model": model, "messages": [{"role": "user", "content": text}], "max_tokens": max_tokens,
-        "temperature": 0, "task_prompt": True}), {"Content-Type": "application/json"})
+    conn.request(
+        "POST",
+        "/v1/chat/completions",
+        json.dumps(
+            {
+                "model": model,
+                "messages": [{"role": "user", "content": text}],
+                "max_tokens": max_tokens,
+                "temperature": 0,
+                "task_prompt": True,
+            }
+        ),
+        {"Content-Type": "application/json"},
+    )
     body = json.loads(conn.getresponse().read())
     return body["choices"][0]["message"]["content"], body["usage"]["completion_tokens"], time.perf_counter() - t0
 
 
 def summary(latencies: list[float], tokens: int, seconds: float, n: int) -> dict:
     q = statistics.quantiles(latencies, n=20, method="inclusive")
-    return {"requests": n, "seconds": seconds, "requests_per_second": n / seconds, "tokens_per_second": tokens / seconds,
-            "p50_latency_s": statistics.median(latencies), "p95_latency_s": q[18]}
+    return {
+        "requests": n,
+        "seconds": seconds,
+        "requests_per_second": n / seconds,
+        "tokens_per_second": tokens / seconds,
+        "p50_latency_s": statistics.median(latencies),
+        "p95_latency_s": q[18],
+    }
 
 
 def rss_worker(kind: str, n: int, adapters: list[str]) -> None:
@@ -109,14 +129,21 @@ def rss_worker(kind: str, n: int, adapters: list[str]) -> None:
         keep.append(model)
     else:
         for a in adapters[:n]:
-            keep.append(PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32),
-                                                  a).merge_and_unload())
+            keep.append(
+                PeftModel.from_pretrained(
+                    AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32), a
+                ).merge_and_unload()
+            )
     print(json.dumps({"rss_bytes": psutil.Process().memory_info().rss}))
 
 
 def measure_rss(kind: str, n: int, adapters: list[Path]) -> int:
-    out = subprocess.run([sys.executable, __file__, "--rss-worker", kind, str(n), *map(str, adapters)],
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, __file__, "--rss-worker", kind, str(n), *map(str, adapters)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])["rss_bytes"]
 
 
@@ -135,16 +162,31 @@ def main() -> None:
 
     from tunelab.paths import data_root
 
-    dialogues = [json.loads(x)["dialogue"] for x in
-                 (data_root() / "dialogsum" / "dialogsum.test.jsonl").read_text().splitlines()[:args.clients]]
+    dialogues = [
+        json.loads(x)["dialogue"]
+        for x in (data_root() / "dialogsum" / "dialogsum.test.jsonl").read_text().splitlines()[: args.clients]
+    ]
     with tempfile.TemporaryDirectory() as tmp:
         adapters = make_adapters(8, Path(tmp))
-        proc, port = start_server(["--model", "smollm2-135m-instruct", "--adapter", f"a={adapters[0]}",
-                                   "--adapter", f"b={adapters[1]}", "--max-batch-size", str(args.clients)])
+        proc, port = start_server(
+            [
+                "--model",
+                "smollm2-135m-instruct",
+                "--adapter",
+                f"a={adapters[0]}",
+                "--adapter",
+                f"b={adapters[1]}",
+                "--max-batch-size",
+                str(args.clients),
+            ]
+        )
         try:
             models = ["smollm2-135m-instruct", "a", "b"]
-            jobs = [(models[(c + k) % 3], dialogues[c % len(dialogues)]) for c in range(args.clients)
-                    for k in range(args.per_client)]
+            jobs = [
+                (models[(c + k) % 3], dialogues[c % len(dialogues)])
+                for c in range(args.clients)
+                for k in range(args.per_client)
+            ]
             ask(port, models[0], dialogues[0], 4)  # warm-up
             t0 = time.perf_counter()
             alone = [ask(port, m, d, args.max_tokens) for m, d in jobs]
@@ -156,39 +198,58 @@ def main() -> None:
             t0 = time.perf_counter()
             with ThreadPoolExecutor(args.clients) as pool:
                 together = [r for rs in pool.map(client, range(args.clients)) for r in rs]
-            concurrent = summary([x[2] for x in together], sum(x[1] for x in together), time.perf_counter() - t0,
-                                 len(jobs))
+            concurrent = summary(
+                [x[2] for x in together], sum(x[1] for x in together), time.perf_counter() - t0, len(jobs)
+            )
         finally:
             proc.terminate()
             proc.wait(timeout=120)
         identical = sum(a[0] == b[0] for a, b in zip(alone, together))
-        result = {"machine": f"{platform.processor() or platform.machine()}, {__import__('os').cpu_count()} cores",
-                  "date": time.strftime("%Y-%m-%d"), "model": "smollm2-135m-instruct", "precision": "fp32",
-                  "clients": args.clients, "requests": len(jobs), "max_tokens": args.max_tokens,
-                  "one_at_a_time": sequential, "concurrent": concurrent,
-                  "throughput_ratio": concurrent["requests_per_second"] / sequential["requests_per_second"],
-                  "identical_outputs": f"{identical}/{len(jobs)}"}
+        result = {
+            "machine": f"{platform.processor() or platform.machine()}, {__import__('os').cpu_count()} cores",
+            "date": time.strftime("%Y-%m-%d"),
+            "model": "smollm2-135m-instruct",
+            "precision": "fp32",
+            "clients": args.clients,
+            "requests": len(jobs),
+            "max_tokens": args.max_tokens,
+            "one_at_a_time": sequential,
+            "concurrent": concurrent,
+            "throughput_ratio": concurrent["requests_per_second"] / sequential["requests_per_second"],
+            "identical_outputs": f"{identical}/{len(jobs)}",
+        }
         if not args.skip_memory:
-            result["memory"] = {"base_plus_8_adapters_rss_bytes": measure_rss("adapters", 8, adapters),
-                                "8_merged_models_rss_bytes": measure_rss("merged", 8, adapters)}
-            result["memory"]["ratio"] = (result["memory"]["base_plus_8_adapters_rss_bytes"]
-                                         / result["memory"]["8_merged_models_rss_bytes"])
+            result["memory"] = {
+                "base_plus_8_adapters_rss_bytes": measure_rss("adapters", 8, adapters),
+                "8_merged_models_rss_bytes": measure_rss("merged", 8, adapters),
+            }
+            result["memory"]["ratio"] = (
+                result["memory"]["base_plus_8_adapters_rss_bytes"] / result["memory"]["8_merged_models_rss_bytes"]
+            )
     from tunelab.environment import cpu_description
 
     result["cpu"] = cpu_description()
     (ROOT / "bench" / "results" / "serve.json").write_text(json.dumps(result, indent=2) + "\n")
     s, c = sequential, concurrent
-    print(f"{len(jobs)} requests, {args.clients} clients, max_tokens {args.max_tokens}, fp32; identical "
-          f"{result['identical_outputs']}")
-    print(f"one at a time: {s['requests_per_second']:.2f} req/s, {s['tokens_per_second']:.1f} tok/s, "
-          f"p50 {s['p50_latency_s']:.2f} s, p95 {s['p95_latency_s']:.2f} s")
-    print(f"concurrent:    {c['requests_per_second']:.2f} req/s, {c['tokens_per_second']:.1f} tok/s, "
-          f"p50 {c['p50_latency_s']:.2f} s, p95 {c['p95_latency_s']:.2f} s")
+    print(
+        f"{len(jobs)} requests, {args.clients} clients, max_tokens {args.max_tokens}, fp32; identical "
+        f"{result['identical_outputs']}"
+    )
+    print(
+        f"one at a time: {s['requests_per_second']:.2f} req/s, {s['tokens_per_second']:.1f} tok/s, "
+        f"p50 {s['p50_latency_s']:.2f} s, p95 {s['p95_latency_s']:.2f} s"
+    )
+    print(
+        f"concurrent:    {c['requests_per_second']:.2f} req/s, {c['tokens_per_second']:.1f} tok/s, "
+        f"p50 {c['p50_latency_s']:.2f} s, p95 {c['p95_latency_s']:.2f} s"
+    )
     print(f"throughput ratio: {result['throughput_ratio']:.2f}x")
     if "memory" in result:
         m = result["memory"]
-        print(f"memory: base + 8 adapters {m['base_plus_8_adapters_rss_bytes'] / 2**30:.2f} GiB vs 8 merged models "
-              f"{m['8_merged_models_rss_bytes'] / 2**30:.2f} GiB ({m['ratio']:.2f}x)")
+        print(
+            f"memory: base + 8 adapters {m['base_plus_8_adapters_rss_bytes'] / 2**30:.2f} GiB vs 8 merged models "
+            f"{m['8_merged_models_rss_bytes'] / 2**30:.2f} GiB ({m['ratio']:.2f}x)"
+        )
 
 
 if __name__ == "__main__":

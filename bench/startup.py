@@ -37,8 +37,15 @@ def main() -> None:
             subprocess.run(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
             times[name].append(time.perf_counter() - t0)
     base = statistics.median(times["python -c pass"])
-    result = {name: {"median_s": statistics.median(t), "min_s": min(t), "max_s": max(t),
-                     "ratio_to_python": statistics.median(t) / base} for name, t in times.items()}
+    result = {
+        name: {
+            "median_s": statistics.median(t),
+            "min_s": min(t),
+            "max_s": max(t),
+            "ratio_to_python": statistics.median(t) / base,
+        }
+        for name, t in times.items()
+    }
     (ROOT / "bench" / "results" / "startup.json").write_text(json.dumps(result, indent=2) + "\n")
     for name, r in result.items():
         print(f"{name:22} median {r['median_s'] * 1000:7.1f} ms  ({r['ratio_to_python']:5.1f}x python -c pass)")

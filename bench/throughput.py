@@ -51,7 +51,7 @@ def gemm_flops(dtype: torch.dtype, n: int = 2048, reps: int = 10) -> float:
     t = time.perf_counter()
     for _ in range(reps):
         a @ b
-    return 2 * n ** 3 * reps / (time.perf_counter() - t)
+    return 2 * n**3 * reps / (time.perf_counter() - t)
 
 
 def smol_tokenizer():
@@ -67,9 +67,20 @@ def make_model(arch: str):
         return AutoModelForCausalLM.from_pretrained(tunelab.pull_model("smollm2-135m-instruct"), dtype=torch.float32)
     tok = smol_tokenizer()
     torch.manual_seed(0)
-    cfg = T5Config(vocab_size=len(tok), d_model=512, d_kv=64, d_ff=1024, num_layers=8, num_decoder_layers=8,
-                   num_heads=6, feed_forward_proj="gated-gelu", tie_word_embeddings=False,
-                   pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, decoder_start_token_id=tok.pad_token_id)
+    cfg = T5Config(
+        vocab_size=len(tok),
+        d_model=512,
+        d_kv=64,
+        d_ff=1024,
+        num_layers=8,
+        num_decoder_layers=8,
+        num_heads=6,
+        feed_forward_proj="gated-gelu",
+        tie_word_embeddings=False,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+        decoder_start_token_id=tok.pad_token_id,
+    )
     return T5ForConditionalGeneration(cfg)
 
 
@@ -83,9 +94,19 @@ def tunelab_train(arch: str, method: dict, exs, batch: int, max_input: int, prec
     chat = arch == "causal"
     model = make_model(arch)
     m = get_method(method["name"])
-    cfg = tunelab.build_config({"method": method, "training": {"max_steps": 2 * len(exs) // batch, "batch_size": batch,
-                                                               "lr": 1e-5, "warmup_ratio": 0.0, "log_every": 1,
-                                                               "precision": precision}})
+    cfg = tunelab.build_config(
+        {
+            "method": method,
+            "training": {
+                "max_steps": 2 * len(exs) // batch,
+                "batch_size": batch,
+                "lr": 1e-5,
+                "warmup_ratio": 0.0,
+                "log_every": 1,
+                "precision": precision,
+            },
+        }
+    )
     model = m.prepare(model, cfg.method, ModelContext(arch, "", ""))
     enc = PromptEncoder(tok, arch, chat, max_input, 64)
     ts = TemplateSet("dialogue_summarization")
@@ -109,27 +130,49 @@ def tunelab_train(arch: str, method: dict, exs, batch: int, max_input: int, prec
     end = times[0] + r.seconds  # training ended r.seconds after it started (~ first stamp)
     epoch2 = end - times[steps]
     completion = sum(sum(1 for x in e.labels if x != -100) for e in train)
-    return {"side": f"tunelab {precision}", "epoch_seconds": epoch2, "completion_tokens_per_s": completion / epoch2,
-            "padded_tokens_per_s": r.padded_tokens / 2 / epoch2, "precision": r.precision}
+    return {
+        "side": f"tunelab {precision}",
+        "epoch_seconds": epoch2,
+        "completion_tokens_per_s": completion / epoch2,
+        "padded_tokens_per_s": r.padded_tokens / 2 / epoch2,
+        "precision": r.precision,
+    }
 
 
 def reference_train(arch: str, method: dict, exs, batch: int, max_input: int, bf16: bool) -> dict:
     """The recipe of the course notebooks: Trainer + PEFT model + the default collators."""
     from datasets import Dataset
     from peft import LoraConfig, get_peft_model
-    from transformers import (DataCollatorForLanguageModeling, Trainer, TrainerCallback, TrainingArguments,
-                              default_data_collator)
+    from transformers import (
+        DataCollatorForLanguageModeling,
+        Trainer,
+        TrainerCallback,
+        TrainingArguments,
+        default_data_collator,
+    )
 
     tok = smol_tokenizer()
     model = make_model(arch)
     if method["name"] == "lora":
-        model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM" if arch == "causal" else "SEQ_2_SEQ_LM",
-                                                 r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear"))
+        model = get_peft_model(
+            model,
+            LoraConfig(
+                task_type="CAUSAL_LM" if arch == "causal" else "SEQ_2_SEQ_LM",
+                r=16,
+                lora_alpha=32,
+                lora_dropout=0.0,
+                target_modules="all-linear",
+            ),
+        )
     ts = TemplateSet("dialogue_summarization")
     prompts = [ts.eval.render(e.input) for e in exs]
     if arch == "causal":
-        texts = [tok.apply_chat_template([{"role": "user", "content": p}, {"role": "assistant", "content": e.target}],
-                                         tokenize=False) for p, e in zip(prompts, exs)]
+        texts = [
+            tok.apply_chat_template(
+                [{"role": "user", "content": p}, {"role": "assistant", "content": e.target}], tokenize=False
+            )
+            for p, e in zip(prompts, exs)
+        ]
         ds = Dataset.from_dict(tok(texts, truncation=True, max_length=max_input + 96))
         collator = DataCollatorForLanguageModeling(tok, mlm=False)
     else:
@@ -148,18 +191,31 @@ def reference_train(arch: str, method: dict, exs, batch: int, max_input: int, bf
             stamps.append(time.perf_counter())
 
     with tempfile.TemporaryDirectory() as out:
-        args = TrainingArguments(output_dir=out, per_device_train_batch_size=batch, max_steps=2 * len(exs) // batch,
-                                 learning_rate=1e-5, save_strategy="no", report_to=[], use_cpu=True, bf16=bf16,
-                                 logging_steps=1000, disable_tqdm=True, seed=0)
+        args = TrainingArguments(
+            output_dir=out,
+            per_device_train_batch_size=batch,
+            max_steps=2 * len(exs) // batch,
+            learning_rate=1e-5,
+            save_strategy="no",
+            report_to=[],
+            use_cpu=True,
+            bf16=bf16,
+            logging_steps=1000,
+            disable_tqdm=True,
+            seed=0,
+        )
         Trainer(model=model, args=args, train_dataset=ds, data_collator=collator, callbacks=[Stamp()]).train()
     steps = len(exs) // batch
     epoch2 = stamps[-1] - stamps[steps]
     enc = PromptEncoder(tok, arch, arch == "causal", max_input, 64)
     completion = sum(len(enc._completion_ids(e.target)) for e in exs)
     padded = sum(len(r) for r in ds["input_ids"]) if arch == "seq2seq" else None
-    return {"side": f"reference {'bf16' if bf16 else 'fp32'}", "epoch_seconds": epoch2,
-            "completion_tokens_per_s": completion / epoch2,
-            "padded_tokens_per_s": (padded + 128 * len(exs)) / epoch2 if padded else None}
+    return {
+        "side": f"reference {'bf16' if bf16 else 'fp32'}",
+        "epoch_seconds": epoch2,
+        "completion_tokens_per_s": completion / epoch2,
+        "padded_tokens_per_s": (padded + 128 * len(exs)) / epoch2 if padded else None,
+    }
 
 
 def eval_compare(arch: str, n: int, max_new: int, batch_sizes: tuple[int, ...]) -> dict:
@@ -180,7 +236,7 @@ def eval_compare(arch: str, n: int, max_new: int, batch_sizes: tuple[int, ...]) 
         for p in prompts:  # the course lab's loop: one example at a time
             ids = torch.tensor([p.input_ids])
             out = model.generate(input_ids=ids, max_new_tokens=max_new, do_sample=False)
-            new_tokens = out[0, ids.shape[1]:] if arch == "causal" else out[0]
+            new_tokens = out[0, ids.shape[1] :] if arch == "causal" else out[0]
             loop.append(tok.decode(new_tokens, skip_special_tokens=True).strip())
     t_loop = time.perf_counter() - t
     with torch.no_grad():
@@ -189,19 +245,34 @@ def eval_compare(arch: str, n: int, max_new: int, batch_sizes: tuple[int, ...]) 
             ids = torch.tensor([p.input_ids])
             model(input_ids=ids, logits_to_keep=1) if arch == "causal" else model.get_encoder()(input_ids=ids)
         t_prompts = time.perf_counter() - t
-    result = {"arch": arch, "examples": n, "max_new_tokens": max_new, "loop_ex_per_s": n / t_loop,
-              "loop_seconds": t_loop, "prompt_forward_seconds": t_prompts, "fp32_bound": t_loop / t_prompts,
-              "tunelab": []}
+    result = {
+        "arch": arch,
+        "examples": n,
+        "max_new_tokens": max_new,
+        "loop_ex_per_s": n / t_loop,
+        "loop_seconds": t_loop,
+        "prompt_forward_seconds": t_prompts,
+        "fp32_bound": t_loop / t_prompts,
+        "tunelab": [],
+    }
     for bs, precision in [(b, "fp32") for b in batch_sizes] + [(max(batch_sizes), "auto")]:
         t = time.perf_counter()
-        ours = generate_texts(model, tok, prompts, arch, batch_size=bs, max_new_tokens=max_new,
-                              show_progress=False, precision=precision)
+        ours = generate_texts(
+            model, tok, prompts, arch, batch_size=bs, max_new_tokens=max_new, show_progress=False, precision=precision
+        )
         secs = time.perf_counter() - t
         identical = sum(a == b for a, b in zip(ours, loop))
         if precision == "fp32":  # like for like: batching must not change a single prediction
             assert identical == n, f"{arch} batch {bs}: {n - identical}/{n} predictions differ from the loop"
-        result["tunelab"].append({"batch_size": bs, "precision": resolve_precision(precision, CPU),
-                                  "ex_per_s": n / secs, "speedup": t_loop / secs, "identical": identical})
+        result["tunelab"].append(
+            {
+                "batch_size": bs,
+                "precision": resolve_precision(precision, CPU),
+                "ex_per_s": n / secs,
+                "speedup": t_loop / secs,
+                "identical": identical,
+            }
+        )
     return result
 
 
@@ -227,23 +298,35 @@ def main() -> None:
             ours_auto = tunelab_train(arch, method, exs, batch, max_input, "auto")
             for r in (ref, ref_bf16, ours, ours_auto):
                 rows.append({"arch": arch, "method": method["name"], **r})
-            print(f"{arch:8} {method['name']:5} tunelab fp32 / reference fp32: "
-                  f"{ours['completion_tokens_per_s'] / ref['completion_tokens_per_s']:.2f}x   "
-                  f"tunelab auto({ours_auto['precision']}) / reference bf16: "
-                  f"{ours_auto['completion_tokens_per_s'] / ref_bf16['completion_tokens_per_s']:.2f}x   "
-                  f"tunelab auto / reference fp32: "
-                  f"{ours_auto['completion_tokens_per_s'] / ref['completion_tokens_per_s']:.2f}x", flush=True)
+            print(
+                f"{arch:8} {method['name']:5} tunelab fp32 / reference fp32: "
+                f"{ours['completion_tokens_per_s'] / ref['completion_tokens_per_s']:.2f}x   "
+                f"tunelab auto({ours_auto['precision']}) / reference bf16: "
+                f"{ours_auto['completion_tokens_per_s'] / ref_bf16['completion_tokens_per_s']:.2f}x   "
+                f"tunelab auto / reference fp32: "
+                f"{ours_auto['completion_tokens_per_s'] / ref['completion_tokens_per_s']:.2f}x",
+                flush=True,
+            )
     n_eval = 8 if args.quick else 32
-    evals = [eval_compare(arch, n_eval, 48, (4, 8) if args.quick else (16, 32))
-             for arch in ("causal", "seq2seq")] if "eval" in parts else []
+    evals = (
+        [eval_compare(arch, n_eval, 48, (4, 8) if args.quick else (16, 32)) for arch in ("causal", "seq2seq")]
+        if "eval" in parts
+        else []
+    )
     for ev in evals:
         for r in ev["tunelab"]:
-            print(f"evaluation {ev['arch']}: tunelab batch {r['batch_size']} {r['precision']}: {r['speedup']:.2f}x the "
-                  f"per-example loop ({r['ex_per_s']:.2f} vs {ev['loop_ex_per_s']:.2f} ex/s), identical predictions "
-                  f"{r['identical']}/{n_eval}", flush=True)
-        print(f"evaluation {ev['arch']} bound: the prompts' forward passes alone take {ev['prompt_forward_seconds']:.1f} s "
-              f"of the loop's {ev['loop_seconds']:.1f} s, so no method with the loop's fp32 arithmetic exceeds "
-              f"{ev['fp32_bound']:.2f}x", flush=True)
+            print(
+                f"evaluation {ev['arch']}: tunelab batch {r['batch_size']} {r['precision']}: {r['speedup']:.2f}x the "
+                f"per-example loop ({r['ex_per_s']:.2f} vs {ev['loop_ex_per_s']:.2f} ex/s), identical predictions "
+                f"{r['identical']}/{n_eval}",
+                flush=True,
+            )
+        print(
+            f"evaluation {ev['arch']} bound: the prompts' forward passes alone take {ev['prompt_forward_seconds']:.1f} s "
+            f"of the loop's {ev['loop_seconds']:.1f} s, so no method with the loop's fp32 arithmetic exceeds "
+            f"{ev['fp32_bound']:.2f}x",
+            flush=True,
+        )
     peak32, peak16 = gemm_flops(torch.float32), gemm_flops(torch.bfloat16)
     model = make_model("causal")
     n_params = sum(p.numel() for p in model.parameters())
@@ -258,8 +341,11 @@ def main() -> None:
         if r["arch"] == "causal" and r["side"].startswith("tunelab"):
             flops = step_flops(n_params, head, tokens, kept, r["method"] == "full") / r["epoch_seconds"]
             peak = peak16 if r["precision"] == "bf16" else peak32
-            mfu[f"{r['method']} {r['precision']}"] = {"model_tflops": flops / 1e12, "peak_tflops": peak / 1e12,
-                                                      "mfu": flops / peak}
+            mfu[f"{r['method']} {r['precision']}"] = {
+                "model_tflops": flops / 1e12,
+                "peak_tflops": peak / 1e12,
+                "mfu": flops / peak,
+            }
     print(f"GEMM peak: fp32 {peak32 / 1e12:.3f} TFLOP/s, bf16 {peak16 / 1e12:.3f} TFLOP/s")
     for k, v in mfu.items():
         print(f"MFU causal {k}: {v['model_tflops']:.3f} TFLOP/s of {v['peak_tflops']:.3f} = {100 * v['mfu']:.0f}%")
@@ -271,9 +357,19 @@ def main() -> None:
         fresh["eval"] = evals
     from tunelab.environment import describe_environment
 
-    out.write_text(json.dumps({**kept_results, "date": time.strftime("%Y-%m-%d"), "machine": platform.platform(),
-                               "cpus": os.cpu_count(), "environment": describe_environment(torch.device("cpu")),
-                               **fresh}, indent=2))
+    out.write_text(
+        json.dumps(
+            {
+                **kept_results,
+                "date": time.strftime("%Y-%m-%d"),
+                "machine": platform.platform(),
+                "cpus": os.cpu_count(),
+                "environment": describe_environment(torch.device("cpu")),
+                **fresh,
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -16,15 +16,64 @@ THINGS = ["car", "book", "ticket", "phone", "dress", "lamp", "bike", "watch"]
 COLORS = ["red", "blue", "green", "black", "white", "pink"]
 FILLER = ["hello", "hi", "yes", "no", "please", "thanks", "okay", "sure", "well", "maybe", "today", "now"]
 SPECIAL = ["<pad>", "</s>", "<unk>", "<s>", "<|user|>", "<|assistant|>"]
-WORDS = sorted(set(NAMES + THINGS + COLORS + FILLER + [
-    "#person1#:", "#person2#:", "i", "want", "to", "buy", "a", "wants", "the", ".", ",", "?", "!", ":",
-    "summarize", "following", "conversation", "summary", "briefly", "that", "dialogue", "here", "is", "write",
-    "short", "what", "of", "this", "was", "about", "in", "two", "sentences", "or", "less", "brief", "between",
-    "speakers", "text", "above", "one-sentence", "article", "\n",
-]))
+WORDS = sorted(
+    set(
+        NAMES
+        + THINGS
+        + COLORS
+        + FILLER
+        + [
+            "#person1#:",
+            "#person2#:",
+            "i",
+            "want",
+            "to",
+            "buy",
+            "a",
+            "wants",
+            "the",
+            ".",
+            ",",
+            "?",
+            "!",
+            ":",
+            "summarize",
+            "following",
+            "conversation",
+            "summary",
+            "briefly",
+            "that",
+            "dialogue",
+            "here",
+            "is",
+            "write",
+            "short",
+            "what",
+            "of",
+            "this",
+            "was",
+            "about",
+            "in",
+            "two",
+            "sentences",
+            "or",
+            "less",
+            "brief",
+            "between",
+            "speakers",
+            "text",
+            "above",
+            "one-sentence",
+            "article",
+            "\n",
+        ]
+    )
+)
 
-CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }} </s> {% endfor %}"
-                 "{% if add_generation_prompt %}<|assistant|> {% endif %}")
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }} </s> {% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|> {% endif %}"
+)
 
 
 def make_tokenizer(chat: bool = False):
@@ -35,15 +84,18 @@ def make_tokenizer(chat: bool = False):
     tk = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tk.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit()])
     tk.decoder = decoders.WordPiece(prefix="##", cleanup=False)  # joins word tokens with spaces
-    tok = PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="</s>", pad_token="<pad>", unk_token="<unk>",
-                                  bos_token="<s>")
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=tk, eos_token="</s>", pad_token="<pad>", unk_token="<unk>", bos_token="<s>"
+    )
     if chat:
         tok.chat_template = CHAT_TEMPLATE
     return tok
 
 
-CHATML = ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>' + '\n' }}"
-          "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+CHATML = (
+    "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
 
 
 def bpe_tokenizer():
@@ -56,11 +108,16 @@ def bpe_tokenizer():
     tk = Tokenizer(models.BPE())
     tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tk.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=420, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=420,
+        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     tk.train_from_iterator(corpus, trainer)
-    tok = PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-                                  bos_token="<|im_start|>")
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=tk, eos_token="<|im_end|>", pad_token="<|endoftext|>", bos_token="<|im_start|>"
+    )
     tok.chat_template = CHATML
     return tok
 
@@ -69,10 +126,20 @@ def tiny_llama(vocab_size: int):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                      tie_word_embeddings=False, pad_token_id=0, eos_token_id=1, bos_token_id=3,
-                      initializer_range=0.2)  # larger than default so LoRA alone can move the logits
+    cfg = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=False,
+        pad_token_id=0,
+        eos_token_id=1,
+        bos_token_id=3,
+        initializer_range=0.2,
+    )  # larger than default so LoRA alone can move the logits
     return LlamaForCausalLM(cfg)
 
 
@@ -80,8 +147,19 @@ def tiny_t5(vocab_size: int):
     from transformers import T5Config, T5ForConditionalGeneration
 
     torch.manual_seed(0)
-    cfg = T5Config(vocab_size=vocab_size, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=2,
-                   num_heads=4, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0, dropout_rate=0.0)
+    cfg = T5Config(
+        vocab_size=vocab_size,
+        d_model=32,
+        d_kv=8,
+        d_ff=64,
+        num_layers=2,
+        num_decoder_layers=2,
+        num_heads=4,
+        pad_token_id=0,
+        eos_token_id=1,
+        decoder_start_token_id=0,
+        dropout_rate=0.0,
+    )
     return T5ForConditionalGeneration(cfg)
 
 
@@ -113,12 +191,16 @@ def synthetic_dialogue(rng: random.Random) -> tuple[str, str]:
     """A dialogue whose summary ('anna wants a red car .') is recoverable from its words."""
     name, thing, color = rng.choice(NAMES), rng.choice(THINGS), rng.choice(COLORS)
     pre = " ".join(rng.choice(FILLER) for _ in range(rng.randint(1, 4)))
-    dialogue = (f"#person1#: {pre} , {name} here . i want to buy a {color} {thing} . \n"
-                f"#person2#: {rng.choice(FILLER)} {rng.choice(FILLER)} .")
+    dialogue = (
+        f"#person1#: {pre} , {name} here . i want to buy a {color} {thing} . \n"
+        f"#person2#: {rng.choice(FILLER)} {rng.choice(FILLER)} ."
+    )
     return dialogue, f"{name} wants a {color} {thing} ."
 
 
-def write_dialogue_files(folder: Path, n_train: int = 64, n_val: int = 8, n_test: int = 6, seed: int = 0) -> dict[str, str]:
+def write_dialogue_files(
+    folder: Path, n_train: int = 64, n_val: int = 8, n_test: int = 6, seed: int = 0
+) -> dict[str, str]:
     rng = random.Random(seed)
     folder.mkdir(parents=True, exist_ok=True)
     files = {}

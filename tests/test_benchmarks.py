@@ -84,11 +84,19 @@ def test_trailing_context_space_moves_to_the_continuation():
 
 def test_suite_runs_end_to_end_offline(data_dir, tiny_llama_dir):
     loaded = load_model(build_config({"model": {"name": str(tiny_llama_dir)}}).model, device=torch.device("cpu"))
-    for name, overrides in [("boolq", {}), ("cb", {}), ("copa", {}), ("rte", {}), ("sst2", {}),
-                            ("mmlu", {"subjects": ["anatomy", "astronomy"], "num_fewshot": 1}),
-                            ("samsum", {"max_new_tokens": 4}), ("xsum", {"max_new_tokens": 4}),
-                            ("dialogsum", {"max_new_tokens": 4}), ("flores_deu_eng", {"max_new_tokens": 4}),
-                            ("wmt22_de_en", {"max_new_tokens": 4})]:
+    for name, overrides in [
+        ("boolq", {}),
+        ("cb", {}),
+        ("copa", {}),
+        ("rte", {}),
+        ("sst2", {}),
+        ("mmlu", {"subjects": ["anatomy", "astronomy"], "num_fewshot": 1}),
+        ("samsum", {"max_new_tokens": 4}),
+        ("xsum", {"max_new_tokens": 4}),
+        ("dialogsum", {"max_new_tokens": 4}),
+        ("flores_deu_eng", {"max_new_tokens": 4}),
+        ("wmt22_de_en", {"max_new_tokens": 4}),
+    ]:
         spec = get_task(name, limit=3, **overrides)
         r = run_task(loaded.model, loaded.tokenizer, "causal", spec, batch_size=4, show_progress=False)
         assert r.n == 3 and r.examples_per_second > 0, name
@@ -127,15 +135,25 @@ def test_copa_prompt_follows_lm_eval(data_dir):
 def _result(task, metric, values, n=None):
     key = {"accuracy": "correct", "rougeL": "rougeL"}[metric]
     score = (100 if metric == "accuracy" else 1) * sum(values) / len(values)
-    return {"task": task, "main_metric": metric, "score": score, "n": n or len(values), "metrics": {},
-            "per_example": {key: values}}
+    return {
+        "task": task,
+        "main_metric": metric,
+        "score": score,
+        "n": n or len(values),
+        "metrics": {},
+        "per_example": {key: values},
+    }
 
 
 def test_forgetting_deltas_and_paired_bootstrap():
-    before = {"boolq": _result("boolq", "accuracy", [1, 1, 1, 0] * 25),
-              "samsum": _result("samsum", "rougeL", [30.0, 40.0] * 10)}
-    after = {"boolq": _result("boolq", "accuracy", [1, 0, 0, 0] * 25),
-             "samsum": _result("samsum", "rougeL", [30.0, 40.0] * 10)}
+    before = {
+        "boolq": _result("boolq", "accuracy", [1, 1, 1, 0] * 25),
+        "samsum": _result("samsum", "rougeL", [30.0, 40.0] * 10),
+    }
+    after = {
+        "boolq": _result("boolq", "accuracy", [1, 0, 0, 0] * 25),
+        "samsum": _result("samsum", "rougeL", [30.0, 40.0] * 10),
+    }
     rep = forgetting_report(before, after, {"dialogsum rouge1": 12.0}, samples=500)
     b = rep["tasks"]["boolq"]
     assert b["delta"] == pytest.approx(25 - 75)
@@ -196,15 +214,26 @@ def test_bleu_change_significance_comes_from_sacrebleu_paired_test():
     bad = [f"a {r[0].split()[1]} sat somewhere" for r in refs]
 
     def result(preds, score):
-        return {"task": "wmt", "main_metric": "bleu", "score": score, "n": len(preds), "metrics": {},
-                "per_example": {"predictions": preds, "references": refs}}
+        return {
+            "task": "wmt",
+            "main_metric": "bleu",
+            "score": score,
+            "n": len(preds),
+            "metrics": {},
+            "per_example": {"predictions": preds, "references": refs},
+        }
 
     bleu = BLEU()
     before = result(bad, bleu.corpus_score(bad, [[r[0] for r in refs]]).score)
     after = result(good, bleu.corpus_score(good, [[r[0] for r in refs]]).score)
     report = forgetting_report({"wmt": before}, {"wmt": after}, samples=200)["tasks"]["wmt"]
-    _, expected = PairedTest([("before", bad), ("after", good)], {"BLEU": BLEU(references=[[r[0] for r in refs]])},
-                             references=None, test_type="bs", n_samples=200)()
+    _, expected = PairedTest(
+        [("before", bad), ("after", good)],
+        {"BLEU": BLEU(references=[[r[0] for r in refs]])},
+        references=None,
+        test_type="bs",
+        n_samples=200,
+    )()
     assert report["p_value"] == pytest.approx(expected["BLEU"][1].p_value) and report["p_value"] < 0.05
     assert report["significant"] and report["delta"] > 50
     same = forgetting_report({"wmt": before}, {"wmt": result(bad, before["score"])}, samples=200)["tasks"]["wmt"]

@@ -12,11 +12,14 @@ import pytest
 from tunelab.cli.main import main
 
 
-@pytest.mark.parametrize("flags, tunelab_level, library_level", [
-    ([], logging.INFO, logging.ERROR),
-    (["-v"], logging.DEBUG, logging.WARNING),
-    (["-q"], logging.WARNING, logging.ERROR),
-])
+@pytest.mark.parametrize(
+    "flags, tunelab_level, library_level",
+    [
+        ([], logging.INFO, logging.ERROR),
+        (["-v"], logging.DEBUG, logging.WARNING),
+        (["-q"], logging.WARNING, logging.ERROR),
+    ],
+)
 def test_verbosity_flags_set_tunelab_and_library_levels(flags, tunelab_level, library_level, capsys):
     for position in ("before", "after"):  # `tunelab -v templates list` and `tunelab templates list -v`
         argv = [*flags, "templates", "list"] if position == "before" else ["templates", "list", *flags]
@@ -41,7 +44,8 @@ def test_a_note_goes_to_stderr_unless_quiet(capsys):
 
 
 def test_a_reader_that_leaves_early_is_not_an_error():
-    proc = subprocess.run(f"{sys.executable} -m tunelab.cli.main tasks | head -1", shell=True, capture_output=True,
-                          text=True, timeout=120)
+    proc = subprocess.run(
+        f"{sys.executable} -m tunelab.cli.main tasks | head -1", shell=True, capture_output=True, text=True, timeout=120
+    )
     assert proc.stdout.count("\n") == 1
     assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr

@@ -17,20 +17,29 @@ ARMS = [
     {"name": "two-shot", "kind": "prompting", "shots": 2},
     {"name": "full", "method": {"name": "full"}, "training": {"lr": 5e-3}},
     {"name": "lora", "method": {"name": "lora", "r": 8, "dropout": 0.0, "target_modules": "all-linear"}},
-    {"name": "prompt-tuning", "method": {"name": "prompt_tuning", "num_virtual_tokens": 4, "init": "random"},
-     "training": {"lr": 0.1}},
+    {
+        "name": "prompt-tuning",
+        "method": {"name": "prompt_tuning", "num_virtual_tokens": 4, "init": "random"},
+        "training": {"lr": 0.1},
+    },
     {"name": "ia3", "method": {"name": "ia3"}, "training": {"lr": 0.05}},
 ]
 
 
 @pytest.fixture
 def compare_config(tiny_llama_chat_dir, dialogue_files, tmp_path):
-    base = experiment(tiny_llama_chat_dir, dialogue_files, tmp_path, training={"max_steps": 8},
-                      evaluation={"before": False, "max_samples": 4},
-                      benchmarks={"tasks": ["sst2"], "limit": 6, "bootstrap_samples": 20})
+    base = experiment(
+        tiny_llama_chat_dir,
+        dialogue_files,
+        tmp_path,
+        training={"max_steps": 8},
+        evaluation={"before": False, "max_samples": 4},
+        benchmarks={"tasks": ["sst2"], "limit": 6, "bootstrap_samples": 20},
+    )
     path = tmp_path / "compare.yaml"
-    path.write_text(yaml.safe_dump({"name": "cmp", "output_dir": str(tmp_path / "runs"), "experiment": base,
-                                    "arms": ARMS}))
+    path.write_text(
+        yaml.safe_dump({"name": "cmp", "output_dir": str(tmp_path / "runs"), "experiment": base, "arms": ARMS})
+    )
     return path
 
 
@@ -61,13 +70,21 @@ def test_compare_runs_every_arm_reuses_finished_ones_and_reports(compare_config,
         assert json.loads((directory / arm["name"] / "arm.json").read_text())["kind"] in ("prompting", "finetune")
     two_shot = json.loads((directory / "two-shot" / "metrics.json").read_text())
     assert two_shot["after"]["context"]["shots"] == 2
-    assert two_shot["after"]["context"]["mean_prompt_tokens"] > json.loads(
-        (directory / "zero-shot" / "metrics.json").read_text())["after"]["context"]["mean_prompt_tokens"]
+    assert (
+        two_shot["after"]["context"]["mean_prompt_tokens"]
+        > json.loads((directory / "zero-shot" / "metrics.json").read_text())["after"]["context"]["mean_prompt_tokens"]
+    )
 
     page = _Collect()
     page.feed((directory / "report.html").read_text())
-    assert {"chart-rouge", "chart-gain-forgetting", "chart-trainable", "chart-storage", "chart-memory",
-            "chart-time"} <= {s.get("id") for s in page.svgs}
+    assert {
+        "chart-rouge",
+        "chart-gain-forgetting",
+        "chart-trainable",
+        "chart-storage",
+        "chart-memory",
+        "chart-time",
+    } <= {s.get("id") for s in page.svgs}
     assert {"summary", "forgetting", "predictions"} <= set(page.tables)
     text = " ".join(page.text)
     for arm in ARMS:
@@ -126,11 +143,24 @@ def test_report_renders_in_a_real_browser(compare_config, tmp_path, sst2_availab
         pytest.skip("Chromium is not installed (`make setup` installs Debian's 'chromium' where apt-get works)")
     tunelab.compare(compare_config, show_progress=False, echo=None)
     report = tmp_path / "runs" / "cmp" / "report.html"
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={tmp_path / 'chrome'}", "--window-size=1280,3000"]
-    dom = subprocess.run([browser, *flags, "--virtual-time-budget=3000", "--dump-dom", report.as_uri()],
-                         capture_output=True, text=True, timeout=120).stdout
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'chrome'}",
+        "--window-size=1280,3000",
+    ]
+    dom = subprocess.run(
+        [browser, *flags, "--virtual-time-budget=3000", "--dump-dom", report.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    ).stdout
     page = _Collect()
     page.feed(dom)
     import re
@@ -155,12 +185,18 @@ def test_scatter_ticks_include_zero_and_labels_stay_inside():
     from tunelab.reporting.svg import nice_ticks, scatter
 
     assert 0.0 in nice_ticks(-8.7, 2.1) and nice_ticks(0.5, 9.5) == [2.0, 4.0, 6.0, 8.0]
-    chart = scatter("c", [("zero-shot", 0.0, 0.0), ("a-long-arm-name", -8.33, 13.95), ("full", -5.56, 11.84)],
-                    "benchmark change", "gain", width=760)
+    chart = scatter(
+        "c",
+        [("zero-shot", 0.0, 0.0), ("a-long-arm-name", -8.33, 13.95), ("full", -5.56, 11.84)],
+        "benchmark change",
+        "gain",
+        width=760,
+    )
     x_ticks = re.findall(r'class="x-tick"[^>]*>([^<]+)<', chart)
     assert "+0" in x_ticks and len(x_ticks) >= 4
-    for x, anchor, name in re.findall(r'class="point-label" x="([\d.]+)" y="[\d.]+" text-anchor="(\w+)"[^>]*>([^<]+)<',
-                                      chart):
+    for x, anchor, name in re.findall(
+        r'class="point-label" x="([\d.]+)" y="[\d.]+" text-anchor="(\w+)"[^>]*>([^<]+)<', chart
+    ):
         end = float(x) + (7 * len(name) if anchor == "start" else 0)
         start = float(x) - (7 * len(name) if anchor == "end" else 0)
         assert start >= 60 and end <= 760 - 30, (name, start, end)

@@ -25,15 +25,28 @@ def _run(cmd, cwd):
 
 @pytest.mark.parametrize("method", [{"name": "lora", "r": 4, "dropout": 0.0}, {"name": "full"}])
 def test_two_process_ddp_matches_one_process(method, tiny_t5_dir, dialogue_files, tmp_path):
-    tree = experiment(tiny_t5_dir, dialogue_files, tmp_path, method=method,
-                      training={"max_steps": 6, "batch_size": 8, "log_every": 1, "precision": "fp32",
-                                "save_every": 3, "eval_every": 3},
-                      evaluation={"max_samples": 6, "precision": "fp32"})
+    tree = experiment(
+        tiny_t5_dir,
+        dialogue_files,
+        tmp_path,
+        method=method,
+        training={
+            "max_steps": 6,
+            "batch_size": 8,
+            "log_every": 1,
+            "precision": "fp32",
+            "save_every": 3,
+            "eval_every": 3,
+        },
+        evaluation={"max_samples": 6, "precision": "fp32"},
+    )
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text(yaml.safe_dump(tree))
     torchrun = Path(sys.executable).with_name("torchrun")
-    ddp = _run([str(torchrun), "--nproc_per_node", "2", "-m", "tunelab.cli.main", "train", str(cfg),
-                "--set", "name=ddp"], tmp_path)
+    ddp = _run(
+        [str(torchrun), "--nproc_per_node", "2", "-m", "tunelab.cli.main", "train", str(cfg), "--set", "name=ddp"],
+        tmp_path,
+    )
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     single = _run([sys.executable, "-m", "tunelab.cli.main", "train", str(cfg), "--set", "name=single"], tmp_path)
     assert single.returncode == 0, single.stderr[-3000:]
@@ -64,8 +77,18 @@ def _accelerate_launch(config_name: str, cfg: Path, name: str, cwd: Path, fault:
     env.pop("TUNELAB_FAULT", None)
     if fault:
         env["TUNELAB_FAULT"] = fault
-    cmd = [str(accelerate), "launch", "--config_file", str(config), "-m", "tunelab.cli.main", "train", str(cfg),
-           "--set", f"name={name}"] + (["--resume"] if fault is None and name.endswith("killed") else [])
+    cmd = [
+        str(accelerate),
+        "launch",
+        "--config_file",
+        str(config),
+        "-m",
+        "tunelab.cli.main",
+        "train",
+        str(cfg),
+        "--set",
+        f"name={name}",
+    ] + (["--resume"] if fault is None and name.endswith("killed") else [])
     return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env, timeout=600)
 
 
@@ -78,18 +101,31 @@ def _weights(folder: Path) -> dict:
     return out
 
 
-@pytest.mark.parametrize("arch,method", [("causal", {"name": "full"}),
-                                         ("seq2seq", {"name": "lora", "r": 4, "dropout": 0.0})])
-def test_fsdp_on_cpu_matches_one_process_and_resumes(arch, method, tiny_llama_dir, tiny_t5_dir, dialogue_files,
-                                                     tmp_path):
+@pytest.mark.parametrize(
+    "arch,method", [("causal", {"name": "full"}), ("seq2seq", {"name": "lora", "r": 4, "dropout": 0.0})]
+)
+def test_fsdp_on_cpu_matches_one_process_and_resumes(
+    arch, method, tiny_llama_dir, tiny_t5_dir, dialogue_files, tmp_path
+):
     """FSDP2 through `accelerate launch` with configs/accelerate/fsdp_cpu.yaml (2 processes, gloo): same
     loss curve, saved weights and predictions as one process; checkpoints are sharded (each process writes its
     slice); a run SIGKILLed after its first checkpoint resumes to the same result under FSDP and in one process."""
     model_dir = tiny_llama_dir if arch == "causal" else tiny_t5_dir
-    tree = experiment(model_dir, dialogue_files, tmp_path, method=method,
-                      training={"max_steps": 6, "batch_size": 8, "log_every": 1, "precision": "fp32",
-                                "save_every": 3, "eval_every": 3},
-                      evaluation={"max_samples": 5, "precision": "fp32"})  # 5: unequal shards, padded
+    tree = experiment(
+        model_dir,
+        dialogue_files,
+        tmp_path,
+        method=method,
+        training={
+            "max_steps": 6,
+            "batch_size": 8,
+            "log_every": 1,
+            "precision": "fp32",
+            "save_every": 3,
+            "eval_every": 3,
+        },
+        evaluation={"max_samples": 5, "precision": "fp32"},
+    )  # 5: unequal shards, padded
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text(yaml.safe_dump(tree))
     fsdp = _accelerate_launch("fsdp_cpu.yaml", cfg, "fsdp", tmp_path)
@@ -106,8 +142,10 @@ def test_fsdp_on_cpu_matches_one_process_and_resumes(arch, method, tiny_llama_di
     shutil.copytree(runs / "killed", runs / "killed-alone")
     stored = yaml.safe_load((runs / "killed-alone" / "config.yaml").read_text())
     (runs / "killed-alone" / "config.yaml").write_text(yaml.safe_dump({**stored, "name": "killed-alone"}))
-    alone = _run([sys.executable, "-m", "tunelab.cli.main", "train", str(cfg), "--set", "name=killed-alone",
-                  "--resume"], tmp_path)
+    alone = _run(
+        [sys.executable, "-m", "tunelab.cli.main", "train", str(cfg), "--set", "name=killed-alone", "--resume"],
+        tmp_path,
+    )
     assert alone.returncode == 0, alone.stderr[-3000:]
     resumed = _accelerate_launch("fsdp_cpu.yaml", cfg, "killed", tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]

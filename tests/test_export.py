@@ -16,20 +16,33 @@ import yaml
 from conftest import CHATML, bpe_tokenizer, experiment, make_tokenizer, tiny_t5
 from tunelab.errors import ExportError, RunDirError
 
-SAMPLES = ["#person1#: hello , anna here . i want to buy a red car . 1234",
-           "<|im_start|>user\nSummarize the following conversation.<|im_end|>\n<|im_start|>assistant\n",
-           "Ünïcödé  spaces\tand\nnewlines?!"]
+SAMPLES = [
+    "#person1#: hello , anna here . i want to buy a red car . 1234",
+    "<|im_start|>user\nSummarize the following conversation.<|im_end|>\n<|im_start|>assistant\n",
+    "Ünïcödé  spaces\tand\nnewlines?!",
+]
 
 
 def tiny_causal(model_type: str, vocab_size: int):
     from transformers import AutoConfig, AutoModelForCausalLM
 
     torch.manual_seed(0)
-    cfg = AutoConfig.for_model(model_type, vocab_size=vocab_size, hidden_size=64, intermediate_size=128,
-                               num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                               max_position_embeddings=512, tie_word_embeddings=model_type == "qwen2",
-                               pad_token_id=0, eos_token_id=2, bos_token_id=1, initializer_range=0.2,
-                               **({"head_dim": 128} if model_type == "qwen3" else {}))  # Qwen3's real head size; transformers reads no other from GGUF
+    cfg = AutoConfig.for_model(
+        model_type,
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=model_type == "qwen2",
+        pad_token_id=0,
+        eos_token_id=2,
+        bos_token_id=1,
+        initializer_range=0.2,
+        **({"head_dim": 128} if model_type == "qwen3" else {}),
+    )  # Qwen3's real head size; transformers reads no other from GGUF
     return AutoModelForCausalLM.from_config(cfg).eval()
 
 
@@ -65,7 +78,7 @@ def logits(model, ids: list[int]) -> torch.Tensor:
 def greedy(model, ids: list[int], n: int = 12) -> list[int]:
     with torch.no_grad():
         out = model.generate(torch.tensor([ids]), max_new_tokens=n, do_sample=False, pad_token_id=0, eos_token_id=None)
-    return out[0, len(ids):].tolist()
+    return out[0, len(ids) :].tolist()
 
 
 @pytest.mark.parametrize("model_type", ["llama", "qwen2", "qwen3"])
@@ -80,7 +93,9 @@ def test_f32_round_trip_through_transformers_gguf_reader(model_type, tmp_path):
     assert greedy(back, ids) == greedy(model, ids)
 
 
-@pytest.mark.parametrize("dtype, matrix_type, bound", [("f16", "F16", 5e-3), ("bf16", "BF16", 5e-2), ("q8_0", "Q8_0", 1e-1)])
+@pytest.mark.parametrize(
+    "dtype, matrix_type, bound", [("f16", "F16", 5e-3), ("bf16", "BF16", 5e-2), ("q8_0", "Q8_0", 1e-1)]
+)
 def test_smaller_dtypes_are_typed_as_llamacpp_expects_and_stay_close(dtype, matrix_type, bound, tmp_path):
     from gguf import GGUFReader
 
@@ -124,8 +139,10 @@ def test_lora_file_holds_the_merged_update_in_llamacpp_layout(rslora, tmp_path):
 
     tok = bpe_tokenizer()
     write(tiny_causal("llama", len(tok)), tok, tmp_path / "base.gguf")
-    peft_model = get_peft_model(tiny_causal("llama", len(tok)), LoraConfig(
-        r=4, lora_alpha=12, target_modules=["q_proj", "k_proj", "v_proj", "down_proj"], use_rslora=rslora))
+    peft_model = get_peft_model(
+        tiny_causal("llama", len(tok)),
+        LoraConfig(r=4, lora_alpha=12, target_modules=["q_proj", "k_proj", "v_proj", "down_proj"], use_rslora=rslora),
+    )
     with torch.no_grad():
         for name, p in peft_model.named_parameters():
             if "lora_B" in name:
@@ -168,8 +185,10 @@ def test_unsupported_inputs_are_refused_with_what_is_supported(tmp_path):
         write_model_gguf(tiny_causal("llama", len(vocab.tokens)), vocab, tmp_path / "x.gguf", "q4_k")
     from peft import IA3Config, get_peft_model
 
-    ia3 = get_peft_model(tiny_causal("llama", len(vocab.tokens)),
-                         IA3Config(target_modules=["k_proj", "down_proj"], feedforward_modules=["down_proj"]))
+    ia3 = get_peft_model(
+        tiny_causal("llama", len(vocab.tokens)),
+        IA3Config(target_modules=["k_proj", "down_proj"], feedforward_modules=["down_proj"]),
+    )
     with pytest.raises(ExportError, match="LoRA adapters only, not IA3"):
         write_lora_gguf(ia3, tmp_path / "ia3.gguf")
     assert not list(tmp_path.glob("*.gguf"))
@@ -177,12 +196,19 @@ def test_unsupported_inputs_are_refused_with_what_is_supported(tmp_path):
 
 # ---- the recipe and the CLI, on finished runs ----------------------------------------------------------
 
+
 def _train(bpe_llama_dir: Path, dialogue_files, tmp_path: Path, method: dict, name: str):
     from tunelab import build_config, finetune
 
-    tree = experiment(bpe_llama_dir, dialogue_files, tmp_path, name=name, method=method,
-                      training={"max_steps": 4, "batch_size": 8, "lr": 1e-2, "warmup_ratio": 0.0, "log_every": 2},
-                      evaluation={"max_samples": 2, "batch_size": 2, "max_new_tokens": 6, "bootstrap_samples": 10})
+    tree = experiment(
+        bpe_llama_dir,
+        dialogue_files,
+        tmp_path,
+        name=name,
+        method=method,
+        training={"max_steps": 4, "batch_size": 8, "lr": 1e-2, "warmup_ratio": 0.0, "log_every": 2},
+        evaluation={"max_samples": 2, "batch_size": 2, "max_new_tokens": 6, "bootstrap_samples": 10},
+    )
     return finetune(build_config(tree)).run_dir
 
 
@@ -196,8 +222,13 @@ def test_export_recipe_on_a_lora_run_and_modelfile_reproduces_the_prompt(bpe_lla
     out = tmp_path / "export"
     assert main(["export", str(run), "--out", str(out), "--dtype", "f32"]) == 0
     manifest = json.loads((out / "export.json").read_text())
-    assert sorted(p.name for p in out.iterdir()) == ["Modelfile", "README.md", "export.json", "model.gguf",
-                                                     "prompt-template.txt"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "Modelfile",
+        "README.md",
+        "export.json",
+        "model.gguf",
+        "prompt-template.txt",
+    ]
     assert manifest["files"]["model.gguf"]["bytes"] == (out / "model.gguf").stat().st_size
     assert manifest["files"]["model.gguf"]["sha256"] == hashlib.sha256((out / "model.gguf").read_bytes()).hexdigest()
 

@@ -13,8 +13,9 @@ llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not ins
 
 
 def run_llamacpp(path, ids: list[int], n: int = 12, lora=None) -> list[int]:
-    llm = llama_cpp.Llama(model_path=str(path), lora_path=str(lora) if lora else None, n_ctx=256, n_threads=2,
-                          verbose=False)
+    llm = llama_cpp.Llama(
+        model_path=str(path), lora_path=str(lora) if lora else None, n_ctx=256, n_threads=2, verbose=False
+    )
     out = []
     for token in llm.generate(ids, top_k=1, temp=0.0, repeat_penalty=1.0):
         out.append(token)
@@ -46,8 +47,10 @@ def test_llamacpp_lora_file_on_base_equals_merged_file(tmp_path):
 
     tok = bpe_tokenizer()
     base = write(tiny_causal("llama", len(tok)), tok, tmp_path / "base.gguf", "f32")
-    peft_model = get_peft_model(tiny_causal("llama", len(tok)),
-                                LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]))
+    peft_model = get_peft_model(
+        tiny_causal("llama", len(tok)),
+        LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]),
+    )
     with torch.no_grad():
         for name, p in peft_model.named_parameters():
             if "lora_B" in name:

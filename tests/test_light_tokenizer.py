@@ -10,12 +10,19 @@ import pytest
 from conftest import bpe_tokenizer, experiment, make_tokenizer
 from tunelab.data.light_tokenizer import LightTokenizer
 
-TEXTS = ["#Person1#: hello , anna here . i want to buy a red car . \n#Person2#: okay .",
-         "Ünïcödé  spaces\tand\nnewlines?! 1234 don't", ""]
+TEXTS = [
+    "#Person1#: hello , anna here . i want to buy a red car . \n#Person2#: okay .",
+    "Ünïcödé  spaces\tand\nnewlines?! 1234 don't",
+    "",
+]
 CONVERSATIONS = [
     [{"role": "user", "content": "Summarize: anna wants a car."}],
-    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"},
-     {"role": "assistant", "content": "hello"}, {"role": "user", "content": "bye"}],
+    [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "hello"},
+        {"role": "user", "content": "bye"},
+    ],
 ]
 
 
@@ -50,8 +57,9 @@ def test_same_ids_offsets_text_and_chat_renderings_as_transformers(tmp_path):
                 assert light.decode(a["input_ids"]) == full.decode(b["input_ids"])
         for messages in CONVERSATIONS:
             for generation_prompt in (True, False):
-                assert (light.apply_chat_template(messages, add_generation_prompt=generation_prompt)
-                        == full.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt))
+                assert light.apply_chat_template(
+                    messages, add_generation_prompt=generation_prompt
+                ) == full.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
 
 
 def test_data_preview_is_the_same_through_both_tokenizers(tiny_llama_chat_dir, dialogue_files, tmp_path, monkeypatch):

@@ -10,8 +10,14 @@ from tunelab.models import load_model
 lm_eval = pytest.importorskip("lm_eval", reason="lm-eval is installed by `make test` (pip install lm-eval)")
 
 
-@pytest.mark.parametrize("task,overrides", [("boolq", {"limit": 12}), ("copa", {"limit": 12}),
-                                            ("mmlu", {"limit": 12, "subjects": ["anatomy"], "num_fewshot": 2})])
+@pytest.mark.parametrize(
+    "task,overrides",
+    [
+        ("boolq", {"limit": 12}),
+        ("copa", {"limit": 12}),
+        ("mmlu", {"limit": 12, "subjects": ["anatomy"], "num_fewshot": 2}),
+    ],
+)
 def test_accuracy_and_logliks_equal_lm_eval(task, overrides, tiny_llama_dir, tmp_path, monkeypatch):
     from tunelab.benchmarks.lm_eval_bridge import run_lm_eval
     from tunelab.paths import data_root

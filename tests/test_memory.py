@@ -52,9 +52,11 @@ def test_finetune_records_phase_memory_and_leaves_no_model_alive(tiny_llama_dir,
 
     alive = _live_models()
     resident_before = psutil.Process().memory_info().rss
-    result = finetune(build_config(experiment(tiny_llama_dir, dialogue_files, tmp_path,
-                                              training={"max_steps": 2, "batch_size": 4})), show_progress=False,
-                      echo=None)
+    result = finetune(
+        build_config(experiment(tiny_llama_dir, dialogue_files, tmp_path, training={"max_steps": 2, "batch_size": 4})),
+        show_progress=False,
+        echo=None,
+    )
     assert _live_models() == alive
     phases = result.metrics["memory_phases"]
     assert list(phases) == ["load", "evaluate_before", "train", "evaluate_after"]

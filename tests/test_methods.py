@@ -20,8 +20,10 @@ from tunelab.training import evaluation_loss, train_model
 CPU = torch.device("cpu")
 METHODS = {
     "prompt_tuning": ({"name": "prompt_tuning", "num_virtual_tokens": 8, "init": "text"}, 0.1),
-    "prompt_tuning_encoder": ({"name": "prompt_tuning", "num_virtual_tokens": 8, "init": "sample_vocab",
-                               "seq2seq_prompt": "encoder"}, 0.1),
+    "prompt_tuning_encoder": (
+        {"name": "prompt_tuning", "num_virtual_tokens": 8, "init": "sample_vocab", "seq2seq_prompt": "encoder"},
+        0.1,
+    ),
     "ia3": ({"name": "ia3"}, 0.05),
     "prefix_tuning": ({"name": "prefix_tuning", "num_virtual_tokens": 8}, 0.02),
     "dora": ({"name": "lora", "r": 4, "dropout": 0.0, "use_dora": True, "target_modules": "all-linear"}, 1e-2),
@@ -35,8 +37,13 @@ def dialogues(n, seed):
 
 
 def prepare(model_dir, method_cfg, lr=1e-2, steps=30, seed=0):
-    cfg = build_config({"model": {"name": str(model_dir)}, "method": method_cfg,
-                        "training": {"max_steps": steps, "batch_size": 8, "lr": lr, "warmup_ratio": 0.0}})
+    cfg = build_config(
+        {
+            "model": {"name": str(model_dir)},
+            "method": method_cfg,
+            "training": {"max_steps": steps, "batch_size": 8, "lr": lr, "warmup_ratio": 0.0},
+        }
+    )
     method = get_method(cfg.method.name)
     loaded = load_model(cfg.model, device=CPU, extra_kwargs=method.load_kwargs(cfg.method))
     ts = TemplateSet("dialogue_summarization")
@@ -51,9 +58,11 @@ def prepare(model_dir, method_cfg, lr=1e-2, steps=30, seed=0):
 def held_loss(model, loaded, held):
     from torch.utils.data import DataLoader
 
-    return evaluation_loss(model, DataLoader(held, batch_size=8,
-                                             collate_fn=TrainCollator(loaded.tokenizer.pad_token_id, loaded.arch)),
-                           loaded.arch)
+    return evaluation_loss(
+        model,
+        DataLoader(held, batch_size=8, collate_fn=TrainCollator(loaded.tokenizer.pad_token_id, loaded.arch)),
+        loaded.arch,
+    )
 
 
 def frozen_state(model):
@@ -74,8 +83,9 @@ def test_method_trains_only_its_parameters_and_reloads_exactly(key, arch, tiny_l
     cfg, loaded, model, train, held, _, _ = prepare(model_dir, method_cfg, lr)
     frozen = frozen_state(model)
     before = held_loss(model, loaded, held)
-    train_model(model, loaded.tokenizer, loaded.arch, train, None, cfg.training, seed=0, device=CPU,
-                show_progress=False)
+    train_model(
+        model, loaded.tokenizer, loaded.arch, train, None, cfg.training, seed=0, device=CPU, show_progress=False
+    )
     after = held_loss(model, loaded, held)
     assert after < 0.95 * before, (before, after)
     for name, p in model.named_parameters():
@@ -94,8 +104,10 @@ def test_method_trains_only_its_parameters_and_reloads_exactly(key, arch, tiny_l
 
 
 def test_soft_prompt_initialised_from_text_starts_at_the_text_embeddings(tiny_llama_dir):
-    _, loaded, model, *_ = prepare(tiny_llama_dir, {"name": "prompt_tuning", "num_virtual_tokens": 4,
-                                                    "init": "text", "init_text": "anna wants a car"})
+    _, loaded, model, *_ = prepare(
+        tiny_llama_dir,
+        {"name": "prompt_tuning", "num_virtual_tokens": 4, "init": "text", "init_text": "anna wants a car"},
+    )
     ids = loaded.tokenizer("anna wants a car", add_special_tokens=False)["input_ids"]
     vocab = model.get_base_model().get_input_embeddings().weight
     prompt = model.get_prompt_embedding_to_save(adapter_name="default")
@@ -108,18 +120,21 @@ def test_soft_prompt_initialised_from_text_starts_at_the_text_embeddings(tiny_ll
 
 def test_prompt_tuning_encoder_only_puts_virtual_tokens_on_the_encoder(tiny_t5_dir):
     _, _, both, *_ = prepare(tiny_t5_dir, {"name": "prompt_tuning", "num_virtual_tokens": 4, "init": "random"})
-    _, _, enc, *_ = prepare(tiny_t5_dir, {"name": "prompt_tuning", "num_virtual_tokens": 4, "init": "random",
-                                          "seq2seq_prompt": "encoder"})
+    _, _, enc, *_ = prepare(
+        tiny_t5_dir, {"name": "prompt_tuning", "num_virtual_tokens": 4, "init": "random", "seq2seq_prompt": "encoder"}
+    )
     assert both.get_prompt_embedding_to_save("default").shape[0] == 8
     assert enc.get_prompt_embedding_to_save("default").shape[0] == 4
 
 
 # ---- per-task adapters --------------------------------------------------------------------------
 
+
 def _train_lora(model_dir, seed, out):
     cfg, loaded, model, train, *_ = prepare(model_dir, {"name": "lora", "r": 4, "dropout": 0.0}, steps=10, seed=seed)
-    train_model(model, loaded.tokenizer, loaded.arch, train, None, cfg.training, seed=seed, device=CPU,
-                show_progress=False)
+    train_model(
+        model, loaded.tokenizer, loaded.arch, train, None, cfg.training, seed=seed, device=CPU, show_progress=False
+    )
     model.save_pretrained(out)
     return out
 
@@ -177,8 +192,13 @@ def test_merge_run_cli_writes_a_standalone_model(tiny_llama_dir, dialogue_files,
     from conftest import experiment
     from transformers import AutoModelForCausalLM
 
-    tree = experiment(tiny_llama_dir, dialogue_files, tmp_path, training={"max_steps": 3},
-                      evaluation={"before": False, "max_samples": 2})
+    tree = experiment(
+        tiny_llama_dir,
+        dialogue_files,
+        tmp_path,
+        training={"max_steps": 3},
+        evaluation={"before": False, "max_samples": 2},
+    )
     run = tunelab.finetune(tunelab.build_config(tree), show_progress=False, echo=None).run_dir
     out = tunelab.merge_run(run, tmp_path / "merged")
     merged = AutoModelForCausalLM.from_pretrained(out)
@@ -192,6 +212,7 @@ def test_merge_run_cli_writes_a_standalone_model(tiny_llama_dir, dialogue_files,
 
 # ---- QLoRA ----------------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def wide_llama_dir(tmp_path_factory):
     """bitsandbytes' CPU 4-bit kernels need in_features >= its block size (64)."""
@@ -199,10 +220,20 @@ def wide_llama_dir(tmp_path_factory):
 
     tok = make_tokenizer()
     torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=128, intermediate_size=256,
-                                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                                         pad_token_id=0, eos_token_id=1, initializer_range=0.1,
-                                         tie_word_embeddings=False))
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=len(tok),
+            hidden_size=128,
+            intermediate_size=256,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            pad_token_id=0,
+            eos_token_id=1,
+            initializer_range=0.1,
+            tie_word_embeddings=False,
+        )
+    )
     path = tmp_path_factory.mktemp("wide-llama")
     model.save_pretrained(path)
     tok.save_pretrained(path)
@@ -212,8 +243,9 @@ def wide_llama_dir(tmp_path_factory):
 def test_qlora_base_is_4bit_and_trains_on_cpu(wide_llama_dir):
     import bitsandbytes as bnb
 
-    cfg, loaded, model, train, held, *_ = prepare(wide_llama_dir, {"name": "qlora", "r": 8, "dropout": 0.0,
-                                                                   "compute_dtype": "float32"}, lr=1e-2)
+    cfg, loaded, model, train, held, *_ = prepare(
+        wide_llama_dir, {"name": "qlora", "r": 8, "dropout": 0.0, "compute_dtype": "float32"}, lr=1e-2
+    )
     base = model.get_base_model()
     q = base.model.layers[0].self_attn.q_proj.base_layer
     assert isinstance(q, bnb.nn.Linear4bit)
@@ -222,14 +254,16 @@ def test_qlora_base_is_4bit_and_trains_on_cpu(wide_llama_dir):
     counts = parameter_counts(model)
     assert counts["total_parameters"] > sum(p.numel() for p in base.parameters())  # PEFT counts 4-bit unpacked
     before = held_loss(model, loaded, held)
-    train_model(model, loaded.tokenizer, loaded.arch, train, None, cfg.training, seed=0, device=CPU,
-                show_progress=False)
+    train_model(
+        model, loaded.tokenizer, loaded.arch, train, None, cfg.training, seed=0, device=CPU, show_progress=False
+    )
     assert held_loss(model, loaded, held) < 0.95 * before
     with pytest.raises(ModelError, match="quantized"):
         merge_adapter(model)
 
 
 # ---- cost accounting ------------------------------------------------------------------------------
+
 
 def test_lora_trainable_count_matches_a_hand_count(tiny_llama_dir, tmp_path):
     _, loaded, model, *_ = prepare(tiny_llama_dir, {"name": "lora", "r": 4})
@@ -256,8 +290,11 @@ def _greedy_without_cache(model, tok, prompt_ids, arch, steps):
             if arch == "causal":
                 logits = model(input_ids=torch.tensor([prompt_ids + out])).logits
             else:
-                dec = torch.tensor([[model.get_base_model().config.decoder_start_token_id] + out]) \
-                    if hasattr(model, "get_base_model") else None
+                dec = (
+                    torch.tensor([[model.get_base_model().config.decoder_start_token_id] + out])
+                    if hasattr(model, "get_base_model")
+                    else None
+                )
                 logits = model(input_ids=ids, decoder_input_ids=dec).logits
             nxt = int(logits[0, -1].argmax())
             if nxt == tok.eos_token_id:
@@ -274,12 +311,21 @@ def test_generation_equals_cache_free_greedy_decoding(key, arch, tiny_llama_dir,
     model_dir = tiny_llama_dir if arch == "llama" else tiny_t5_dir
     method_cfg, lr = METHODS[key]
     cfg, loaded, model, train, held, enc, ts = prepare(model_dir, method_cfg, lr, steps=20)
-    train_model(model, loaded.tokenizer, loaded.arch, train, None, cfg.training, seed=0, device=CPU,
-                show_progress=False)
+    train_model(
+        model, loaded.tokenizer, loaded.arch, train, None, cfg.training, seed=0, device=CPU, show_progress=False
+    )
     model.eval()
     prompts = [enc.encode_for_generation(ts.eval, ex) for ex in dialogues(3, 7)]
-    batched = generate_texts(model, loaded.tokenizer, prompts, loaded.arch, batch_size=3, max_new_tokens=6,
-                             show_progress=False, precision="fp32")
+    batched = generate_texts(
+        model,
+        loaded.tokenizer,
+        prompts,
+        loaded.arch,
+        batch_size=3,
+        max_new_tokens=6,
+        show_progress=False,
+        precision="fp32",
+    )
     reference = [_greedy_without_cache(model, loaded.tokenizer, p.input_ids, loaded.arch, 6) for p in prompts]
     assert batched == reference
 

@@ -4,18 +4,27 @@ from sacrebleu.metrics import BLEU
 
 from tunelab.evaluation import bleu, rouge, rouge_per_example, sentence_per_line
 
-PREDS = ["The customer lost his card. The bank will block it.", "Anna wants to buy a red car!",
-         "They talk about the weather"]
-REFS = [["#Person1# lost a debit card and the bank blocks it.", "A customer reports a lost card.",
-         "The bank blocks the lost card. #Person1# is relieved."],
-        ["Anna is buying a red car.", "Anna wants a car.", "Anna and Ben discuss cars."],
-        ["Two friends chat about rain.", "They discuss the weather.", "It rains."]]
+PREDS = [
+    "The customer lost his card. The bank will block it.",
+    "Anna wants to buy a red car!",
+    "They talk about the weather",
+]
+REFS = [
+    [
+        "#Person1# lost a debit card and the bank blocks it.",
+        "A customer reports a lost card.",
+        "The bank blocks the lost card. #Person1# is relieved.",
+    ],
+    ["Anna is buying a red car.", "Anna wants a car.", "Anna and Ben discuss cars."],
+    ["Two friends chat about rain.", "They discuss the weather.", "It rains."],
+]
 
 
 def test_rouge_equals_rouge_score_called_directly_with_multiple_references():
     scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL", "rougeLsum"], use_stemmer=True)
-    expected = [scorer.score_multi([sentence_per_line(r) for r in refs], sentence_per_line(p))
-                for p, refs in zip(PREDS, REFS)]
+    expected = [
+        scorer.score_multi([sentence_per_line(r) for r in refs], sentence_per_line(p)) for p, refs in zip(PREDS, REFS)
+    ]
     ours = rouge_per_example(PREDS, REFS)
     for e, o in zip(expected, ours):
         for k, s in e.items():
@@ -63,8 +72,12 @@ def test_length_mismatch_is_an_error():
 def test_one_evaluation_prints_a_plain_table_and_two_a_before_after_one():
     from tunelab.reporting.tables import before_after_table
 
-    m = {"rouge": {k: {"f1": 10.0, "precision": 9.0, "recall": 11.0} for k in ("rouge1", "rouge2", "rougeL", "rougeLsum")},
-         "bleu": {"score": 3.0}}
+    m = {
+        "rouge": {
+            k: {"f1": 10.0, "precision": 9.0, "recall": 11.0} for k in ("rouge1", "rouge2", "rougeL", "rougeLsum")
+        },
+        "bleu": {"score": 3.0},
+    }
     plain = before_after_table(None, m)
     cells = [[c.strip() for c in line.split("|")[1:-1]] for line in plain.splitlines() if not line.startswith("|-")]
     assert cells[0] == ["metric", "score"] and ["BLEU", "3.00"] in cells and all("-" not in r for r in cells)

@@ -29,8 +29,9 @@ def test_temperature_rates():
 
 
 def _component(name, n):
-    return Component(name, [Example(f"{name}{i}", f"text {i}", ("t",)) for i in range(n)],
-                     TemplateSet("dialogue_summarization"))
+    return Component(
+        name, [Example(f"{name}{i}", f"text {i}", ("t",)) for i in range(n)], TemplateSet("dialogue_summarization")
+    )
 
 
 @pytest.mark.parametrize("strategy", ["proportional", "temperature"])
@@ -72,8 +73,18 @@ def _distance_after_training(model_dir, regularizer_factory):
     cfg, loaded, model, train, _ = _setup(model_dir, {"name": "full"}, {"max_steps": 15})
     start = [p.detach().clone() for p in model.parameters()]
     reg = regularizer_factory(model, loaded) if regularizer_factory else None
-    train_model(model, loaded.tokenizer, loaded.arch, train, None, cfg.training, seed=0, device=CPU,
-                regularizer=reg, show_progress=False)
+    train_model(
+        model,
+        loaded.tokenizer,
+        loaded.arch,
+        train,
+        None,
+        cfg.training,
+        seed=0,
+        device=CPU,
+        regularizer=reg,
+        show_progress=False,
+    )
     params = list(model.parameters())
     return sum(float((p.detach() - s).pow(2).sum()) for p, s in zip(params, start)), params
 
@@ -93,7 +104,9 @@ def test_ewc_fisher_estimate_and_effect(tiny_t5_dir):
 
     def ewc(model, loaded):
         _, _, _, general, _ = _setup(tiny_t5_dir, {"name": "full"})
-        loader = DataLoader(general[:16], batch_size=8, collate_fn=TrainCollator(loaded.tokenizer.pad_token_id, "seq2seq"))
+        loader = DataLoader(
+            general[:16], batch_size=8, collate_fn=TrainCollator(loaded.tokenizer.pad_token_id, "seq2seq")
+        )
         fisher = estimate_fisher(model, loader, "seq2seq")
         assert all((f >= 0).all() for f in fisher.values()) and any(f.sum() > 0 for f in fisher.values())
         return AnchoredPenalty(model.parameters(), 1e6, fisher)
@@ -104,14 +117,23 @@ def test_ewc_fisher_estimate_and_effect(tiny_t5_dir):
 
 
 def test_finetune_with_mixture_ewc_and_forgetting_report(tiny_llama_dir, dialogue_files, tmp_path, dialogsum_dir):
-    tree = experiment(tiny_llama_dir, dialogue_files, tmp_path,
-                      data={"mixture": {"components": [{"task": "sst2", "max_examples": 40},
-                                                       {"source": "samsum", "split": "validation",
-                                                        "max_examples": 40}], "total": 80}},
-                      training={"max_steps": 6, "regularization": {"kind": "ewc", "strength": 10.0,
-                                                                   "fisher_samples": 8}},
-                      benchmarks={"tasks": ["boolq", "sst2"], "limit": 8, "bootstrap_samples": 50},
-                      evaluation={"max_samples": 3})
+    tree = experiment(
+        tiny_llama_dir,
+        dialogue_files,
+        tmp_path,
+        data={
+            "mixture": {
+                "components": [
+                    {"task": "sst2", "max_examples": 40},
+                    {"source": "samsum", "split": "validation", "max_examples": 40},
+                ],
+                "total": 80,
+            }
+        },
+        training={"max_steps": 6, "regularization": {"kind": "ewc", "strength": 10.0, "fisher_samples": 8}},
+        benchmarks={"tasks": ["boolq", "sst2"], "limit": 8, "bootstrap_samples": 50},
+        evaluation={"max_samples": 3},
+    )
     result = tunelab.finetune(build_config(tree), show_progress=False, echo=None)
     m = result.metrics
     assert set(m["training"]["mixture"]) == {"files:train", "task:sst2", "samsum:validation"}
@@ -127,4 +149,5 @@ def test_finetune_with_mixture_ewc_and_forgetting_report(tiny_llama_dir, dialogu
     # the standalone command gives the same numbers
     again = tunelab.measure_forgetting(result.run_dir)
     assert {k: v["delta"] for k, v in again["tasks"].items()} == pytest.approx(
-        {k: v["delta"] for k, v in report["tasks"].items()})
+        {k: v["delta"] for k, v in report["tasks"].items()}
+    )

@@ -14,16 +14,28 @@ from tunelab.errors import ModelError, RunDirError
 
 @pytest.fixture
 def lora_run(tiny_llama_chat_dir, dialogue_files, tmp_path):
-    tree = experiment(tiny_llama_chat_dir, dialogue_files, tmp_path,
-                      method={"name": "lora", "r": 8, "dropout": 0.0, "target_modules": "all-linear"},
-                      training={"eval_every": 10})
+    tree = experiment(
+        tiny_llama_chat_dir,
+        dialogue_files,
+        tmp_path,
+        method={"name": "lora", "r": 8, "dropout": 0.0, "target_modules": "all-linear"},
+        training={"eval_every": 10},
+    )
     return tunelab.finetune(tunelab.build_config(tree), show_progress=False, echo=None)
 
 
 def test_finetune_writes_a_complete_run_directory(lora_run):
     run = lora_run.run_dir
-    for name in ("config.yaml", "metrics.json", "predictions.jsonl", "predictions_before.jsonl", "COMPLETE",
-                 "adapter/adapter_config.json", "adapter/adapter_model.safetensors", "adapter/tunelab.json"):
+    for name in (
+        "config.yaml",
+        "metrics.json",
+        "predictions.jsonl",
+        "predictions_before.jsonl",
+        "COMPLETE",
+        "adapter/adapter_config.json",
+        "adapter/adapter_model.safetensors",
+        "adapter/tunelab.json",
+    ):
         assert (run / name).is_file(), name
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
     metrics = json.loads((run / "metrics.json").read_text())
@@ -66,8 +78,9 @@ def test_evaluate_a_run_reproduces_its_metrics(lora_run):
 def test_generate_with_a_run_and_with_base_plus_adapter(lora_run, tiny_llama_chat_dir, dialogue_files):
     text = json.loads(open(dialogue_files["test"]).readline())["dialogue"]
     from_run = tunelab.summarize(tunelab.open_for_generation(run=lora_run.run_dir), [text])
-    from_adapter = tunelab.summarize(tunelab.open_for_generation(model=str(tiny_llama_chat_dir),
-                                                                 adapter=lora_run.run_dir / "adapter"), [text])
+    from_adapter = tunelab.summarize(
+        tunelab.open_for_generation(model=str(tiny_llama_chat_dir), adapter=lora_run.run_dir / "adapter"), [text]
+    )
     assert from_run == from_adapter and from_run[0]
 
 
@@ -89,8 +102,14 @@ def test_full_finetuning_seq2seq_end_to_end(tiny_t5_dir, dialogue_files, tmp_pat
 def test_same_config_and_seed_give_identical_metrics(tiny_t5_dir, dialogue_files, tmp_path):
     runs = []
     for name in ("a", "b"):
-        tree = experiment(tiny_t5_dir, dialogue_files, tmp_path, name=name,
-                          method={"name": "lora", "r": 4, "dropout": 0.1}, training={"max_steps": 8})
+        tree = experiment(
+            tiny_t5_dir,
+            dialogue_files,
+            tmp_path,
+            name=name,
+            method={"name": "lora", "r": 4, "dropout": 0.1},
+            training={"max_steps": 8},
+        )
         runs.append(tunelab.finetune(tunelab.build_config(tree), show_progress=False, echo=None).metrics)
     assert runs[0]["training"]["train_loss"] == runs[1]["training"]["train_loss"]
     assert runs[0]["after"]["rouge"] == runs[1]["after"]["rouge"]
@@ -98,12 +117,17 @@ def test_same_config_and_seed_give_identical_metrics(tiny_t5_dir, dialogue_files
     env = runs[0]["environment"]
     from tunelab.models.precision import resolve_precision
 
-    assert env["precision"]["training"] == resolve_precision("auto", torch.device("cpu")) == runs[0]["training"]["precision"]
+    assert (
+        env["precision"]["training"]
+        == resolve_precision("auto", torch.device("cpu"))
+        == runs[0]["training"]["precision"]
+    )
     assert env["cpu"]["model"] and env["torch_threads"] == torch.get_num_threads()
     assert env["packages"]["torch"] == torch.__version__
 
 
 # ---- CLI -------------------------------------------------------------------------------------------
+
 
 def _write_config(tmp_path, tree):
     path = tmp_path / "exp.yaml"
@@ -112,8 +136,9 @@ def _write_config(tmp_path, tree):
 
 
 def test_cli_train_eval_generate(tiny_t5_dir, dialogue_files, tmp_path, capsys):
-    cfg = _write_config(tmp_path, experiment(tiny_t5_dir, dialogue_files, tmp_path,
-                                             method={"name": "lora", "r": 4, "dropout": 0.0}))
+    cfg = _write_config(
+        tmp_path, experiment(tiny_t5_dir, dialogue_files, tmp_path, method={"name": "lora", "r": 4, "dropout": 0.0})
+    )
     assert main(["train", str(cfg), "--set", "training.max_steps=5", "--set", "name=cli"]) == 0
     out = capsys.readouterr().out
     assert "rouge1 F1" in out and "trainable parameters" in out
@@ -135,16 +160,16 @@ def test_cli_errors_are_one_clear_line(tmp_path, capsys, dialogue_files, tiny_t5
     assert main(["train", str(cfg)]) == 2
     assert "does not exist" in capsys.readouterr().err
     bad_files = {**dialogue_files, "train": str(tmp_path / "missing.jsonl")}
-    cfg = _write_config(tmp_path, experiment(tiny_t5_dir, bad_files, tmp_path, name="x2",
-                                             evaluation={"before": False}))
+    cfg = _write_config(tmp_path, experiment(tiny_t5_dir, bad_files, tmp_path, name="x2", evaluation={"before": False}))
     assert main(["train", str(cfg)]) == 2
     assert "missing.jsonl: no such file" in capsys.readouterr().err
     assert main(["generate", "--run", str(tmp_path)]) == 2
     assert "not a tunelab run directory" in capsys.readouterr().err
 
 
-def test_eval_cli_on_a_config_and_benchmarks_on_a_run(lora_run, tiny_llama_chat_dir, dialogue_files, tmp_path,
-                                                      capsys, dialogsum_dir):
+def test_eval_cli_on_a_config_and_benchmarks_on_a_run(
+    lora_run, tiny_llama_chat_dir, dialogue_files, tmp_path, capsys, dialogsum_dir
+):
     cfg = _write_config(tmp_path, experiment(tiny_llama_chat_dir, dialogue_files, tmp_path, name="base-only"))
     assert main(["eval", str(cfg), "--max-samples", "2"]) == 0
     base = tmp_path / "runs" / "base-only"

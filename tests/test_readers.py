@@ -7,8 +7,10 @@ from tunelab.config import build_config
 from tunelab.data import load_split, read_records, rows_to_examples
 from tunelab.errors import DataError
 
-ROWS = [{"id": "a", "dialogue": "hello there", "summary": "greeting"},
-        {"id": "b", "dialogue": "bye now", "summary": "farewell"}]
+ROWS = [
+    {"id": "a", "dialogue": "hello there", "summary": "greeting"},
+    {"id": "b", "dialogue": "bye now", "summary": "farewell"},
+]
 
 
 def _write_all_formats(tmp_path):
@@ -21,7 +23,9 @@ def _write_all_formats(tmp_path):
     paths["json"] = tmp_path / "d.json"
     paths["json"].write_text(json.dumps(ROWS))
     paths["csv"] = tmp_path / "d.csv"
-    paths["csv"].write_text("id,dialogue,summary\n" + "".join(f'{r["id"]},"{r["dialogue"]}",{r["summary"]}\n' for r in ROWS))
+    paths["csv"].write_text(
+        "id,dialogue,summary\n" + "".join(f'{r["id"]},"{r["dialogue"]}",{r["summary"]}\n' for r in ROWS)
+    )
     paths["parquet"] = tmp_path / "d.parquet"
     pq.write_table(pa.Table.from_pylist(ROWS), paths["parquet"])
     return paths
@@ -32,14 +36,17 @@ def test_every_format_reads_the_same_examples(tmp_path):
         cfg = build_config({"data": {"source": "files", "files": {"train": str(path)}, "id_column": "id"}})
         examples = load_split(cfg.data, "train")
         assert [(e.id, e.input, e.target) for e in examples] == [
-            ("a", "hello there", "greeting"), ("b", "bye now", "farewell")], fmt
+            ("a", "hello there", "greeting"),
+            ("b", "bye now", "farewell"),
+        ], fmt
 
 
 def test_multiple_reference_columns(tmp_path):
     path = tmp_path / "t.jsonl"
     path.write_text(json.dumps({"dialogue": "x y", "s1": "one", "s2": "two", "s3": "three"}) + "\n")
-    ex = rows_to_examples(read_records(path), source=path, input_column="dialogue",
-                          target_columns=["s1", "s2", "s3"], id_column=None)
+    ex = rows_to_examples(
+        read_records(path), source=path, input_column="dialogue", target_columns=["s1", "s2", "s3"], id_column=None
+    )
     assert ex[0].references == ("one", "two", "three")
     assert ex[0].target == "one"
 
@@ -62,8 +69,9 @@ def test_missing_column_names_the_columns_found(tmp_path):
     path = tmp_path / "d.jsonl"
     path.write_text(json.dumps(ROWS[0]) + "\n")
     with pytest.raises(DataError, match=r"'text' not found; columns present: 'id', 'dialogue', 'summary'"):
-        rows_to_examples(read_records(path), source=path, input_column="text", target_columns=["summary"],
-                         id_column=None)
+        rows_to_examples(
+            read_records(path), source=path, input_column="text", target_columns=["summary"], id_column=None
+        )
 
 
 @pytest.mark.parametrize("value", ["", "   \n "])
@@ -71,8 +79,9 @@ def test_empty_text_names_line_and_column(tmp_path, value):
     path = tmp_path / "d.jsonl"
     path.write_text(json.dumps(ROWS[0]) + "\n" + json.dumps({**ROWS[1], "summary": value}) + "\n")
     with pytest.raises(DataError, match=r":2: column 'summary' is empty"):
-        rows_to_examples(read_records(path), source=path, input_column="dialogue", target_columns=["summary"],
-                         id_column=None)
+        rows_to_examples(
+            read_records(path), source=path, input_column="dialogue", target_columns=["summary"], id_column=None
+        )
 
 
 def test_non_utf8_bytes_name_the_line(tmp_path):

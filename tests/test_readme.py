@@ -75,8 +75,11 @@ def _shrink(config: Path, tiny: Path) -> None:
 
 
 def _hashes(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def _run(line: str, workspace: Path, tiny: Path, monkeypatch) -> int:
@@ -91,7 +94,7 @@ def _run(line: str, workspace: Path, tiny: Path, monkeypatch) -> int:
     if "<" in argv:
         i = argv.index("<")
         monkeypatch.setattr(sys, "stdin", open(workspace / argv[i + 1], encoding="utf-8"))
-        argv = argv[:i] + argv[i + 2:]
+        argv = argv[:i] + argv[i + 2 :]
     return main(argv)
 
 

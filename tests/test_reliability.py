@@ -23,10 +23,23 @@ METHODS = {
 
 
 def _config(tmp_path, model_dir, files, method, name="run", **extra):
-    tree = experiment(model_dir, files, tmp_path, name=name, method=method,
-                      training={"max_steps": 8, "save_every": 2, "log_every": 1, "batch_size": 4,
-                                "precision": "fp32", **extra.pop("training", {})},
-                      evaluation={"max_samples": 4, "precision": "fp32"}, **extra)
+    tree = experiment(
+        model_dir,
+        files,
+        tmp_path,
+        name=name,
+        method=method,
+        training={
+            "max_steps": 8,
+            "save_every": 2,
+            "log_every": 1,
+            "batch_size": 4,
+            "precision": "fp32",
+            **extra.pop("training", {}),
+        },
+        evaluation={"max_samples": 4, "precision": "fp32"},
+        **extra,
+    )
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(tree))
     return path
@@ -37,8 +50,13 @@ def _train(config, *args, fault=None):
     env.pop("TUNELAB_FAULT", None)
     if fault:
         env["TUNELAB_FAULT"] = fault
-    return subprocess.run([sys.executable, "-m", "tunelab.cli.main", "train", str(config), *args],
-                          capture_output=True, text=True, env=env, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "tunelab.cli.main", "train", str(config), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
 
 
 @pytest.mark.parametrize("method", list(METHODS))
@@ -102,7 +120,9 @@ def test_non_finite_loss_stops_and_names_the_step(tiny_t5_dir, dialogue_files, t
 
     monkeypatch.setattr(loop, "completion_loss", exploding)
     cfg = tunelab.load_config(_config(tmp_path, tiny_t5_dir, dialogue_files, METHODS["lora"], name="nan"))
-    with pytest.raises(TrainingError, match=r"non-finite training loss .* at optimizer step 5.*last finite checkpoint: .*step-4"):
+    with pytest.raises(
+        TrainingError, match=r"non-finite training loss .* at optimizer step 5.*last finite checkpoint: .*step-4"
+    ):
         tunelab.finetune(cfg, show_progress=False, echo=None)
     run = tmp_path / "runs" / "nan"
     assert (run / "checkpoints" / "step-4" / "trainable.safetensors").is_file()
@@ -136,9 +156,16 @@ def test_full_disk_leaves_the_previous_file_whole(tmp_path, monkeypatch):
 
 
 def test_truncation_is_counted_and_reported(tiny_t5_dir, dialogue_files, tmp_path):
-    cfg = tunelab.build_config(experiment(tiny_t5_dir, dialogue_files, tmp_path, name="short",
-                                          template={"max_input_tokens": 6, "max_target_tokens": 16},
-                                          training={"max_steps": 2}))
+    cfg = tunelab.build_config(
+        experiment(
+            tiny_t5_dir,
+            dialogue_files,
+            tmp_path,
+            name="short",
+            template={"max_input_tokens": 6, "max_target_tokens": 16},
+            training={"max_steps": 2},
+        )
+    )
     lines = []
     result = tunelab.finetune(cfg, show_progress=False, echo=lines.append)
     assert result.metrics["training"]["truncation"]["inputs_truncated"] == result.metrics["training"]["examples"]

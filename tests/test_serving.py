@@ -36,9 +36,12 @@ class Server:
         self.port = free_port()
         self.url = f"http://{HOST}:{self.port}"
         self.log = open(Path(os.environ.get("TMPDIR", "/tmp")) / f"tunelab-serve-{self.port}.log", "w+")
-        self.proc = subprocess.Popen([sys.executable, "-m", "tunelab.cli.main", "serve", *args, "--host", HOST,
-                                      "--port", str(self.port)], stdout=self.log, stderr=subprocess.STDOUT,
-                                     env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tunelab.cli.main", "serve", *args, "--host", HOST, "--port", str(self.port)],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
+        )
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             assert self.proc.poll() is None, self.output()
@@ -54,8 +57,9 @@ class Server:
         self.log.seek(0)
         return self.log.read()[-3000:]
 
-    def request(self, method: str, path: str, body: bytes | str | None = None, headers: dict | None = None,
-                timeout: float = 60) -> tuple[int, bytes]:
+    def request(
+        self, method: str, path: str, body: bytes | str | None = None, headers: dict | None = None, timeout: float = 60
+    ) -> tuple[int, bytes]:
         conn = http.client.HTTPConnection(HOST, self.port, timeout=timeout)
         try:
             conn.request(method, path, body=body, headers={"Content-Type": "application/json", **(headers or {})})
@@ -89,9 +93,15 @@ class Server:
 def _two_runs(model_dir: Path, files, root: Path) -> list[Path]:
     runs = []
     for name, lr in (("summarize-a", 1e-2), ("summarize-b", 3e-2)):
-        tree = experiment(model_dir, files, root, name=name, training={"max_steps": 6, "lr": lr},
-                          method={"name": "lora", "r": 4, "alpha": 8, "dropout": 0.0},
-                          evaluation={"max_samples": 3, "precision": "fp32", "before": False, "max_new_tokens": 12})
+        tree = experiment(
+            model_dir,
+            files,
+            root,
+            name=name,
+            training={"max_steps": 6, "lr": lr},
+            method={"name": "lora", "r": 4, "alpha": 8, "dropout": 0.0},
+            evaluation={"max_samples": 3, "precision": "fp32", "before": False, "max_new_tokens": 12},
+        )
         runs.append(tunelab.finetune(tunelab.build_config(tree), show_progress=False, echo=None).run_dir)
     return runs
 
@@ -103,8 +113,9 @@ def causal(tiny_llama_chat_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("serve-causal")
     files = write_dialogue_files(root / "data")
     runs = _two_runs(tiny_llama_chat_dir, files, root)
-    server = Server([*map(str, runs), "--allow-adapter-loading", str(root / "runs"), "--max-queue", "24",
-                     "--batch-window-ms", "40"])
+    server = Server(
+        [*map(str, runs), "--allow-adapter-loading", str(root / "runs"), "--max-queue", "24", "--batch-window-ms", "40"]
+    )
     yield server, runs, files
     server.stop()
 
@@ -137,13 +148,15 @@ def test_chat_and_completions_with_the_openai_client_stream_and_usage(causal):
     server, _, files = causal
     client = server.client()
     text = _dialogues(files, 1)[0]
-    chat = client.chat.completions.create(model="summarize-a", messages=[{"role": "user", "content": text}],
-                                          max_tokens=6, temperature=0)
+    chat = client.chat.completions.create(
+        model="summarize-a", messages=[{"role": "user", "content": text}], max_tokens=6, temperature=0
+    )
     answer = chat.choices[0].message.content
     assert answer and chat.usage.completion_tokens <= 6 and chat.usage.prompt_tokens > 10
     assert chat.usage.total_tokens == chat.usage.prompt_tokens + chat.usage.completion_tokens
-    stream = client.chat.completions.create(model="summarize-a", messages=[{"role": "user", "content": text}],
-                                            max_tokens=6, temperature=0, stream=True)
+    stream = client.chat.completions.create(
+        model="summarize-a", messages=[{"role": "user", "content": text}], max_tokens=6, temperature=0, stream=True
+    )
     chunks = list(stream)
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == answer
     assert chunks[-1].usage.completion_tokens == chat.usage.completion_tokens
@@ -154,14 +167,29 @@ def test_chat_and_completions_with_the_openai_client_stream_and_usage(causal):
     # stop strings end the answer before them
     words = answer.split()
     if len(words) > 2:
-        cut = client.chat.completions.create(model="summarize-a", messages=[{"role": "user", "content": text}],
-                                             max_tokens=6, temperature=0, stop=[words[2]])
+        cut = client.chat.completions.create(
+            model="summarize-a",
+            messages=[{"role": "user", "content": text}],
+            max_tokens=6,
+            temperature=0,
+            stop=[words[2]],
+        )
         assert cut.choices[0].message.content == answer[: answer.index(words[2])]
         assert cut.choices[0].finish_reason == "stop"
     # sampling with a seed is reproducible
-    a, b = (client.chat.completions.create(model="summarize-b", messages=[{"role": "user", "content": text}],
-                                           max_tokens=6, temperature=1.0, top_p=0.9, seed=7).choices[0].message.content
-            for _ in range(2))
+    a, b = (
+        client.chat.completions.create(
+            model="summarize-b",
+            messages=[{"role": "user", "content": text}],
+            max_tokens=6,
+            temperature=1.0,
+            top_p=0.9,
+            seed=7,
+        )
+        .choices[0]
+        .message.content
+        for _ in range(2)
+    )
     assert a == b
 
 
@@ -172,19 +200,30 @@ def test_task_prompt_gives_what_tunelab_generate_gives(causal):
         expected = tunelab.summarize(tunelab.open_for_generation(run=run), texts, max_new_tokens=12)
         for text, want in zip(texts, expected):
             got = server.client().chat.completions.create(
-                model=run.name, messages=[{"role": "user", "content": text}], temperature=0, max_tokens=12,
-                extra_body={"task_prompt": True})
+                model=run.name,
+                messages=[{"role": "user", "content": text}],
+                temperature=0,
+                max_tokens=12,
+                extra_body={"task_prompt": True},
+            )
             assert got.choices[0].message.content == want
-        cli = subprocess.run([sys.executable, "-m", "tunelab.cli.main", "generate", "--run", str(run),
-                              "--max-new-tokens", "12"], input=texts[0], capture_output=True, text=True, timeout=300)
+        cli = subprocess.run(
+            [sys.executable, "-m", "tunelab.cli.main", "generate", "--run", str(run), "--max-new-tokens", "12"],
+            input=texts[0],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert cli.stdout.strip() == expected[0]
 
 
 def _greedy_alone_vs_mixed(server: Server, models: list[str], texts: list[str]) -> None:
     def ask(model_text):
         model, text = model_text
-        status, body = server.post("/v1/chat/completions", {"model": model, "temperature": 0, "max_tokens": 8,
-                                                            "messages": [{"role": "user", "content": text}]})
+        status, body = server.post(
+            "/v1/chat/completions",
+            {"model": model, "temperature": 0, "max_tokens": 8, "messages": [{"role": "user", "content": text}]},
+        )
         assert status == 200, body
         return body["choices"][0]["message"]["content"]
 
@@ -198,8 +237,9 @@ def _greedy_alone_vs_mixed(server: Server, models: list[str], texts: list[str]) 
     assert health["largest_batch"] >= 4 and health["batches"] - before < len(jobs)  # they really shared batches
 
 
-def test_greedy_answers_are_the_same_alone_or_in_a_mixed_adapter_batch(causal, seq2seq, tiny_llama_chat_dir,
-                                                                       tiny_t5_dir):
+def test_greedy_answers_are_the_same_alone_or_in_a_mixed_adapter_batch(
+    causal, seq2seq, tiny_llama_chat_dir, tiny_t5_dir
+):
     for (server, _, files), base in ((causal, str(tiny_llama_chat_dir)), (seq2seq, str(tiny_t5_dir))):
         _greedy_alone_vs_mixed(server, [base, "summarize-a", "summarize-b"], _dialogues(files, 6))
 
@@ -210,16 +250,22 @@ def test_adapters_load_and_unload_only_from_allowed_folders(causal, tmp_path):
     assert status == 200 and "added successfully" in body
     assert "again" in [m.id for m in server.client().models.list().data]
     text = _dialogues(files, 1)[0]
-    same = [server.post("/v1/chat/completions", {"model": m, "temperature": 0, "max_tokens": 6,
-                                                 "messages": [{"role": "user", "content": text}]})[1]
-            ["choices"][0]["message"]["content"] for m in ("again", "summarize-a")]
+    same = [
+        server.post(
+            "/v1/chat/completions",
+            {"model": m, "temperature": 0, "max_tokens": 6, "messages": [{"role": "user", "content": text}]},
+        )[1]["choices"][0]["message"]["content"]
+        for m in ("again", "summarize-a")
+    ]
     assert same[0] == same[1]
     outside = tmp_path / "elsewhere"
     outside.mkdir()
     status, body = server.post("/v1/load_lora_adapter", {"lora_name": "x", "lora_path": str(outside)})
     assert status == 403 and body["error"]["param"] == "lora_path"
     assert server.post("/v1/unload_lora_adapter", {"lora_name": "again"})[0] == 200
-    status, body = server.post("/v1/chat/completions", {"model": "again", "messages": [{"role": "user", "content": "x"}]})
+    status, body = server.post(
+        "/v1/chat/completions", {"model": "again", "messages": [{"role": "user", "content": "x"}]}
+    )
     assert status == 404 and body["error"]["code"] == "model_not_found"
 
 
@@ -233,12 +279,21 @@ BAD = [
     (b"{not json", 400, None),
     (json.dumps({"model": "summarize-a", "messages": "hi"}), 400, "messages"),
     (json.dumps({"model": "summarize-a", "messages": []}), 400, "messages"),
-    (json.dumps({"model": "summarize-a", "messages": [{"role": "user", "content": "x"}], "max_tokens": "many"}), 400,
-     "max_tokens"),
-    (json.dumps({"model": "summarize-a", "messages": [{"role": "user", "content": "x"}], "max_tokens": 10 ** 9}), 400,
-     "max_tokens"),
-    (json.dumps({"model": "summarize-a", "messages": [{"role": "user", "content": "x"}], "temperature": -1}), 400,
-     "temperature"),
+    (
+        json.dumps({"model": "summarize-a", "messages": [{"role": "user", "content": "x"}], "max_tokens": "many"}),
+        400,
+        "max_tokens",
+    ),
+    (
+        json.dumps({"model": "summarize-a", "messages": [{"role": "user", "content": "x"}], "max_tokens": 10**9}),
+        400,
+        "max_tokens",
+    ),
+    (
+        json.dumps({"model": "summarize-a", "messages": [{"role": "user", "content": "x"}], "temperature": -1}),
+        400,
+        "temperature",
+    ),
     (json.dumps({"model": "summarize-a", "messages": [{"role": "robot", "content": "x"}]}), 400, None),
     (json.dumps({"model": "nope", "messages": [{"role": "user", "content": "x"}]}), 404, "model"),
     (json.dumps({"model": "summarize-a", "messages": [{"role": "user", "content": "x" * (2 << 20)}]}), 413, None),
@@ -249,16 +304,20 @@ BAD = [
 def test_bad_requests_get_openai_shaped_errors_and_the_server_stays_up(causal):
     server, _, _ = causal
     for body, status, param in BAD:
-        path = "/v1/completions" if b'"prompt"' in (body if isinstance(body, bytes) else body.encode()) else \
-            "/v1/chat/completions"
+        path = (
+            "/v1/completions"
+            if b'"prompt"' in (body if isinstance(body, bytes) else body.encode())
+            else "/v1/chat/completions"
+        )
         got, raw = server.request("POST", path, body)
         err = json.loads(raw)["error"]
         assert got == status, (body[:80], got, raw[:300])
         assert set(err) == {"message", "type", "param", "code"} and err["message"]
         if param:
             assert param in (err["param"] or ""), err
-    status, raw = server.request("POST", "/v1/chat/completions", json.dumps({"model": "nope", "messages": [
-        {"role": "user", "content": "x"}]}))
+    status, raw = server.request(
+        "POST", "/v1/chat/completions", json.dumps({"model": "nope", "messages": [{"role": "user", "content": "x"}]})
+    )
     assert "summarize-a" in json.loads(raw)["error"]["message"]  # names the models served
     assert server.get("/health")[0] == 200
 
@@ -266,11 +325,18 @@ def test_bad_requests_get_openai_shaped_errors_and_the_server_stays_up(causal):
 def test_hundreds_of_concurrent_connections_get_answers_or_429(causal):
     """300 connections at once against a queue of 24: each gets 200 or 429 (never an error or a hang)."""
     server, _, _ = causal
-    body = json.dumps({"model": "summarize-b", "messages": [{"role": "user", "content": "hi anna"}], "max_tokens": 2,
-                       "temperature": 0})
+    body = json.dumps(
+        {
+            "model": "summarize-b",
+            "messages": [{"role": "user", "content": "hi anna"}],
+            "max_tokens": 2,
+            "temperature": 0,
+        }
+    )
     with ThreadPoolExecutor(100) as pool:
-        statuses = list(pool.map(lambda _: server.request("POST", "/v1/chat/completions", body, timeout=120)[0],
-                                 range(300)))
+        statuses = list(
+            pool.map(lambda _: server.request("POST", "/v1/chat/completions", body, timeout=120)[0], range(300))
+        )
     assert set(statuses) <= {200, 429} and statuses.count(200) >= 24 and 429 in statuses
     assert server.get("/health")[1]["in_flight"] == 0
     metrics = server.request("GET", "/metrics")[1].decode()
@@ -281,9 +347,20 @@ def test_hundreds_of_concurrent_connections_get_answers_or_429(causal):
 def test_a_client_that_goes_away_stops_costing_compute(causal):
     server, _, files = causal
     conn = http.client.HTTPConnection(HOST, server.port, timeout=30)
-    conn.request("POST", "/v1/completions", json.dumps({"model": "summarize-a", "prompt": _dialogues(files, 1)[0],
-                                                        "max_tokens": 400, "temperature": 0, "stream": True}),
-                 {"Content-Type": "application/json"})
+    conn.request(
+        "POST",
+        "/v1/completions",
+        json.dumps(
+            {
+                "model": "summarize-a",
+                "prompt": _dialogues(files, 1)[0],
+                "max_tokens": 400,
+                "temperature": 0,
+                "stream": True,
+            }
+        ),
+        {"Content-Type": "application/json"},
+    )
     response = conn.getresponse()
     assert response.status == 200 and response.readline().startswith(b"data: ")
     conn.close()  # mid-stream
@@ -291,11 +368,17 @@ def test_a_client_that_goes_away_stops_costing_compute(causal):
     while server.get("/health")[1]["in_flight"] and time.monotonic() < deadline:
         time.sleep(0.1)
     assert server.get("/health")[1]["in_flight"] == 0
-    generated = [float(line.split()[-1]) for line in server.request("GET", "/metrics")[1].decode().splitlines()
-                 if line.startswith("tunelab_generated_tokens_total")][0]
+    generated = [
+        float(line.split()[-1])
+        for line in server.request("GET", "/metrics")[1].decode().splitlines()
+        if line.startswith("tunelab_generated_tokens_total")
+    ][0]
     time.sleep(0.5)
-    again = [float(line.split()[-1]) for line in server.request("GET", "/metrics")[1].decode().splitlines()
-             if line.startswith("tunelab_generated_tokens_total")][0]
+    again = [
+        float(line.split()[-1])
+        for line in server.request("GET", "/metrics")[1].decode().splitlines()
+        if line.startswith("tunelab_generated_tokens_total")
+    ][0]
     assert again == generated  # nothing is generated for it any more
 
 
@@ -307,8 +390,9 @@ def test_api_key_is_required_off_loopback_and_checked_on_v1(tiny_llama_chat_dir)
         build(ServeOptions(model=str(tiny_llama_chat_dir), host="0.0.0.0"))
     server = Server(["--model", str(tiny_llama_chat_dir)], env={"TUNELAB_API_KEY": "s3cret"})
     try:
-        status, body = server.post("/v1/chat/completions", {"model": str(tiny_llama_chat_dir),
-                                                            "messages": [{"role": "user", "content": "x"}]})
+        status, body = server.post(
+            "/v1/chat/completions", {"model": str(tiny_llama_chat_dir), "messages": [{"role": "user", "content": "x"}]}
+        )
         assert status == 401 and body["error"]["type"] == "authentication_error"
         with pytest.raises(openai.AuthenticationError):
             server.client(api_key="wrong").models.list()
@@ -323,8 +407,10 @@ def test_sigterm_lets_requests_in_flight_finish(tiny_llama_chat_dir):
     result = {}
 
     def long_request():
-        result["response"] = server.post("/v1/completions", {"model": str(tiny_llama_chat_dir), "prompt": "hi anna",
-                                                             "max_tokens": 400, "temperature": 0})
+        result["response"] = server.post(
+            "/v1/completions",
+            {"model": str(tiny_llama_chat_dir), "prompt": "hi anna", "max_tokens": 400, "temperature": 0},
+        )
 
     worker = threading.Thread(target=long_request)
     worker.start()
@@ -341,8 +427,11 @@ def test_runs_on_different_bases_are_refused_naming_them(causal, seq2seq):
     from tunelab.errors import ConfigError
     from tunelab.serving.server import ServeOptions, build
 
-    with pytest.raises(ConfigError, match=r"different base models \(summarize-a, summarize-b on .*; summarize-a, "
-                                          r"summarize-b on .*\)"):
+    with pytest.raises(
+        ConfigError,
+        match=r"different base models \(summarize-a, summarize-b on .*; summarize-a, "
+        r"summarize-b on .*\)",
+    ):
         build(ServeOptions(runs=[*map(str, causal[1]), *map(str, seq2seq[1])]))
 
 
@@ -354,8 +443,9 @@ def test_vllm_lora_compatibility_check(causal, tmp_path):
     cfg = json.loads((runs[0] / "adapter" / "adapter_config.json").read_text())
     bad = tmp_path / "bad"
     bad.mkdir()
-    (bad / "adapter_config.json").write_text(json.dumps({**cfg, "use_dora": True, "r": 512,
-                                                         "modules_to_save": ["lm_head"]}))
+    (bad / "adapter_config.json").write_text(
+        json.dumps({**cfg, "use_dora": True, "r": 512, "modules_to_save": ["lm_head"]})
+    )
     problems = vllm_lora_problems(bad)
     assert any("DoRA" in p for p in problems) and any("rank 512" in p for p in problems)
     assert any("modules_to_save" in p for p in problems)
@@ -373,10 +463,21 @@ class _Chrome:
         import websocket
 
         self.port = free_port()
-        self.proc = subprocess.Popen([browser, "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                                      f"--remote-debugging-port={self.port}", f"--user-data-dir={profile}",
-                                      "--window-size=1280,900", "about:blank"],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            [
+                browser,
+                "--headless=new",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--no-first-run",
+                f"--remote-debugging-port={self.port}",
+                f"--user-data-dir={profile}",
+                "--window-size=1280,900",
+                "about:blank",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         deadline = time.monotonic() + 60
         while True:
             try:
@@ -410,8 +511,10 @@ class _Chrome:
             time.sleep(0.2)
 
     def click(self, selector: str) -> None:
-        x, y = self.js(f"(() => {{ const r = document.querySelector({selector!r}).getBoundingClientRect();"
-                       " return [r.x + r.width / 2, r.y + r.height / 2]; })()")
+        x, y = self.js(
+            f"(() => {{ const r = document.querySelector({selector!r}).getBoundingClientRect();"
+            " return [r.x + r.width / 2, r.y + r.height / 2]; })()"
+        )
         for kind in ("mousePressed", "mouseReleased"):
             self.call("Input.dispatchMouseEvent", type=kind, x=x, y=y, button="left", clickCount=1)
 
@@ -435,17 +538,23 @@ def test_playground_runs_a_prompt_on_the_base_and_adapters_side_by_side(causal, 
         chrome.call("Page.navigate", url=server.url + "/")
         chrome.wait_for("document.querySelectorAll('input.model').length === 3")
         chrome.wait_for("document.getElementById('examples').options.length > 1")  # test inputs of the runs' task
-        chrome.js("(() => { const s = document.getElementById('examples'); s.value = '0';"
-                  " s.dispatchEvent(new Event('change')); })()")
+        chrome.js(
+            "(() => { const s = document.getElementById('examples'); s.value = '0';"
+            " s.dispatchEvent(new Event('change')); })()"
+        )
         assert chrome.js("document.getElementById('prompt').value") == _dialogues(files, 1)[0]
         chrome.js("document.getElementById('prompt').value = ''; document.getElementById('prompt').focus()")
         chrome.call("Input.insertText", text=_dialogues(files, 2)[1])  # typed
         chrome.click("#run")
-        chrome.wait_for("document.querySelectorAll('.card').length === 3 && "
-                        "[...document.querySelectorAll('.card')].every(c => c.dataset.done === '1')")
-        cards = chrome.js("[...document.querySelectorAll('.card')].map(c => [c.dataset.model,"
-                          " c.querySelector('.answer').textContent, c.querySelector('.answer').className,"
-                          " c.querySelector('.stats').textContent])")
+        chrome.wait_for(
+            "document.querySelectorAll('.card').length === 3 && "
+            "[...document.querySelectorAll('.card')].every(c => c.dataset.done === '1')"
+        )
+        cards = chrome.js(
+            "[...document.querySelectorAll('.card')].map(c => [c.dataset.model,"
+            " c.querySelector('.answer').textContent, c.querySelector('.answer').className,"
+            " c.querySelector('.stats').textContent])"
+        )
         assert [c[0] for c in cards] == [str(tiny_llama_chat_dir), "summarize-a", "summarize-b"]
         for model, answer, cls, stats in cards:
             assert answer.strip() and "error" not in cls and "tok/s" in stats, (model, answer, stats)
@@ -472,17 +581,34 @@ def test_real_model_with_two_adapters(tmp_path, dialogsum_dir):
         adapters = bench.make_adapters(2, tmp_path)
     except tunelab.ModelError as e:
         pytest.skip(f"smollm2-135m-instruct could not be pulled: {e}")
-    server = Server(["--model", "smollm2-135m-instruct", "--adapter", f"a={adapters[0]}", "--adapter",
-                     f"b={adapters[1]}", "--batch-window-ms", "100"])
+    server = Server(
+        [
+            "--model",
+            "smollm2-135m-instruct",
+            "--adapter",
+            f"a={adapters[0]}",
+            "--adapter",
+            f"b={adapters[1]}",
+            "--batch-window-ms",
+            "100",
+        ]
+    )
     try:
-        texts = [json.loads(x)["dialogue"] for x in
-                 (dialogsum_dir / "dialogsum.test.jsonl").read_text().splitlines()[:2]]
+        texts = [
+            json.loads(x)["dialogue"] for x in (dialogsum_dir / "dialogsum.test.jsonl").read_text().splitlines()[:2]
+        ]
         _greedy_alone_vs_mixed(server, ["smollm2-135m-instruct", "a", "b"], texts)
-        session = tunelab.open_for_generation(model="smollm2-135m-instruct", adapter=adapters[1],
-                                              overrides=["evaluation.precision=fp32"])
+        session = tunelab.open_for_generation(
+            model="smollm2-135m-instruct", adapter=adapters[1], overrides=["evaluation.precision=fp32"]
+        )
         want = tunelab.summarize(session, texts[:1], max_new_tokens=24)[0]
-        got = server.client().chat.completions.create(model="b", messages=[{"role": "user", "content": texts[0]}],
-                                                      temperature=0, max_tokens=24, extra_body={"task_prompt": True})
+        got = server.client().chat.completions.create(
+            model="b",
+            messages=[{"role": "user", "content": texts[0]}],
+            temperature=0,
+            max_tokens=24,
+            extra_body={"task_prompt": True},
+        )
         assert got.choices[0].message.content == want and want
     finally:
         server.stop()
@@ -492,8 +618,15 @@ def test_a_full_fine_tuning_run_is_served_as_a_model_of_its_own(tiny_t5_dir, tmp
     from conftest import write_dialogue_files
 
     files = write_dialogue_files(tmp_path / "data")
-    tree = experiment(tiny_t5_dir, files, tmp_path, name="full-run", method={"name": "full"},
-                      training={"max_steps": 4}, evaluation={"max_samples": 2, "precision": "fp32", "before": False})
+    tree = experiment(
+        tiny_t5_dir,
+        files,
+        tmp_path,
+        name="full-run",
+        method={"name": "full"},
+        training={"max_steps": 4},
+        evaluation={"max_samples": 2, "precision": "fp32", "before": False},
+    )
     run = tunelab.finetune(tunelab.build_config(tree), show_progress=False, echo=None).run_dir
     server = Server([str(run)])
     try:
@@ -501,8 +634,9 @@ def test_a_full_fine_tuning_run_is_served_as_a_model_of_its_own(tiny_t5_dir, tmp
         assert "full-run" in models and models["full-run"].parent is None
         text = _dialogues(files, 1)[0]
         want = tunelab.summarize(tunelab.open_for_generation(run=run), [text], max_new_tokens=10)[0]
-        got = server.client().completions.create(model="full-run", prompt=text, temperature=0, max_tokens=10,
-                                                 extra_body={"task_prompt": True})
+        got = server.client().completions.create(
+            model="full-run", prompt=text, temperature=0, max_tokens=10, extra_body={"task_prompt": True}
+        )
         assert got.choices[0].text == want
     finally:
         server.stop()

@@ -39,14 +39,15 @@ def test_chat_template_wraps_the_prompt_and_masks_it():
     tok = make_tokenizer(chat=True)
     enc = PromptEncoder(tok, "causal", use_chat_template=True, max_input_tokens=64, max_target_tokens=32)
     prompt = enc.prompt_text(TEMPLATE, EX)
-    assert prompt == tok.apply_chat_template([{"role": "user", "content": TEMPLATE.render(EX.input)}],
-                                             tokenize=False, add_generation_prompt=True)
+    assert prompt == tok.apply_chat_template(
+        [{"role": "user", "content": TEMPLATE.render(EX.input)}], tokenize=False, add_generation_prompt=True
+    )
     assert prompt.startswith("<|user|>") and prompt.rstrip().endswith("<|assistant|>")
     e = enc.encode_for_training(TEMPLATE, EX)
     completion = _completion_ids(tok, EX.target) + [tok.eos_token_id]
-    assert e.labels[-len(completion):] == completion
-    assert set(e.labels[:-len(completion)]) == {IGNORE_INDEX}
-    assert e.input_ids[:-len(completion)] == tok(prompt, add_special_tokens=False)["input_ids"]
+    assert e.labels[-len(completion) :] == completion
+    assert set(e.labels[: -len(completion)]) == {IGNORE_INDEX}
+    assert e.input_ids[: -len(completion)] == tok(prompt, add_special_tokens=False)["input_ids"]
 
 
 def test_generation_encoding_is_the_training_prompt():
@@ -65,7 +66,9 @@ def test_long_inputs_are_cut_in_token_space_and_counted():
     e = enc.encode_for_training(TEMPLATE, EX)
     assert enc.stats.inputs_truncated == 1 and enc.stats.targets_truncated == 1 and enc.stats.examples == 1
     prompt_ids = [i for i, l in zip(e.input_ids, e.labels) if l == IGNORE_INDEX]
-    assert tok.decode(prompt_ids, clean_up_tokenization_spaces=False) == "summarize : #person1#: anna here . i summary :"
+    assert (
+        tok.decode(prompt_ids, clean_up_tokenization_spaces=False) == "summarize : #person1#: anna here . i summary :"
+    )
     assert [l for l in e.labels if l != IGNORE_INDEX][-1] == tok.eos_token_id
     assert len([l for l in e.labels if l != IGNORE_INDEX]) == 3
     enc.encode_for_training(TEMPLATE, Example("2", "short one", ("ok",)))

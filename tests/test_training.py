@@ -15,7 +15,6 @@ from tunelab.models import load_model
 from tunelab.training import evaluation_loss, train_model
 
 
-
 def _dialogues(n, seed):
     rng = random.Random(seed)
     out = []
@@ -26,10 +25,14 @@ def _dialogues(n, seed):
 
 
 def _setup(model_dir, method_cfg, training=None):
-    cfg = build_config({"model": {"name": str(model_dir)}, "method": method_cfg,
-                        "template": {"max_input_tokens": 64, "max_target_tokens": 16},
-                        "training": {"max_steps": 40, "batch_size": 8, "lr": 1e-2, "warmup_ratio": 0.0,
-                                     **(training or {})}})
+    cfg = build_config(
+        {
+            "model": {"name": str(model_dir)},
+            "method": method_cfg,
+            "template": {"max_input_tokens": 64, "max_target_tokens": 16},
+            "training": {"max_steps": 40, "batch_size": 8, "lr": 1e-2, "warmup_ratio": 0.0, **(training or {})},
+        }
+    )
     loaded = load_model(cfg.model, device=torch.device("cpu"))
     ts = TemplateSet("dialogue_summarization")
     enc = PromptEncoder(loaded.tokenizer, loaded.arch, False, 64, 16)
@@ -49,15 +52,25 @@ def _held_loss(model, loaded, held):
 
 
 @pytest.mark.parametrize("arch", ["llama", "t5"])
-@pytest.mark.parametrize("method", [{"name": "full"}, {"name": "lora", "r": 8, "dropout": 0.0,
-                                                         "target_modules": "all-linear"}])
+@pytest.mark.parametrize(
+    "method", [{"name": "full"}, {"name": "lora", "r": 8, "dropout": 0.0, "target_modules": "all-linear"}]
+)
 def test_training_lowers_the_loss(arch, method, tiny_llama_dir, tiny_t5_dir):
     model_dir = tiny_llama_dir if arch == "llama" else tiny_t5_dir
     cfg, loaded, model, train, held = _setup(model_dir, method)
     before = _held_loss(model, loaded, held)
     resident_at_start = psutil.Process().memory_info().rss
-    result = train_model(model, loaded.tokenizer, loaded.arch, train, None, cfg.training, seed=0,
-                         device=torch.device("cpu"), show_progress=False)
+    result = train_model(
+        model,
+        loaded.tokenizer,
+        loaded.arch,
+        train,
+        None,
+        cfg.training,
+        seed=0,
+        device=torch.device("cpu"),
+        show_progress=False,
+    )
     after = _held_loss(model, loaded, held)
     assert result.steps == 40
     assert result.train_loss[-1][1] < result.train_loss[0][1]
@@ -70,8 +83,17 @@ def test_lora_leaves_base_weights_bit_identical(tiny_llama_dir):
     cfg, loaded, model, train, _ = _setup(tiny_llama_dir, {"name": "lora", "r": 4, "dropout": 0.0})
     base = {k: v.clone() for k, v in model.get_base_model().state_dict().items() if "lora_" not in k}
     lora_before = {k: v.clone() for k, v in model.state_dict().items() if "lora_B" in k}
-    train_model(model, loaded.tokenizer, loaded.arch, train, None, cfg.training.model_copy(update={"max_steps": 5}),
-                seed=0, device=torch.device("cpu"), show_progress=False)
+    train_model(
+        model,
+        loaded.tokenizer,
+        loaded.arch,
+        train,
+        None,
+        cfg.training.model_copy(update={"max_steps": 5}),
+        seed=0,
+        device=torch.device("cpu"),
+        show_progress=False,
+    )
     after = {k: v for k, v in model.get_base_model().state_dict().items() if "lora_" not in k}
     assert base.keys() == after.keys()
     for k in base:
@@ -86,8 +108,17 @@ def test_saved_lora_adapter_reloads_with_plain_peft_to_identical_logits(arch, ti
 
     model_dir = tiny_llama_dir if arch == "llama" else tiny_t5_dir
     cfg, loaded, model, train, held = _setup(model_dir, {"name": "lora", "r": 4, "dropout": 0.0})
-    train_model(model, loaded.tokenizer, loaded.arch, train, None, cfg.training.model_copy(update={"max_steps": 5}),
-                seed=0, device=torch.device("cpu"), show_progress=False)
+    train_model(
+        model,
+        loaded.tokenizer,
+        loaded.arch,
+        train,
+        None,
+        cfg.training.model_copy(update={"max_steps": 5}),
+        seed=0,
+        device=torch.device("cpu"),
+        show_progress=False,
+    )
     model.save_pretrained(tmp_path / "adapter")
     assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
     auto = AutoModelForCausalLM if arch == "llama" else AutoModelForSeq2SeqLM
@@ -110,8 +141,11 @@ def test_completion_only_logits_give_the_standard_loss(method, tiny_llama_chat_d
     assert len({len(e.input_ids) for e in batch}) > 1  # padding really happens
     ours = completion_loss(model, TrainCollator(loaded.tokenizer.pad_token_id, "causal")(batch), "causal")
     ids = [e.input_ids for e in batch]
-    reference = model(input_ids=pad_sequences(ids, loaded.tokenizer.pad_token_id), attention_mask=padding_mask(ids),
-                      labels=pad_sequences([e.labels for e in batch], -100)).loss
+    reference = model(
+        input_ids=pad_sequences(ids, loaded.tokenizer.pad_token_id),
+        attention_mask=padding_mask(ids),
+        labels=pad_sequences([e.labels for e in batch], -100),
+    ).loss
     assert ours.item() == pytest.approx(reference.item(), rel=1e-5)
 
 
@@ -119,12 +153,27 @@ def test_completion_only_logits_give_the_standard_loss(method, tiny_llama_chat_d
 def test_gradient_checkpointing_gives_the_same_training(method, tiny_llama_dir):
     runs = []
     for gc in (False, True):
-        cfg, loaded, model, train, _ = _setup(tiny_llama_dir, method, {"max_steps": 4, "log_every": 1,
-                                                                        "precision": "fp32", "gradient_checkpointing": gc})
-        runs.append(train_model(model, loaded.tokenizer, loaded.arch, train, None, cfg.training, seed=0,
-                                device=torch.device("cpu"), show_progress=False).train_loss)
-        assert not model.get_base_model().is_gradient_checkpointing if hasattr(model, "get_base_model") \
+        cfg, loaded, model, train, _ = _setup(
+            tiny_llama_dir, method, {"max_steps": 4, "log_every": 1, "precision": "fp32", "gradient_checkpointing": gc}
+        )
+        runs.append(
+            train_model(
+                model,
+                loaded.tokenizer,
+                loaded.arch,
+                train,
+                None,
+                cfg.training,
+                seed=0,
+                device=torch.device("cpu"),
+                show_progress=False,
+            ).train_loss
+        )
+        assert (
+            not model.get_base_model().is_gradient_checkpointing
+            if hasattr(model, "get_base_model")
             else not model.is_gradient_checkpointing
+        )
     assert [x for _, x in runs[0]] == pytest.approx([x for _, x in runs[1]], rel=1e-5)
 
 
@@ -144,7 +193,8 @@ def test_attention_implementation_is_chosen_by_config_and_computes_the_same_loss
         enc = PromptEncoder(loaded.tokenizer, "causal", False, 64, 16)
         ts = TemplateSet("dialogue_summarization")
         batch = TrainCollator(loaded.tokenizer.pad_token_id, "causal")(
-            encode_training_set(enc, _dialogues(4, 2), [ts.eval] * 4))
+            encode_training_set(enc, _dialogues(4, 2), [ts.eval] * 4)
+        )
         losses[impl] = float(completion_loss(loaded.model, batch, "causal"))
     assert losses["eager"] == pytest.approx(losses["sdpa"], rel=1e-5)
     try:

@@ -29,10 +29,29 @@ def equal_length_set(n: int, vocab: int, prompt: int = 6, completion: int = 6) -
 def train(train_set, vocab: int, tmp_path=None, **training) -> tuple[torch.nn.Module, object]:
     model = tiny_llama(vocab)
     tok = make_tokenizer()
-    cfg = TrainingConfig(**{"lr": 1e-2, "warmup_ratio": 0.0, "precision": "fp32", "group_by_length": False,
-                            "scheduler": "constant", "log_every": 1, **training})
-    result = train_model(model, tok, "causal", train_set, None, cfg, seed=0, device=torch.device("cpu"),
-                         log_dir=tmp_path, show_progress=False)
+    cfg = TrainingConfig(
+        **{
+            "lr": 1e-2,
+            "warmup_ratio": 0.0,
+            "precision": "fp32",
+            "group_by_length": False,
+            "scheduler": "constant",
+            "log_every": 1,
+            **training,
+        }
+    )
+    result = train_model(
+        model,
+        tok,
+        "causal",
+        train_set,
+        None,
+        cfg,
+        seed=0,
+        device=torch.device("cpu"),
+        log_dir=tmp_path,
+        show_progress=False,
+    )
     return model, result
 
 
@@ -65,8 +84,12 @@ def _expected_lr(kind: str, step: int, total: int, warmup: int, peak: float) -> 
     if kind != "constant" and step < warmup:
         return peak * step / warmup
     progress = (step - warmup) / max(1, total - warmup)
-    return {"constant": peak, "constant_with_warmup": peak, "linear": peak * (1 - progress),
-            "cosine": peak * 0.5 * (1 + math.cos(math.pi * progress))}[kind]
+    return {
+        "constant": peak,
+        "constant_with_warmup": peak,
+        "linear": peak * (1 - progress),
+        "cosine": peak * 0.5 * (1 + math.cos(math.pi * progress)),
+    }[kind]
 
 
 @pytest.mark.parametrize("kind", ["linear", "cosine", "constant", "constant_with_warmup"])
@@ -75,8 +98,16 @@ def test_learning_rate_schedules_follow_their_formula(kind, tmp_path):
 
     vocab = len(make_tokenizer())
     total, warmup_ratio, peak = 10, 0.3, 1e-2
-    train(equal_length_set(40, vocab), vocab, tmp_path, batch_size=4, max_steps=total, scheduler=kind,
-          warmup_ratio=warmup_ratio, lr=peak)
+    train(
+        equal_length_set(40, vocab),
+        vocab,
+        tmp_path,
+        batch_size=4,
+        max_steps=total,
+        scheduler=kind,
+        warmup_ratio=warmup_ratio,
+        lr=peak,
+    )
     events = EventAccumulator(str(tmp_path)).Reload()
     logged = {e.step: e.value for e in events.Scalars("train/lr")}
     warmup = math.ceil(warmup_ratio * total)
@@ -92,15 +123,24 @@ def test_beam_search_is_transformers_beam_search(tiny_llama_dir):
 
     model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir).eval()
     tok = AutoTokenizer.from_pretrained(tiny_llama_dir)
-    prompts = [Encoded(input_ids=tok(t)["input_ids"]) for t in
-               ("hello anna here i want a red car", "ben wants a blue bike today", "no thanks maybe now")]
-    ours = generate_texts(model, tok, prompts, "causal", batch_size=1, max_new_tokens=6, num_beams=3,
-                          show_progress=False)
+    prompts = [
+        Encoded(input_ids=tok(t)["input_ids"])
+        for t in ("hello anna here i want a red car", "ben wants a blue bike today", "no thanks maybe now")
+    ]
+    ours = generate_texts(
+        model, tok, prompts, "causal", batch_size=1, max_new_tokens=6, num_beams=3, show_progress=False
+    )
     for prompt, text in zip(prompts, ours, strict=True):
         with torch.no_grad():
-            out = model.generate(torch.tensor([prompt.input_ids]), max_new_tokens=6, num_beams=3, do_sample=False,
-                                 pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
-        assert text == tok.decode(out[0, len(prompt.input_ids):], skip_special_tokens=True).strip()
+            out = model.generate(
+                torch.tensor([prompt.input_ids]),
+                max_new_tokens=6,
+                num_beams=3,
+                do_sample=False,
+                pad_token_id=tok.pad_token_id,
+                eos_token_id=tok.eos_token_id,
+            )
+        assert text == tok.decode(out[0, len(prompt.input_ids) :], skip_special_tokens=True).strip()
 
 
 def test_merging_a_qlora_run_folds_the_adapter_into_a_full_precision_base(tiny_llama_dir, dialogue_files, tmp_path):
@@ -110,10 +150,15 @@ def test_merging_a_qlora_run_folds_the_adapter_into_a_full_precision_base(tiny_l
 
     from tunelab import build_config, finetune, merge_run
 
-    tree = experiment(tiny_llama_dir, dialogue_files, tmp_path, name="qlora",
-                      method={"name": "qlora", "r": 4, "alpha": 8, "dropout": 0.0},
-                      training={"max_steps": 3, "batch_size": 4, "lr": 1e-2, "warmup_ratio": 0.0},
-                      evaluation={"max_samples": 2, "batch_size": 2, "max_new_tokens": 4, "before": False})
+    tree = experiment(
+        tiny_llama_dir,
+        dialogue_files,
+        tmp_path,
+        name="qlora",
+        method={"name": "qlora", "r": 4, "alpha": 8, "dropout": 0.0},
+        training={"max_steps": 3, "batch_size": 4, "lr": 1e-2, "warmup_ratio": 0.0},
+        evaluation={"max_samples": 2, "batch_size": 2, "max_new_tokens": 4, "before": False},
+    )
     run = finetune(build_config(tree), show_progress=False, echo=None).run_dir
     merged_dir = merge_run(run, tmp_path / "merged")
     merged = AutoModelForCausalLM.from_pretrained(merged_dir).eval()
@@ -140,11 +185,31 @@ def test_select_by_keeps_the_best_evaluation_and_patience_stops(tmp_path, on_dis
         return {"rougeL": next(scores)}
 
     model = tiny_llama(vocab)
-    cfg = TrainingConfig(lr=1e-2, warmup_ratio=0.0, precision="fp32", group_by_length=False, scheduler="constant",
-                         batch_size=4, max_steps=10, eval_generate_every=1, select_by="rougeL", patience=2)
-    result = train_model(model, make_tokenizer(), "causal", equal_length_set(40, vocab), None, cfg, seed=0,
-                         device=torch.device("cpu"), checkpoint_dir=tmp_path / "ckpt" if on_disk else None,
-                         show_progress=False, validate=validate)
+    cfg = TrainingConfig(
+        lr=1e-2,
+        warmup_ratio=0.0,
+        precision="fp32",
+        group_by_length=False,
+        scheduler="constant",
+        batch_size=4,
+        max_steps=10,
+        eval_generate_every=1,
+        select_by="rougeL",
+        patience=2,
+    )
+    result = train_model(
+        model,
+        make_tokenizer(),
+        "causal",
+        equal_length_set(40, vocab),
+        None,
+        cfg,
+        seed=0,
+        device=torch.device("cpu"),
+        checkpoint_dir=tmp_path / "ckpt" if on_disk else None,
+        show_progress=False,
+        validate=validate,
+    )
     assert result.stopped_early_at == 4 and result.steps == 4
     assert [step for step, _ in result.eval_generation] == [1, 2, 3, 4]
     assert result.selected == {"by": "rougeL", "step": 2, "value": 3.0}
@@ -156,10 +221,22 @@ def test_select_by_keeps_the_best_evaluation_and_patience_stops(tmp_path, on_dis
 def test_generation_metrics_during_training_are_recorded(tiny_llama_dir, dialogue_files, tmp_path):
     from tunelab import build_config, finetune
 
-    tree = experiment(tiny_llama_dir, dialogue_files, tmp_path, name="select",
-                      training={"max_steps": 4, "batch_size": 4, "lr": 1e-2, "warmup_ratio": 0.0,
-                                "eval_generate_every": 2, "eval_generate_samples": 3, "select_by": "rougeL"},
-                      evaluation={"max_samples": 2, "batch_size": 2, "max_new_tokens": 4, "before": False})
+    tree = experiment(
+        tiny_llama_dir,
+        dialogue_files,
+        tmp_path,
+        name="select",
+        training={
+            "max_steps": 4,
+            "batch_size": 4,
+            "lr": 1e-2,
+            "warmup_ratio": 0.0,
+            "eval_generate_every": 2,
+            "eval_generate_samples": 3,
+            "select_by": "rougeL",
+        },
+        evaluation={"max_samples": 2, "batch_size": 2, "max_new_tokens": 4, "before": False},
+    )
     training = finetune(build_config(tree), show_progress=False, echo=None).metrics["training"]
     assert [step for step, _ in training["eval_generation"]] == [2, 4]
     assert set(training["eval_generation"][0][1]) == {"rouge1", "rouge2", "rougeL", "rougeLsum"}
@@ -185,9 +262,14 @@ def test_sweep_scores_each_grid_point_on_validation_and_resumes(tiny_llama_dir, 
 
     from tunelab.cli.main import main
 
-    tree = experiment(tiny_llama_dir, dialogue_files, tmp_path, name="lr",
-                      training={"max_steps": 3, "batch_size": 4, "warmup_ratio": 0.0},
-                      evaluation={"max_samples": 2, "batch_size": 2, "max_new_tokens": 4})
+    tree = experiment(
+        tiny_llama_dir,
+        dialogue_files,
+        tmp_path,
+        name="lr",
+        training={"max_steps": 3, "batch_size": 4, "warmup_ratio": 0.0},
+        evaluation={"max_samples": 2, "batch_size": 2, "max_new_tokens": 4},
+    )
     config = tmp_path / "sweep.yaml"
     config.write_text(yaml.safe_dump(tree))
     argv = ["sweep", str(config), "--set-grid", "training.lr=1e-4,1e-2", "--set-grid", "method.r=2,4"]

@@ -22,17 +22,36 @@ def _env(**extra):
 
 def _cli(*args, fault=None, launcher=None, cwd=None):
     cmd = [*(launcher or [sys.executable, "-m"]), "tunelab.cli.main", *map(str, args)]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=cwd,
-                          env=_env(**({"TUNELAB_FAULT": fault} if fault else {})))
+    return subprocess.run(
+        cmd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=cwd,
+        env=_env(**({"TUNELAB_FAULT": fault} if fault else {})),
+    )
 
 
 def _epoch_config(tmp_path, model_dir, files, name):
     # 16 examples, batch 4: 4 optimizer steps per epoch, 3 epochs; a checkpoint after every step
-    tree = experiment(model_dir, files, tmp_path, name=name, method={"name": "lora", "r": 4, "dropout": 0.0},
-                      data={"max_train_samples": 16},
-                      training={"epochs": 3, "max_steps": None, "batch_size": 4, "save_every": 1, "log_every": 1,
-                                "precision": "fp32", "lr": 5e-3},
-                      evaluation={"max_samples": 4, "precision": "fp32"})
+    tree = experiment(
+        model_dir,
+        files,
+        tmp_path,
+        name=name,
+        method={"name": "lora", "r": 4, "dropout": 0.0},
+        data={"max_train_samples": 16},
+        training={
+            "epochs": 3,
+            "max_steps": None,
+            "batch_size": 4,
+            "save_every": 1,
+            "log_every": 1,
+            "precision": "fp32",
+            "lr": 5e-3,
+        },
+        evaluation={"max_samples": 4, "precision": "fp32"},
+    )
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(tree))
     return path
@@ -78,10 +97,15 @@ class _NanGradient(__import__("torch").autograd.Function):
 
 
 def _nan_config(tmp_path, model_dir, files, name, **training):
-    tree = experiment(model_dir, files, tmp_path, name=name, method={"name": "lora", "r": 4, "dropout": 0.0},
-                      training={"max_steps": 8, "save_every": 2, "log_every": 1, "batch_size": 4, "precision": "fp32",
-                                **training},
-                      evaluation={"max_samples": 4, "precision": "fp32"})
+    tree = experiment(
+        model_dir,
+        files,
+        tmp_path,
+        name=name,
+        method={"name": "lora", "r": 4, "dropout": 0.0},
+        training={"max_steps": 8, "save_every": 2, "log_every": 1, "batch_size": 4, "precision": "fp32", **training},
+        evaluation={"max_samples": 4, "precision": "fp32"},
+    )
     import tunelab
 
     return tunelab.build_config(tree)
@@ -101,7 +125,9 @@ def test_nan_gradient_on_the_last_step_saves_nothing(tiny_t5_dir, dialogue_files
 
     monkeypatch.setattr(loop, "completion_loss", poisoned)
     cfg = _nan_config(tmp_path, tiny_t5_dir, dialogue_files, "nan-grad")
-    with pytest.raises(TrainingError, match=r"non-finite gradient at optimizer step 8.*last finite checkpoint: .*step-6"):
+    with pytest.raises(
+        TrainingError, match=r"non-finite gradient at optimizer step 8.*last finite checkpoint: .*step-6"
+    ):
         tunelab.finetune(cfg, show_progress=False, echo=None)
     run = tmp_path / "runs" / "nan-grad"
     assert not (run / "COMPLETE").exists() and not (run / "adapter").exists()
@@ -171,7 +197,14 @@ def test_no_document_any_evaluation_scores_is_training_data(task, dialogsum_dir)
     assert trained and len(trained) == len({document_key(spec, d) for d in training_documents(spec)})
     pool = evaluation_pool(spec)
     assert not trained & {document_key(spec, d) for d in pool}
-    for subset in ({"limit": 10}, {"limit": 200}, {"sample": 24}, {"sample": 100}, {"sample": 200}, {"limit": len(pool)}):
+    for subset in (
+        {"limit": 10},
+        {"limit": 200},
+        {"sample": 24},
+        {"sample": 100},
+        {"sample": 200},
+        {"limit": len(pool)},
+    ):
         scored = evaluation_documents(get_task(task, **subset))
         assert len(scored) == next(iter(subset.values()))
         assert not trained & {document_key(spec, d) for d in scored}, subset
@@ -198,19 +231,29 @@ def test_samples_are_nested_and_limits_are_the_first_documents(dialogsum_dir):
         training_documents(get_task("copa"))
 
 
-def test_a_run_records_zero_overlap_between_training_and_scored_documents(tiny_llama_dir, dialogue_files, tmp_path,
-                                                                          dialogsum_dir):
+def test_a_run_records_zero_overlap_between_training_and_scored_documents(
+    tiny_llama_dir, dialogue_files, tmp_path, dialogsum_dir
+):
     import tunelab
 
-    tree = experiment(tiny_llama_dir, dialogue_files, tmp_path, name="mix",
-                      data={"mixture": {"components": [{"task": "sst2"}, {"task": "boolq", "max_examples": 300}],
-                                        "total": 64}},
-                      training={"max_steps": 2}, evaluation={"max_samples": 3, "before": False},
-                      benchmarks={"tasks": ["sst2", "boolq"], "sample": 200, "bootstrap_samples": 0})
+    tree = experiment(
+        tiny_llama_dir,
+        dialogue_files,
+        tmp_path,
+        name="mix",
+        data={"mixture": {"components": [{"task": "sst2"}, {"task": "boolq", "max_examples": 300}], "total": 64}},
+        training={"max_steps": 2},
+        evaluation={"max_samples": 3, "before": False},
+        benchmarks={"tasks": ["sst2", "boolq"], "sample": 200, "bootstrap_samples": 0},
+    )
     metrics = tunelab.finetune(tunelab.build_config(tree), show_progress=False, echo=None).metrics
     leak = metrics["leakage"]
-    assert leak["sst2"] == {"scored": 200, "evaluation_set": 500, "scored_in_training": 0,
-                            "evaluation_set_in_training": 0}
+    assert leak["sst2"] == {
+        "scored": 200,
+        "evaluation_set": 500,
+        "scored_in_training": 0,
+        "evaluation_set_in_training": 0,
+    }
     assert leak["boolq"]["scored"] == 200 and leak["boolq"]["evaluation_set_in_training"] == 0
     assert leak["files:test"] == {"scored": 3, "scored_in_training": 0}
 
@@ -224,7 +267,9 @@ def test_leakage_report_counts_what_was_trained_on(dialogsum_dir):
     from tunelab.data.records import Example
 
     spec = get_task("sst2", sample=50)
-    leaked = [Example(f"x{i}", document_key(spec, d), ("positive",)) for i, d in enumerate(evaluation_documents(spec)[:5])]
+    leaked = [
+        Example(f"x{i}", document_key(spec, d), ("positive",)) for i, d in enumerate(evaluation_documents(spec)[:5])
+    ]
     report = leakage_report(leaked, [spec], "t:test", [leaked[0]])
     assert report["sst2"]["scored_in_training"] == 5 and report["t:test"]["scored_in_training"] == 1
 
@@ -261,31 +306,46 @@ def _cfg_file(tmp_path, tree, name="cfg.yaml"):
     return path
 
 
-@pytest.mark.parametrize("problem,message", [
-    ("bad_train_file", r"train.jsonl:3: "),
-    ("missing_test_column", r"column\(s\) 'summary' not found; columns present: 'fname', 'dialogue'"),
-    ("target_modules", r"method.target_modules: 'q_projj' matches no module of the model; its linear layers are "
-                       r"named .*q_proj"),
-    ("unknown_task", r"unknown benchmark task 'boolqq'"),
-    ("template", r"template phrasing index 9 out of range"),
-])
-def test_bad_input_fails_before_any_work_and_leaves_nothing(problem, message, tiny_llama_dir, dialogue_files,
-                                                            tmp_path, monkeypatch):
+@pytest.mark.parametrize(
+    "problem,message",
+    [
+        ("bad_train_file", r"train.jsonl:3: "),
+        ("missing_test_column", r"column\(s\) 'summary' not found; columns present: 'fname', 'dialogue'"),
+        (
+            "target_modules",
+            r"method.target_modules: 'q_projj' matches no module of the model; its linear layers are "
+            r"named .*q_proj",
+        ),
+        ("unknown_task", r"unknown benchmark task 'boolqq'"),
+        ("template", r"template phrasing index 9 out of range"),
+    ],
+)
+def test_bad_input_fails_before_any_work_and_leaves_nothing(
+    problem, message, tiny_llama_dir, dialogue_files, tmp_path, monkeypatch
+):
     import tunelab
+
     finetune_module = __import__("importlib").import_module("tunelab.recipes.finetune")
     from tunelab.errors import TunelabError
 
     files = dict(dialogue_files)
-    tree = experiment(tiny_llama_dir, files, tmp_path, name="bad", training={"max_steps": 2},
-                      method={"name": "lora", "r": 4, "target_modules": ["q_proj", "v_proj"]})
+    tree = experiment(
+        tiny_llama_dir,
+        files,
+        tmp_path,
+        name="bad",
+        training={"max_steps": 2},
+        method={"name": "lora", "r": 4, "target_modules": ["q_proj", "v_proj"]},
+    )
     if problem == "bad_train_file":
         lines = Path(files["train"]).read_text().splitlines()
         lines[2] = "{not json"
         Path(files["train"]).write_text("\n".join(lines) + "\n")
     elif problem == "missing_test_column":
         rows = [json.loads(x) for x in Path(files["test"]).read_text().splitlines()]
-        Path(files["test"]).write_text("".join(json.dumps({"fname": r["fname"], "dialogue": r["dialogue"]}) + "\n"
-                                               for r in rows))
+        Path(files["test"]).write_text(
+            "".join(json.dumps({"fname": r["fname"], "dialogue": r["dialogue"]}) + "\n" for r in rows)
+        )
     elif problem == "target_modules":
         tree["method"]["target_modules"] = ["q_proj", "q_projj"]
     elif problem == "unknown_task":
@@ -303,9 +363,11 @@ def test_bad_input_fails_before_any_work_and_leaves_nothing(problem, message, ti
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
-def test_a_failure_before_any_checkpoint_leaves_no_directory_blocking_the_rerun(tiny_t5_dir, dialogue_files,
-                                                                                  tmp_path, monkeypatch):
+def test_a_failure_before_any_checkpoint_leaves_no_directory_blocking_the_rerun(
+    tiny_t5_dir, dialogue_files, tmp_path, monkeypatch
+):
     import tunelab
+
     finetune_module = __import__("importlib").import_module("tunelab.recipes.finetune")
     from tunelab.errors import TrainingError
 
@@ -329,8 +391,11 @@ def test_mistyped_alias_or_unreachable_hub_fails_at_once(monkeypatch, tmp_path):
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     t0 = time.perf_counter()
-    with pytest.raises(ModelError, match=r"'smollm2-135-instruct' is not a built-in alias \(did you mean "
-                                         r"'smollm2-135m-instruct'\?\).*hub cannot be reached"):
+    with pytest.raises(
+        ModelError,
+        match=r"'smollm2-135-instruct' is not a built-in alias \(did you mean "
+        r"'smollm2-135m-instruct'\?\).*hub cannot be reached",
+    ):
         resolve_source("smollm2-135-instruct")
     with pytest.raises(ModelError, match="'google/flan-t5-bass' is not a built-in alias, .*hub cannot be reached"):
         resolve_source("google/flan-t5-bass")
@@ -349,12 +414,15 @@ def _tmpfs(path: Path, size: str) -> bool:
     path.mkdir(parents=True, exist_ok=True)
     if os.geteuid() != 0:
         return False
-    return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-                          capture_output=True).returncode == 0
+    return (
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True
+        ).returncode
+        == 0
+    )
 
 
-def test_full_disk_names_the_path_and_keeps_the_previous_checkpoint(tiny_t5_dir, dialogue_files, tmp_path,
-                                                                    monkeypatch):
+def test_full_disk_names_the_path_and_keeps_the_previous_checkpoint(tiny_t5_dir, dialogue_files, tmp_path, monkeypatch):
     """A real full device (a small tmpfs filled up after the first checkpoint), not a simulated error."""
     import tunelab
     import tunelab.training.loop as loop
@@ -379,11 +447,20 @@ def test_full_disk_names_the_path_and_keeps_the_previous_checkpoint(tiny_t5_dir,
             return out
 
         monkeypatch.setattr(loop, "save_checkpoint", save_then_fill)
-        tree = experiment(tiny_t5_dir, dialogue_files, tmp_path, name="full-disk", output_dir=str(disk / "runs"),
-                          method={"name": "lora", "r": 4},
-                          training={"max_steps": 6, "save_every": 2, "precision": "fp32"})
-        with pytest.raises(DiskFullError, match=r"no space left on the device writing checkpoint .*step-4; the "
-                                                r"previous checkpoint .*step-2 is intact"):
+        tree = experiment(
+            tiny_t5_dir,
+            dialogue_files,
+            tmp_path,
+            name="full-disk",
+            output_dir=str(disk / "runs"),
+            method={"name": "lora", "r": 4},
+            training={"max_steps": 6, "save_every": 2, "precision": "fp32"},
+        )
+        with pytest.raises(
+            DiskFullError,
+            match=r"no space left on the device writing checkpoint .*step-4; the "
+            r"previous checkpoint .*step-2 is intact",
+        ):
             tunelab.finetune(tunelab.build_config(tree), show_progress=False, echo=None)
         ckpts = disk / "runs" / "full-disk" / "checkpoints"
         assert sorted(p.name for p in ckpts.iterdir()) == ["step-2"] and checkpoint_is_finite(ckpts / "step-2")
@@ -398,11 +475,20 @@ def test_full_disk_names_the_path_and_keeps_the_previous_checkpoint(tiny_t5_dir,
 def test_a_second_process_on_the_same_run_directory_fails_at_once(tiny_t5_dir, dialogue_files, tmp_path):
     import time
 
-    tree = experiment(tiny_t5_dir, dialogue_files, tmp_path, name="busy",
-                      training={"max_steps": 100000, "save_every": 1, "precision": "fp32"})
+    tree = experiment(
+        tiny_t5_dir,
+        dialogue_files,
+        tmp_path,
+        name="busy",
+        training={"max_steps": 100000, "save_every": 1, "precision": "fp32"},
+    )
     cfg = _cfg_file(tmp_path, tree)
-    first = subprocess.Popen([sys.executable, "-m", "tunelab.cli.main", "train", str(cfg), "--resume"],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=_env())
+    first = subprocess.Popen(
+        [sys.executable, "-m", "tunelab.cli.main", "train", str(cfg), "--resume"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=_env(),
+    )
     try:
         owner = tmp_path / "runs" / "busy" / ".lock.owner.json"
         deadline = time.monotonic() + 120
@@ -423,20 +509,28 @@ def test_a_second_process_on_the_same_run_directory_fails_at_once(tiny_t5_dir, d
 # --- the base model of an adapter is identified by what it is ------------------------------------------
 
 
-def test_an_adapter_loads_on_its_base_by_any_path_and_not_on_another_model(tiny_llama_dir, dialogue_files, tmp_path,
-                                                                           monkeypatch):
+def test_an_adapter_loads_on_its_base_by_any_path_and_not_on_another_model(
+    tiny_llama_dir, dialogue_files, tmp_path, monkeypatch
+):
     import torch
 
     import tunelab
     from conftest import make_tokenizer, tiny_llama
     from tunelab.errors import ModelError
 
-    tree = experiment(tiny_llama_dir, dialogue_files, tmp_path, name="ident", training={"max_steps": 2},
-                      evaluation={"max_samples": 2, "before": False})
+    tree = experiment(
+        tiny_llama_dir,
+        dialogue_files,
+        tmp_path,
+        name="ident",
+        training={"max_steps": 2},
+        evaluation={"max_samples": 2, "before": False},
+    )
     run = tunelab.finetune(tunelab.build_config(tree), show_progress=False, echo=None).run_dir
     adapter = run / "adapter"
     assert json.loads((adapter / "tunelab.json").read_text())["base_fingerprint"]["embedding_sha256"]
     text = json.loads(open(dialogue_files["test"]).readline())["dialogue"]
+
     def summary(**source):
         return tunelab.summarize(tunelab.open_for_generation(**source), [text], max_new_tokens=8)
 
@@ -453,7 +547,9 @@ def test_an_adapter_loads_on_its_base_by_any_path_and_not_on_another_model(tiny_
         other.model.embed_tokens.weight.add_(0.01)
     other.save_pretrained(tmp_path / "other")
     tok.save_pretrained(tmp_path / "other")
-    with pytest.raises(ModelError, match=r"trained on base model .*, not .*other.* \(they differ in embedding_sha256\)"):
+    with pytest.raises(
+        ModelError, match=r"trained on base model .*, not .*other.* \(they differ in embedding_sha256\)"
+    ):
         tunelab.open_for_generation(model=str(tmp_path / "other"), adapter=adapter)
     # an adapter written before fingerprints were recorded: matched by resolved path
     meta = json.loads((adapter / "tunelab.json").read_text())
@@ -472,8 +568,15 @@ def test_compare_overrides_switch_methods_as_train_does(tmp_path):
 
     base = {"method": {"name": "lora", "r": 4}, "training": {"max_steps": 3}}
     (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
-    cfg = _cfg_file(tmp_path, {"name": "c", "experiment": "base.yaml",
-                               "arms": [{"name": "switched"}, {"name": "own", "method": {"name": "ia3"}}]}, "cmp.yaml")
+    cfg = _cfg_file(
+        tmp_path,
+        {
+            "name": "c",
+            "experiment": "base.yaml",
+            "arms": [{"name": "switched"}, {"name": "own", "method": {"name": "ia3"}}],
+        },
+        "cmp.yaml",
+    )
     arms = {a.name: a.experiment for a in load_compare_config(cfg, ("method.name=full", "training.lr=0.001")).arms}
     assert arms["switched"].method.name == "full" and arms["own"].method.name == "ia3"
     assert arms["switched"].training.lr == arms["own"].training.lr == 0.001
@@ -494,13 +597,24 @@ def test_a_task_file_of_ones_own_reads_data_beside_it_or_by_absolute_path(tmp_pa
     monkeypatch.setenv("TUNELAB_DATA_DIR", str(tmp_path / "no-data-root"))
     folder = tmp_path / "my_tasks"
     folder.mkdir()
-    (folder / "docs.jsonl").write_text("".join(json.dumps({"q": f"question {i}", "label": i % 2}) + "\n"
-                                               for i in range(10)))
-    task = {"name": "mine", "kind": "multiple_choice", "loader": "jsonl", "path": "docs.jsonl",
-            "prompt": "{q}\nAnswer:", "choices": [" no", " yes"], "label_field": "label"}
+    (folder / "docs.jsonl").write_text(
+        "".join(json.dumps({"q": f"question {i}", "label": i % 2}) + "\n" for i in range(10))
+    )
+    task = {
+        "name": "mine",
+        "kind": "multiple_choice",
+        "loader": "jsonl",
+        "path": "docs.jsonl",
+        "prompt": "{q}\nAnswer:",
+        "choices": [" no", " yes"],
+        "label_field": "label",
+    }
     (folder / "mine.yaml").write_text(yaml.safe_dump(task))
-    assert [d["q"] for d in evaluation_documents(get_task(str(folder / "mine.yaml"), limit=3))] == \
-        ["question 0", "question 1", "question 2"]
+    assert [d["q"] for d in evaluation_documents(get_task(str(folder / "mine.yaml"), limit=3))] == [
+        "question 0",
+        "question 1",
+        "question 2",
+    ]
     (folder / "abs.yaml").write_text(yaml.safe_dump({**task, "path": str(folder / "docs.jsonl")}))
     assert len(evaluation_documents(get_task(str(folder / "abs.yaml"), sample=4))) == 4
     with pytest.raises(ConfigError, match="benchmark task file not found"):
@@ -511,16 +625,25 @@ def test_a_task_file_of_ones_own_reads_data_beside_it_or_by_absolute_path(tmp_pa
         get_task(str(folder / "nolabel.yaml"))
 
 
-def test_a_later_forgetting_measurement_never_rewrites_what_training_recorded(tiny_llama_dir, dialogue_files, tmp_path,
-                                                                             dialogsum_dir):
+def test_a_later_forgetting_measurement_never_rewrites_what_training_recorded(
+    tiny_llama_dir, dialogue_files, tmp_path, dialogsum_dir
+):
     import tunelab
 
-    tree = experiment(tiny_llama_dir, dialogue_files, tmp_path, name="kept", training={"max_steps": 2},
-                      evaluation={"max_samples": 2, "before": False},
-                      benchmarks={"tasks": ["sst2", "boolq"], "sample": 8, "bootstrap_samples": 0})
+    tree = experiment(
+        tiny_llama_dir,
+        dialogue_files,
+        tmp_path,
+        name="kept",
+        training={"max_steps": 2},
+        evaluation={"max_samples": 2, "before": False},
+        benchmarks={"tasks": ["sst2", "boolq"], "sample": 8, "bootstrap_samples": 0},
+    )
     run = tunelab.finetune(tunelab.build_config(tree), show_progress=False, echo=None).run_dir
-    recorded = {n: (run / n).read_bytes() for n in ("benchmarks_before.json", "benchmarks_after.json",
-                                                      "forgetting.json", "forgetting.md", "metrics.json")}
+    recorded = {
+        n: (run / n).read_bytes()
+        for n in ("benchmarks_before.json", "benchmarks_after.json", "forgetting.json", "forgetting.md", "metrics.json")
+    }
     first = tunelab.measure_forgetting(run, ["boolq"], limit=5, show_progress=False)
     second = tunelab.measure_forgetting(run, ["boolq"], limit=5, show_progress=False)
     assert {n: (run / n).read_bytes() for n in recorded} == recorded

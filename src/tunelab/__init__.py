@@ -24,12 +24,21 @@ from tunelab.lazy import lazy_exports as _lazy_exports
 # Everything else loads on first use (PEP 562), so `import tunelab`, config validation and `tunelab --help`
 # do not import torch, transformers or peft.
 _LAZY = {
-    "ExperimentConfig": "tunelab.config", "build_config": "tunelab.config", "load_config": "tunelab.config",
+    "ExperimentConfig": "tunelab.config",
+    "build_config": "tunelab.config",
+    "load_config": "tunelab.config",
     "pull_model": "tunelab.models.registry",
-    "benchmark_session": "tunelab.recipes", "compare": "tunelab.recipes", "evaluate": "tunelab.recipes",
-    "measure_forgetting": "tunelab.recipes", "finetune": "tunelab.recipes", "merge_run": "tunelab.recipes",
-    "open_for_generation": "tunelab.recipes", "soft_prompt_neighbours": "tunelab.recipes",
-    "summarize": "tunelab.recipes", "export_run": "tunelab.recipes", "sweep": "tunelab.recipes",
+    "benchmark_session": "tunelab.recipes",
+    "compare": "tunelab.recipes",
+    "evaluate": "tunelab.recipes",
+    "measure_forgetting": "tunelab.recipes",
+    "finetune": "tunelab.recipes",
+    "merge_run": "tunelab.recipes",
+    "open_for_generation": "tunelab.recipes",
+    "soft_prompt_neighbours": "tunelab.recipes",
+    "summarize": "tunelab.recipes",
+    "export_run": "tunelab.recipes",
+    "sweep": "tunelab.recipes",
     "preview_data": "tunelab.data.preview",
 }
 
@@ -57,8 +66,26 @@ if _TYPE_CHECKING:
 
 __version__ = "0.1.0"
 __all__ = [
-    "ConfigError", "DataError", "ExperimentConfig", "ModelError", "RunDirError", "TrainingError", "TunelabError",
-    "benchmark_session", "build_config", "compare", "evaluate", "measure_forgetting", "finetune", "load_config",
-    "merge_run", "open_for_generation", "pull_model", "soft_prompt_neighbours", "summarize", "export_run", "sweep",
+    "ConfigError",
+    "DataError",
+    "ExperimentConfig",
+    "ModelError",
+    "RunDirError",
+    "TrainingError",
+    "TunelabError",
+    "benchmark_session",
+    "build_config",
+    "compare",
+    "evaluate",
+    "measure_forgetting",
+    "finetune",
+    "load_config",
+    "merge_run",
+    "open_for_generation",
+    "pull_model",
+    "soft_prompt_neighbours",
+    "summarize",
+    "export_run",
+    "sweep",
     "preview_data",
 ]

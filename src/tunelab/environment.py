@@ -45,9 +45,12 @@ def describe_environment(device, generation: str | None = None, training: str | 
 
     from tunelab.models.precision import resolve_precision
 
-    env: dict[str, Any] = {"cpu": cpu_description(), "torch_threads": torch.get_num_threads(),
-                           "python": platform.python_version(),
-                           "packages": {p: v for p in _PACKAGES if (v := _version(p))}}
+    env: dict[str, Any] = {
+        "cpu": cpu_description(),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "packages": {p: v for p in _PACKAGES if (v := _version(p))},
+    }
     if device is not None and getattr(device, "type", "cpu") == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
         env["cuda"] = torch.version.cuda

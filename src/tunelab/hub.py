@@ -13,8 +13,9 @@ from urllib.parse import urlparse
 def hub_reachable(timeout: float = 3.0) -> bool:
     """Whether the Hugging Face hub can be reached: False at once in offline mode (HF_HUB_OFFLINE) or when a
     connection to its host fails within `timeout` seconds (instead of minutes of retries inside the hub client)."""
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes") or \
-            os.environ.get("TRANSFORMERS_OFFLINE", "").lower() in ("1", "true", "yes"):
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes") or os.environ.get(
+        "TRANSFORMERS_OFFLINE", ""
+    ).lower() in ("1", "true", "yes"):
         return False
     url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
     result: list[bool] = []

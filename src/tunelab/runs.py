@@ -151,13 +151,22 @@ class RunDir:
             lock.acquire()
         except Timeout:
             who = self.owner() or {}
-            by = (f"process {who.get('pid')} on {who.get('host')} ({who.get('command')}, since {who.get('since')})"
-                  if who else "another process")
+            by = (
+                f"process {who.get('pid')} on {who.get('host')} ({who.get('command')}, since {who.get('since')})"
+                if who
+                else "another process"
+            )
             raise RunDirError(f"{self.path} is in use by {by}; wait for it to finish or stop it") from None
         try:
-            atomic_write_json(self.path / LOCK_OWNER, {
-                "pid": os.getpid(), "host": socket.gethostname(), "command": " ".join(sys.argv),
-                "since": time.strftime("%Y-%m-%d %H:%M:%S")})
+            atomic_write_json(
+                self.path / LOCK_OWNER,
+                {
+                    "pid": os.getpid(),
+                    "host": socket.gethostname(),
+                    "command": " ".join(sys.argv),
+                    "since": time.strftime("%Y-%m-%d %H:%M:%S"),
+                },
+            )
             yield self
         finally:
             (self.path / LOCK_OWNER).unlink(missing_ok=True)

@@ -19,8 +19,9 @@ def _per_example(result: Mapping[str, Any]) -> np.ndarray:
     return np.asarray(per["rougeL"], dtype=float)
 
 
-def paired_bootstrap_delta(before: Mapping[str, Any], after: Mapping[str, Any], samples: int = 1000,
-                           seed: int = 0) -> dict[str, float]:
+def paired_bootstrap_delta(
+    before: Mapping[str, Any], after: Mapping[str, Any], samples: int = 1000, seed: int = 0
+) -> dict[str, float]:
     """after - before on the task's main metric, with a 95% paired bootstrap CI (scipy.stats.bootstrap, the same
     examples resampled on both sides): BCa for per-example metrics, percentile for corpus BLEU (recomputed per
     resample, at most 200)."""
@@ -38,19 +39,28 @@ def paired_bootstrap_delta(before: Mapping[str, Any], after: Mapping[str, Any], 
         def bleu_delta(idx: np.ndarray) -> float:
             def corpus(r: Mapping[str, Any]) -> float:
                 per = r["per_example"]
-                return translation_scores([per["predictions"][i] for i in idx],
-                                          [per["references"][i] for i in idx])["bleu"]
+                return translation_scores([per["predictions"][i] for i in idx], [per["references"][i] for i in idx])[
+                    "bleu"
+                ]
+
             return corpus(after) - corpus(before)
 
-        ci = bootstrap((np.arange(n),), bleu_delta, n_resamples=min(samples, 200), method="percentile",
-                       vectorized=False, rng=rng).confidence_interval
+        ci = bootstrap(
+            (np.arange(n),), bleu_delta, n_resamples=min(samples, 200), method="percentile", vectorized=False, rng=rng
+        ).confidence_interval
     else:
         b, a = _per_example(before), _per_example(after)
         differences = a - b
         if samples <= 0 or n < 2 or np.all(differences == differences[0]):
             return {"delta": delta, "ci95_low": delta, "ci95_high": delta}
-        ci = bootstrap((b, a), lambda x, y, axis=-1: y.mean(axis=axis) - x.mean(axis=axis), paired=True,
-                       n_resamples=samples, method="BCa", rng=rng).confidence_interval
+        ci = bootstrap(
+            (b, a),
+            lambda x, y, axis=-1: y.mean(axis=axis) - x.mean(axis=axis),
+            paired=True,
+            n_resamples=samples,
+            method="BCa",
+            rng=rng,
+        ).confidence_interval
     return {"delta": delta, "ci95_low": float(ci.low), "ci95_high": float(ci.high)}
 
 
@@ -65,26 +75,41 @@ def bleu_paired_p_value(before: Mapping[str, Any], after: Mapping[str, Any], sam
     b, a = before["per_example"], after["per_example"]
     if list(b["predictions"]) == list(a["predictions"]):
         return 1.0  # no change at all (sacrebleu's test gives its smallest p-value to this degenerate case)
-    test = PairedTest([("before", list(b["predictions"])), ("after", list(a["predictions"]))],
-                      {"BLEU": BLEU(references=reference_streams(b["references"]))}, references=None, test_type="bs",
-                      n_samples=samples)
+    test = PairedTest(
+        [("before", list(b["predictions"])), ("after", list(a["predictions"]))],
+        {"BLEU": BLEU(references=reference_streams(b["references"]))},
+        references=None,
+        test_type="bs",
+        n_samples=samples,
+    )
     _, results = test()
     after_result = results["BLEU"][1]  # [0] is the baseline system's ("before"), [1] the compared one's
     assert not isinstance(after_result, str) and after_result.p_value is not None
     return float(after_result.p_value)
 
 
-def forgetting_report(before: Mapping[str, Mapping[str, Any]], after: Mapping[str, Mapping[str, Any]],
-                      target_gain: Mapping[str, float] | None = None, samples: int = 1000, seed: int = 0) -> dict[str, Any]:
+def forgetting_report(
+    before: Mapping[str, Mapping[str, Any]],
+    after: Mapping[str, Mapping[str, Any]],
+    target_gain: Mapping[str, float] | None = None,
+    samples: int = 1000,
+    seed: int = 0,
+) -> dict[str, Any]:
     tasks = {}
     for name in before:
         if name not in after:
             continue
         b, a = before[name], after[name]
-        tasks[name] = {"metric": b["main_metric"], "before": b["score"], "after": a["score"], "n": b["n"],
-                       **paired_bootstrap_delta(b, a, samples, seed),
-                       "before_metrics": b["metrics"], "after_metrics": a["metrics"],
-                       "examples_per_second_after": a.get("examples_per_second")}
+        tasks[name] = {
+            "metric": b["main_metric"],
+            "before": b["score"],
+            "after": a["score"],
+            "n": b["n"],
+            **paired_bootstrap_delta(b, a, samples, seed),
+            "before_metrics": b["metrics"],
+            "after_metrics": a["metrics"],
+            "examples_per_second_after": a.get("examples_per_second"),
+        }
         t = tasks[name]
         if t["metric"] == "bleu" and samples > 0 and t["n"] > 1:  # corpus BLEU: sacrebleu's own paired test decides
             t["p_value"] = bleu_paired_p_value(b, a, min(samples, 1000))
@@ -92,8 +117,12 @@ def forgetting_report(before: Mapping[str, Mapping[str, Any]], after: Mapping[st
         else:
             t["significant"] = t["ci95_high"] < 0 or t["ci95_low"] > 0
     deltas = [t["delta"] for t in tasks.values()]
-    return {"tasks": tasks, "mean_delta": float(np.mean(deltas)) if deltas else 0.0,
-            "target_gain": dict(target_gain or {}), "bootstrap_samples": samples}
+    return {
+        "tasks": tasks,
+        "mean_delta": float(np.mean(deltas)) if deltas else 0.0,
+        "target_gain": dict(target_gain or {}),
+        "bootstrap_samples": samples,
+    }
 
 
 def forgetting_table(report: Mapping[str, Any]) -> str:
@@ -101,8 +130,18 @@ def forgetting_table(report: Mapping[str, Any]) -> str:
 
     rows = []
     for name, t in report["tasks"].items():
-        rows.append([name, t["metric"], t["before"], t["after"], f"{t['delta']:+.2f}",
-                     f"[{t['ci95_low']:+.2f}, {t['ci95_high']:+.2f}]", "yes" if t["significant"] else "no", t["n"]])
+        rows.append(
+            [
+                name,
+                t["metric"],
+                t["before"],
+                t["after"],
+                f"{t['delta']:+.2f}",
+                f"[{t['ci95_low']:+.2f}, {t['ci95_high']:+.2f}]",
+                "yes" if t["significant"] else "no",
+                t["n"],
+            ]
+        )
     rows.append(["mean", "", "", "", f"{report['mean_delta']:+.2f}", "", "", ""])
     text = markdown_table(["task", "metric", "before", "after", "change", "95% CI", "significant", "n"], rows)
     if report.get("target_gain"):

@@ -27,16 +27,32 @@ def export_task(spec: TaskSpec, folder: Path) -> str:
         choices = choices_of(spec, d)
         if not all(c.startswith(" ") for c in choices):
             raise ValueError("choices must start with the space lm-eval's target delimiter adds")
-        rows.append({"text": fewshot_prefix(spec, d) + render(spec.prompt, d), "choices": [c[1:] for c in choices],
-                     "label": label_of(spec, d)})
+        rows.append(
+            {
+                "text": fewshot_prefix(spec, d) + render(spec.prompt, d),
+                "choices": [c[1:] for c in choices],
+                "label": label_of(spec, d),
+            }
+        )
     data = folder / f"{spec.name}.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     name = f"tunelab_{spec.name}"
-    (folder / f"{name}.yaml").write_text(yaml.safe_dump({
-        "task": name, "dataset_path": "json", "dataset_kwargs": {"data_files": {"validation": str(data)}},
-        "output_type": "multiple_choice", "validation_split": "validation", "doc_to_text": "{{text}}",
-        "doc_to_choice": "{{choices}}", "doc_to_target": "{{label}}", "target_delimiter": " ",
-        "metric_list": [{"metric": "acc"}, {"metric": "acc_norm"}]}))
+    (folder / f"{name}.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "task": name,
+                "dataset_path": "json",
+                "dataset_kwargs": {"data_files": {"validation": str(data)}},
+                "output_type": "multiple_choice",
+                "validation_split": "validation",
+                "doc_to_text": "{{text}}",
+                "doc_to_choice": "{{choices}}",
+                "doc_to_target": "{{label}}",
+                "target_delimiter": " ",
+                "metric_list": [{"metric": "acc"}, {"metric": "acc_norm"}],
+            }
+        )
+    )
     return name
 
 
@@ -46,10 +62,19 @@ def run_lm_eval(model_path: str | Path, spec: TaskSpec, folder: Path, batch_size
     from lm_eval.tasks import TaskManager
 
     name = export_task(spec, folder)
-    out = simple_evaluate(model="hf", model_args=f"pretrained={model_path},dtype=float32", tasks=[name],
-                          task_manager=TaskManager(include_path=str(folder)), num_fewshot=0, batch_size=batch_size,
-                          device="cpu", log_samples=True)
+    out = simple_evaluate(
+        model="hf",
+        model_args=f"pretrained={model_path},dtype=float32",
+        tasks=[name],
+        task_manager=TaskManager(include_path=str(folder)),
+        num_fewshot=0,
+        batch_size=batch_size,
+        device="cpu",
+        log_samples=True,
+    )
     samples = sorted(out["samples"][name], key=lambda s: s["doc_id"])
-    return {"accuracy": 100 * out["results"][name]["acc,none"],
-            "loglik": [[float(r[0][0]) for r in s["resps"]] for s in samples],
-            "correct": [int(s["acc"]) for s in samples]}
+    return {
+        "accuracy": 100 * out["results"][name]["acc,none"],
+        "loglik": [[float(r[0][0]) for r in s["resps"]] for s in samples],
+        "correct": [int(s["acc"]) for s in samples],
+    }

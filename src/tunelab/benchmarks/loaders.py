@@ -19,8 +19,13 @@ Doc = dict[str, Any]
 def _copa(doc: Doc) -> Doc:
     connector = {"cause": "because", "effect": "therefore"}[doc["question"]]
     lower = lambda s: s[0].lower() + s[1:]  # noqa: E731
-    return {**doc, "premise_stem": doc["premise"].strip()[:-1], "connector": connector,
-            "choice1_lower": lower(doc["choice1"]), "choice2_lower": lower(doc["choice2"])}
+    return {
+        **doc,
+        "premise_stem": doc["premise"].strip()[:-1],
+        "connector": connector,
+        "choice1_lower": lower(doc["choice1"]),
+        "choice2_lower": lower(doc["choice2"]),
+    }
 
 
 PREPROCESSORS = {"copa": _copa}
@@ -57,10 +62,22 @@ def _read_mmlu(folder: Path, split: str, subjects) -> list[Doc]:
         with open(split_dir / f"{subject}_{split}.csv", newline="", encoding="utf-8") as f:
             for i, row in enumerate(csv.reader(f)):
                 if len(row) != 6:
-                    raise DataError(f"{split_dir / f'{subject}_{split}.csv'}:{i + 1}: expected 6 fields, got {len(row)}")
+                    raise DataError(
+                        f"{split_dir / f'{subject}_{split}.csv'}:{i + 1}: expected 6 fields, got {len(row)}"
+                    )
                 q, a, b, c, d, ans = row
-                docs.append({"subject": subject, "subject_words": subject.replace("_", " "), "question": q.strip(),
-                             "A": a, "B": b, "C": c, "D": d, "answer_index": "ABCD".index(ans.strip())})
+                docs.append(
+                    {
+                        "subject": subject,
+                        "subject_words": subject.replace("_", " "),
+                        "question": q.strip(),
+                        "A": a,
+                        "B": b,
+                        "C": c,
+                        "D": d,
+                        "answer_index": "ABCD".index(ans.strip()),
+                    }
+                )
     return docs
 
 
@@ -78,11 +95,14 @@ def _read_parallel(folder: Path, spec: TaskSpec) -> list[Doc]:
 
 def _from_hub(spec: TaskSpec) -> list[Doc]:
     if spec.hub is None:
-        raise DataError(f"task {spec.name}: no local data at <data root>/{spec.path} (set {DATA_DIR_ENV}) "
-                        "and no hub fallback")
+        raise DataError(
+            f"task {spec.name}: no local data at <data root>/{spec.path} (set {DATA_DIR_ENV}) and no hub fallback"
+        )
     if not hub_reachable():
-        raise DataError(f"task {spec.name}: no local data at <data root>/{spec.path} (set {DATA_DIR_ENV}) and the "
-                        "Hugging Face hub cannot be reached from here")
+        raise DataError(
+            f"task {spec.name}: no local data at <data root>/{spec.path} (set {DATA_DIR_ENV}) and the "
+            "Hugging Face hub cannot be reached from here"
+        )
     import datasets
 
     try:
@@ -130,8 +150,10 @@ def evaluation_documents(spec: TaskSpec) -> list[Doc]:
     pool = evaluation_pool(spec)
     wanted = spec.limit or spec.sample
     if wanted and wanted > len(pool) and spec.eval_pool:
-        raise ConfigError(f"task {spec.name}: {wanted} documents asked for, but its evaluation set holds "
-                          f"{len(pool)} (eval_pool; the rest may be training data)")
+        raise ConfigError(
+            f"task {spec.name}: {wanted} documents asked for, but its evaluation set holds "
+            f"{len(pool)} (eval_pool; the rest may be training data)"
+        )
     if spec.limit:
         return pool[: spec.limit]
     if spec.sample and spec.sample < len(pool):
@@ -151,9 +173,11 @@ def training_documents(spec: TaskSpec) -> list[Doc]:
     if spec.train_source:
         candidates = load_documents(spec, training=True)
     elif len(pool) < len(all_docs):
-        candidates = all_docs[len(pool):]
+        candidates = all_docs[len(pool) :]
     else:
-        raise ConfigError(f"task {spec.name}: every document is in its evaluation set, so none can be trained on "
-                          "without leaking into the benchmark; give the task file an eval_pool or train_source")
+        raise ConfigError(
+            f"task {spec.name}: every document is in its evaluation set, so none can be trained on "
+            "without leaking into the benchmark; give the task file an eval_pool or train_source"
+        )
     held = {document_key(spec, d) for d in pool}
     return [d for d in candidates if document_key(spec, d) not in held]

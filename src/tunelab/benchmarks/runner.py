@@ -53,8 +53,9 @@ def fewshot_prefix(spec: TaskSpec, doc: Doc) -> str:
     return prefix
 
 
-def run_multiple_choice(model, tokenizer, arch: Arch, spec: TaskSpec, docs: Sequence[Doc], batch_size: int,
-                        show_progress: bool) -> TaskResult:
+def run_multiple_choice(
+    model, tokenizer, arch: Arch, spec: TaskSpec, docs: Sequence[Doc], batch_size: int, show_progress: bool
+) -> TaskResult:
     t0 = time.perf_counter()
     prefixes: dict[str, str] = {}
     requests: list[Request] = []
@@ -85,15 +86,33 @@ def run_multiple_choice(model, tokenizer, arch: Arch, spec: TaskSpec, docs: Sequ
     seconds = time.perf_counter() - t0
     acc = 100 * sum(correct) / len(correct)
     return TaskResult(
-        task=spec.name, kind=spec.kind, main_metric="accuracy", score=acc, n=len(docs), seconds=seconds,
-        metrics={"accuracy": acc, "accuracy_norm": 100 * sum(correct_norm) / len(correct_norm),
-                 "ece": 100 * expected_calibration_error(confidence, [bool(c) for c in correct]),
-                 "num_fewshot": spec.num_fewshot},
-        per_example={"correct": correct, "loglik": [scores[a:b] for a, b in spans], "label": labels})
+        task=spec.name,
+        kind=spec.kind,
+        main_metric="accuracy",
+        score=acc,
+        n=len(docs),
+        seconds=seconds,
+        metrics={
+            "accuracy": acc,
+            "accuracy_norm": 100 * sum(correct_norm) / len(correct_norm),
+            "ece": 100 * expected_calibration_error(confidence, [bool(c) for c in correct]),
+            "num_fewshot": spec.num_fewshot,
+        },
+        per_example={"correct": correct, "loglik": [scores[a:b] for a, b in spans], "label": labels},
+    )
 
 
-def run_generation(model, tokenizer, arch: Arch, spec: TaskSpec, docs: Sequence[Doc], batch_size: int,
-                   use_chat_template: bool, show_progress: bool, precision: str = "fp32") -> TaskResult:
+def run_generation(
+    model,
+    tokenizer,
+    arch: Arch,
+    spec: TaskSpec,
+    docs: Sequence[Doc],
+    batch_size: int,
+    use_chat_template: bool,
+    show_progress: bool,
+    precision: str = "fp32",
+) -> TaskResult:
     t0 = time.perf_counter()
     # the same prompt building as training and evaluation (chat template, special tokens, seq2seq EOS); the
     # task's own prompt is the whole input, cut by characters (max_input_chars), not by tokens
@@ -103,8 +122,17 @@ def run_generation(model, tokenizer, arch: Arch, spec: TaskSpec, docs: Sequence[
         if spec.max_input_chars:
             doc = {k: (v[: spec.max_input_chars] if isinstance(v, str) else v) for k, v in doc.items()}
         prompts.append(encoder.encode_for_generation(WHOLE_INPUT, Example(str(i), render(spec.prompt, doc), ())))
-    preds = generate_texts(model, tokenizer, prompts, arch, batch_size=batch_size, max_new_tokens=spec.max_new_tokens,
-                           desc=spec.name, show_progress=show_progress, precision=precision)
+    preds = generate_texts(
+        model,
+        tokenizer,
+        prompts,
+        arch,
+        batch_size=batch_size,
+        max_new_tokens=spec.max_new_tokens,
+        desc=spec.name,
+        show_progress=show_progress,
+        precision=precision,
+    )
     # keep the first line: base models often continue with another example after the answer
     preds = [p.strip().split("\n")[0].strip() if spec.metric == "translation" else p for p in preds]
     refs = [references_of(spec, d) for d in docs]
@@ -112,13 +140,27 @@ def run_generation(model, tokenizer, arch: Arch, spec: TaskSpec, docs: Sequence[
     if spec.metric == "rouge":
         per = metrics.rouge_per_example(preds, refs)
         agg = metrics.aggregate_rouge(per, bootstrap_samples=0)
-        return TaskResult(task=spec.name, kind=spec.kind, main_metric="rougeL", score=agg["rougeL"]["f1"],
-                          n=len(docs), seconds=seconds,
-                          metrics={k: v["f1"] for k, v in agg.items()},
-                          per_example={"rougeL": [p["rougeL"]["f1"] for p in per], "predictions": preds})
+        return TaskResult(
+            task=spec.name,
+            kind=spec.kind,
+            main_metric="rougeL",
+            score=agg["rougeL"]["f1"],
+            n=len(docs),
+            seconds=seconds,
+            metrics={k: v["f1"] for k, v in agg.items()},
+            per_example={"rougeL": [p["rougeL"]["f1"] for p in per], "predictions": preds},
+        )
     scores = translation_scores(preds, refs)
-    return TaskResult(task=spec.name, kind=spec.kind, main_metric="bleu", score=scores["bleu"], n=len(docs),
-                      seconds=seconds, metrics=scores, per_example={"predictions": preds, "references": refs})
+    return TaskResult(
+        task=spec.name,
+        kind=spec.kind,
+        main_metric="bleu",
+        score=scores["bleu"],
+        n=len(docs),
+        seconds=seconds,
+        metrics=scores,
+        per_example={"predictions": preds, "references": refs},
+    )
 
 
 def translation_scores(preds: Sequence[str], refs: Sequence[Sequence[str]]) -> dict[str, Any]:
@@ -128,12 +170,25 @@ def translation_scores(preds: Sequence[str], refs: Sequence[Sequence[str]]) -> d
 
     streams = reference_streams(refs)
     bleu, chrf = BLEU(), CHRF()
-    return {"bleu": bleu.corpus_score(list(preds), streams).score, "chrf": chrf.corpus_score(list(preds), streams).score,
-            "bleu_signature": str(bleu.get_signature()), "chrf_signature": str(chrf.get_signature())}
+    return {
+        "bleu": bleu.corpus_score(list(preds), streams).score,
+        "chrf": chrf.corpus_score(list(preds), streams).score,
+        "bleu_signature": str(bleu.get_signature()),
+        "chrf_signature": str(chrf.get_signature()),
+    }
 
 
-def run_task(model, tokenizer, arch: Arch, spec: TaskSpec, *, batch_size: int = 8, use_chat_template: bool = False,
-             show_progress: bool = True, generation_precision: str = "fp32") -> TaskResult:
+def run_task(
+    model,
+    tokenizer,
+    arch: Arch,
+    spec: TaskSpec,
+    *,
+    batch_size: int = 8,
+    use_chat_template: bool = False,
+    show_progress: bool = True,
+    generation_precision: str = "fp32",
+) -> TaskResult:
     """Score one task. Log-likelihoods are computed in fp32 (comparable with lm-evaluation-harness);
     generation tasks decode in `generation_precision`."""
     docs = evaluation_documents(spec)
@@ -141,8 +196,9 @@ def run_task(model, tokenizer, arch: Arch, spec: TaskSpec, *, batch_size: int = 
         raise DataError(f"task {spec.name}: no documents")
     if spec.kind == "multiple_choice":
         return run_multiple_choice(model, tokenizer, arch, spec, docs, batch_size, show_progress)
-    return run_generation(model, tokenizer, arch, spec, docs, batch_size, use_chat_template, show_progress,
-                          generation_precision)
+    return run_generation(
+        model, tokenizer, arch, spec, docs, batch_size, use_chat_template, show_progress, generation_precision
+    )
 
 
 def run_suite(model, tokenizer, arch: Arch, specs: Sequence[TaskSpec], **kwargs) -> dict[str, TaskResult]:

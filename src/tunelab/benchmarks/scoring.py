@@ -36,7 +36,7 @@ def encode_pair(tokenizer, context: str, continuation: str, arch: Arch) -> Reque
     ctx = tokenizer(context, add_special_tokens=False)["input_ids"]
     if whole[: len(ctx)] != ctx:  # the tokenizer merged across the boundary: encode separately
         return Request(ctx, tokenizer(continuation, add_special_tokens=False)["input_ids"])
-    return Request(ctx, whole[len(ctx):])
+    return Request(ctx, whole[len(ctx) :])
 
 
 @torch.no_grad()
@@ -59,7 +59,7 @@ def _causal_batch(model, reqs: Sequence[Request], pad_id: int, max_length: int |
     for row, r in enumerate(reqs):
         n = len(r.continuation)
         target = torch.tensor(r.continuation, device=logprobs.device)
-        out.append(float(logprobs[row, keep - n:, :].gather(-1, target[:, None]).sum()))
+        out.append(float(logprobs[row, keep - n :, :].gather(-1, target[:, None]).sum()))
     # log-probabilities at the position that predicts a one-token continuation, for shared contexts
     return (out, logprobs[:, -1, :]) if return_last else out
 
@@ -69,14 +69,24 @@ def _seq2seq_batch(model, reqs: Sequence[Request], pad_id: int, max_length: int 
     device = next(model.parameters()).device
     ctx = [r.context[-max_length:] if max_length else r.context for r in reqs]
     labels = pad_sequences([r.continuation for r in reqs], -100).to(device)
-    logits = model(input_ids=pad_sequences(ctx, pad_id).to(device), attention_mask=padding_mask(ctx).to(device), labels=labels).logits
+    logits = model(
+        input_ids=pad_sequences(ctx, pad_id).to(device), attention_mask=padding_mask(ctx).to(device), labels=labels
+    ).logits
     logprobs = torch.log_softmax(logits.float(), dim=-1)
     picked = logprobs.gather(-1, labels.clamp(min=0)[..., None])[..., 0]
     return [float(v) for v in (picked * (labels != -100)).sum(-1)]
 
 
-def loglikelihoods(model, tokenizer, arch: Arch, requests: Sequence[Request], batch_size: int = 8,
-                   max_length: int | None = None, desc: str = "loglik", show_progress: bool = True) -> list[float]:
+def loglikelihoods(
+    model,
+    tokenizer,
+    arch: Arch,
+    requests: Sequence[Request],
+    batch_size: int = 8,
+    max_length: int | None = None,
+    desc: str = "loglik",
+    show_progress: bool = True,
+) -> list[float]:
     """Sum of log-probabilities of each request's continuation given its context.
 
     Causal requests with one-token continuations that share a context (MMLU's " A".." D") are scored
@@ -91,13 +101,14 @@ def loglikelihoods(model, tokenizer, arch: Arch, requests: Sequence[Request], ba
                 groups.setdefault(tuple(r.context), []).append(i)
     shared = {i for members in groups.values() if len(members) > 1 for i in members}
     # one representative request per shared context; its last-position log-probabilities serve them all
-    work = [i for i in range(len(requests)) if i not in shared] + \
-        [members[0] for members in groups.values() if len(members) > 1]
+    work = [i for i in range(len(requests)) if i not in shared] + [
+        members[0] for members in groups.values() if len(members) > 1
+    ]
     order = sorted(work, key=lambda i: -len(requests[i].context) - len(requests[i].continuation))
     fn = _causal_batch if arch == "causal" else _seq2seq_batch
     try:
         for start in tqdm(range(0, len(order), batch_size), desc=desc, leave=False, disable=not show_progress):
-            idx = order[start:start + batch_size]
+            idx = order[start : start + batch_size]
             batch = [requests[i] for i in idx]
             if arch == "causal":
                 rows, last = _causal_batch(model, batch, tokenizer.pad_token_id, max_length, return_last=True)

@@ -113,8 +113,9 @@ def get_task(name_or_path: str, **overrides) -> TaskSpec:
     else:
         tasks = available_tasks()
         if name_or_path not in tasks:
-            raise ConfigError(f"unknown benchmark task {name_or_path!r}; tasks: {', '.join(tasks)} "
-                              "(or the path of a task .yaml file)")
+            raise ConfigError(
+                f"unknown benchmark task {name_or_path!r}; tasks: {', '.join(tasks)} (or the path of a task .yaml file)"
+            )
         spec = _load_spec(tasks[name_or_path])
     update = {k: v for k, v in overrides.items() if v is not None}
     if update.get("limit"):

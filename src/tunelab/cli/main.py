@@ -41,14 +41,22 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.tasks:
         from tunelab.recipes.benchmark import benchmark, results_table
 
-        out, results = benchmark(target, _task_list(args.tasks), args.limit, overrides, sample=args.sample,
-                                 seed=args.seed, adapter=args.adapter)
+        out, results = benchmark(
+            target,
+            _task_list(args.tasks),
+            args.limit,
+            overrides,
+            sample=args.sample,
+            seed=args.seed,
+            adapter=args.adapter,
+        )
         print(results_table(results))
         print(f"\nresults: {out / 'benchmarks.json'}")
         return 0
 
-    out, metrics = evaluate(target, split=args.split, max_samples=args.max_samples, overrides=overrides,
-                            adapter=args.adapter)
+    out, metrics = evaluate(
+        target, split=args.split, max_samples=args.max_samples, overrides=overrides, adapter=args.adapter
+    )
     print(before_after_table(None, metrics))
     print(f"\nresults: {out}")
     return 0
@@ -95,10 +103,14 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_prompt_tokens(args: argparse.Namespace) -> int:
     from tunelab.recipes import soft_prompt_neighbours
 
-    print(f"nearest vocabulary tokens of each learned virtual token (cosine similarity of input embeddings, top {args.k})")
+    print(
+        f"nearest vocabulary tokens of each learned virtual token (cosine similarity of input embeddings, top {args.k})"
+    )
     for i, row in enumerate(soft_prompt_neighbours(args.run, args.k)):
-        print(f"virtual token {i:3d}: " + "  ".join(f"{json.dumps(tok, ensure_ascii=False)} cos {sim:.2f}"
-                                                    for tok, sim in row))
+        print(
+            f"virtual token {i:3d}: "
+            + "  ".join(f"{json.dumps(tok, ensure_ascii=False)} cos {sim:.2f}" for tok, sim in row)
+        )
     return 0
 
 
@@ -106,8 +118,9 @@ def cmd_forgetting(args: argparse.Namespace) -> int:
     from tunelab.benchmarks import forgetting_table
     from tunelab.recipes import measure_forgetting
 
-    report = measure_forgetting(args.run, _task_list(args.tasks) or None, args.limit, sample=args.sample,
-                                seed=args.seed)
+    report = measure_forgetting(
+        args.run, _task_list(args.tasks) or None, args.limit, sample=args.sample, seed=args.seed
+    )
     print(forgetting_table(report))
     print(f"\nreport: {report['folder']}/forgetting.json")
     return 0
@@ -134,11 +147,23 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if not sep or not name or not path:
             raise TunelabError(f"--adapter expects NAME=PATH, got {item!r}")
         adapters[name] = path
-    serve(ServeOptions(model=args.model, adapters=adapters, runs=args.runs, host=args.host, port=args.port,
-                       api_key=args.api_key, adapter_dirs=args.allow_adapter_loading,
-                       max_batch_size=args.max_batch_size, batch_window_ms=args.batch_window_ms,
-                       max_queue=args.max_queue, precision=args.precision, max_tokens=args.max_tokens_limit,
-                       max_prompt_tokens=args.max_prompt_tokens))
+    serve(
+        ServeOptions(
+            model=args.model,
+            adapters=adapters,
+            runs=args.runs,
+            host=args.host,
+            port=args.port,
+            api_key=args.api_key,
+            adapter_dirs=args.allow_adapter_loading,
+            max_batch_size=args.max_batch_size,
+            batch_window_ms=args.batch_window_ms,
+            max_queue=args.max_queue,
+            precision=args.precision,
+            max_tokens=args.max_tokens_limit,
+            max_prompt_tokens=args.max_prompt_tokens,
+        )
+    )
     return 0
 
 
@@ -166,8 +191,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     record = sweep(load_config(args.config, args.set), parse_grid(args.set_grid), args.metric)
     best = record["best"]
-    print(f"\nbest on the {record['split']} split ({record['metric']}, {record['better']} is better): "
-          + ", ".join(f"{k}={v}" for k, v in best["overrides"].items()) + f"  ({best[record['metric']]:.4f}, {best['run']})")
+    print(
+        f"\nbest on the {record['split']} split ({record['metric']}, {record['better']} is better): "
+        + ", ".join(f"{k}={v}" for k, v in best["overrides"].items())
+        + f"  ({best[record['metric']]:.4f}, {best['run']})"
+    )
     return 0
 
 
@@ -204,20 +232,40 @@ def cmd_templates(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     verbosity = argparse.ArgumentParser(add_help=False)
     loudness = verbosity.add_mutually_exclusive_group()
-    loudness.add_argument("-v", "--verbose", action="store_const", const=1, dest="verbosity", default=argparse.SUPPRESS,
-                          help="also show debug notes and the libraries' warnings (transformers, peft, ...)")
-    loudness.add_argument("-q", "--quiet", action="store_const", const=-1, dest="verbosity", default=argparse.SUPPRESS,
-                          help="only warnings and errors on stderr")
-    p = argparse.ArgumentParser(prog="tunelab", description="Instruction fine-tuning and evaluation of language models.",
-                                parents=[verbosity])
+    loudness.add_argument(
+        "-v",
+        "--verbose",
+        action="store_const",
+        const=1,
+        dest="verbosity",
+        default=argparse.SUPPRESS,
+        help="also show debug notes and the libraries' warnings (transformers, peft, ...)",
+    )
+    loudness.add_argument(
+        "-q",
+        "--quiet",
+        action="store_const",
+        const=-1,
+        dest="verbosity",
+        default=argparse.SUPPRESS,
+        help="only warnings and errors on stderr",
+    )
+    p = argparse.ArgumentParser(
+        prog="tunelab", description="Instruction fine-tuning and evaluation of language models.", parents=[verbosity]
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     def add_parser(name: str, **kwargs) -> argparse.ArgumentParser:  # -v / -q after the command too
         return sub.add_parser(name, parents=[verbosity], **kwargs)
 
     def add_set(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config key, e.g. --set training.lr=1e-4 (repeatable)")
+        sp.add_argument(
+            "--set",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="override a config key, e.g. --set training.lr=1e-4 (repeatable)",
+        )
 
     def add_subset(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--limit", type=int, help="score the first N documents of each task (as lm-eval's --limit)")
@@ -227,8 +275,11 @@ def build_parser() -> argparse.ArgumentParser:
     t = add_parser("train", help="fine-tune: evaluate before, train, evaluate after")
     t.add_argument("config", nargs="?", help="experiment YAML (default: the built-in demo config)")
     t.add_argument("--run-dir", help="run directory (default: <output_dir>/<name>)")
-    t.add_argument("--resume", action="store_true",
-                   help="continue an unfinished run directory from its latest checkpoint (or start it)")
+    t.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an unfinished run directory from its latest checkpoint (or start it)",
+    )
     add_set(t)
     t.set_defaults(func=cmd_train)
 
@@ -240,8 +291,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--name", help="with --model: the result folder's name under runs/ (numbered if taken)")
     e.add_argument("--split")
     e.add_argument("--max-samples", type=int)
-    e.add_argument("--tasks", help="comma-separated benchmark tasks (names from `tunelab tasks`, or paths of task "
-                                   ".yaml files) instead of the summarization eval")
+    e.add_argument(
+        "--tasks",
+        help="comma-separated benchmark tasks (names from `tunelab tasks`, or paths of task "
+        ".yaml files) instead of the summarization eval",
+    )
     add_subset(e)
     add_set(e)
     e.set_defaults(func=cmd_eval)
@@ -265,11 +319,18 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("run", help="a finished run directory (LoRA, QLoRA, IA3 or full fine-tuning)")
     ex.add_argument("--to", default="gguf", choices=["gguf"], help="format (default: gguf)")
     ex.add_argument("--out", required=True, help="folder for the export (must not exist)")
-    ex.add_argument("--dtype", default="f16", choices=["f32", "f16", "bf16", "q8_0"],
-                    help="weight type of the GGUF file (default: f16; norms stay f32)")
-    ex.add_argument("--adapter-only", action="store_true",
-                    help="LoRA runs: write the base and the adapter as separate files (llama.cpp --lora, Ollama "
-                         "ADAPTER) instead of one merged model")
+    ex.add_argument(
+        "--dtype",
+        default="f16",
+        choices=["f32", "f16", "bf16", "q8_0"],
+        help="weight type of the GGUF file (default: f16; norms stay f32)",
+    )
+    ex.add_argument(
+        "--adapter-only",
+        action="store_true",
+        help="LoRA runs: write the base and the adapter as separate files (llama.cpp --lora, Ollama "
+        "ADAPTER) instead of one merged model",
+    )
     ex.set_defaults(func=cmd_export)
 
     pt = add_parser("prompt-tokens", help="nearest vocabulary tokens of each learned soft-prompt token")
@@ -284,10 +345,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     sw = add_parser("sweep", help="one run per grid point, scored on the validation split; names the best")
     sw.add_argument("config")
-    sw.add_argument("--set-grid", action="append", default=[], metavar="KEY=V1,V2,...", required=True,
-                    help="values to try, e.g. --set-grid training.lr=1e-4,3e-4,1e-3 (repeatable: the product)")
-    sw.add_argument("--metric", default="eval_loss", choices=["eval_loss", "rouge1", "rouge2", "rougeL", "rougeLsum"],
-                    help="validation metric that picks the best (default eval_loss)")
+    sw.add_argument(
+        "--set-grid",
+        action="append",
+        default=[],
+        metavar="KEY=V1,V2,...",
+        required=True,
+        help="values to try, e.g. --set-grid training.lr=1e-4,3e-4,1e-3 (repeatable: the product)",
+    )
+    sw.add_argument(
+        "--metric",
+        default="eval_loss",
+        choices=["eval_loss", "rouge1", "rouge2", "rougeL", "rougeLsum"],
+        help="validation metric that picks the best (default eval_loss)",
+    )
     add_set(sw)
     sw.set_defaults(func=cmd_sweep)
 
@@ -316,13 +387,22 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--host", default="127.0.0.1", help="address to bind (not loopback: needs an API key)")
     sv.add_argument("--port", type=int, default=8000)
     sv.add_argument("--api-key", help="required as 'Authorization: Bearer KEY' on /v1 (or $TUNELAB_API_KEY)")
-    sv.add_argument("--allow-adapter-loading", action="append", default=[], metavar="DIR",
-                    help="enable /v1/load_lora_adapter for adapters under DIR (repeatable)")
+    sv.add_argument(
+        "--allow-adapter-loading",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="enable /v1/load_lora_adapter for adapters under DIR (repeatable)",
+    )
     sv.add_argument("--max-batch-size", type=int, default=16)
     sv.add_argument("--batch-window-ms", type=float, default=15.0, help="how long a batch waits for more requests")
     sv.add_argument("--max-queue", type=int, default=64, help="waiting requests beyond this get HTTP 429")
-    sv.add_argument("--precision", choices=["fp32", "bf16", "auto"], default="fp32",
-                    help="fp32 (default): a greedy answer is the same alone or in any batch")
+    sv.add_argument(
+        "--precision",
+        choices=["fp32", "bf16", "auto"],
+        default="fp32",
+        help="fp32 (default): a greedy answer is the same alone or in any batch",
+    )
     sv.add_argument("--max-tokens-limit", type=int, default=1024, help="largest max_tokens a request may ask")
     sv.add_argument("--max-prompt-tokens", type=int, default=4096)
     sv.set_defaults(func=cmd_serve)
@@ -357,8 +437,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as e:
         if e.errno != errno.ENOSPC:
             raise
-        print(f"tunelab: error: no space left on the device{f' writing {e.filename}' if e.filename else ''}",
-              file=sys.stderr)
+        print(
+            f"tunelab: error: no space left on the device{f' writing {e.filename}' if e.filename else ''}",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
         print("tunelab: interrupted", file=sys.stderr)

@@ -11,6 +11,14 @@ from tunelab.config.schema import (
 
 __all__ = [
     "BenchmarksConfig",
-    "DataConfig", "EvaluationConfig", "ExperimentConfig", "ModelConfig", "TemplateConfig", "TrainingConfig",
-    "build_config", "config_to_dict", "load_config", "parse_override",
+    "DataConfig",
+    "EvaluationConfig",
+    "ExperimentConfig",
+    "ModelConfig",
+    "TemplateConfig",
+    "TrainingConfig",
+    "build_config",
+    "config_to_dict",
+    "load_config",
+    "parse_override",
 ]

@@ -23,8 +23,14 @@ def _format_validation_error(err: ValidationError, source: str) -> str:
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
             msg = "unknown key"
-        lines.append(f"  {loc or '<root>'}: {msg}" + (f" (got {e['input']!r})" if e["type"] != "extra_forbidden"
-                                                      and not isinstance(e.get("input"), dict) else ""))
+        lines.append(
+            f"  {loc or '<root>'}: {msg}"
+            + (
+                f" (got {e['input']!r})"
+                if e["type"] != "extra_forbidden" and not isinstance(e.get("input"), dict)
+                else ""
+            )
+        )
     return "\n".join(lines)
 
 
@@ -74,7 +80,9 @@ def apply_overrides(tree: Mapping[str, Any] | None, overrides: Iterable[str]) ->
     return data
 
 
-def build_config(tree: Mapping[str, Any] | None, overrides: Iterable[str] = (), source: str = "<dict>") -> ExperimentConfig:
+def build_config(
+    tree: Mapping[str, Any] | None, overrides: Iterable[str] = (), source: str = "<dict>"
+) -> ExperimentConfig:
     data = apply_overrides(tree, overrides)
     if isinstance(data.get("method"), dict) and "name" not in data["method"]:
         data["method"] = {"name": "lora", **data["method"]}

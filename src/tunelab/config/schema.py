@@ -234,6 +234,8 @@ class ExperimentConfig(Strict):
     def _validation_split_for_selection(self) -> ExperimentConfig:
         t = self.training
         if (t.eval_generate_every or t.select_by != "last") and not self.data.eval_split:
-            raise ValueError("training.eval_generate_every and select_by measure on the validation split, but "
-                             "data.eval_split is null")
+            raise ValueError(
+                "training.eval_generate_every and select_by measure on the validation split, but "
+                "data.eval_split is null"
+            )
         return self

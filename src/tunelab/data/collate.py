@@ -43,8 +43,11 @@ class TrainCollator:
     def __call__(self, batch: Sequence[Encoded]) -> dict[str, torch.Tensor]:
         left = self.arch == "causal"
         ids = [e.input_ids for e in batch]
-        out = {"input_ids": pad_sequences(ids, self.pad, left), "attention_mask": padding_mask(ids, left),
-               "labels": pad_sequences([e.labels for e in batch], IGNORE_INDEX, left)}
+        out = {
+            "input_ids": pad_sequences(ids, self.pad, left),
+            "attention_mask": padding_mask(ids, left),
+            "labels": pad_sequences([e.labels for e in batch], IGNORE_INDEX, left),
+        }
         if left:
             out["position_ids"] = position_ids_from_mask(out["attention_mask"])
         return out
@@ -64,8 +67,9 @@ class LengthGroupedBatches:
     each window, split into batches, and the batches shuffled; like `group_by_length` in transformers.
     """
 
-    def __init__(self, lengths: Sequence[int], batch_size: int, seed: int, group_by_length: bool = True,
-                 window_batches: int = 50):
+    def __init__(
+        self, lengths: Sequence[int], batch_size: int, seed: int, group_by_length: bool = True, window_batches: int = 50
+    ):
         self.lengths = list(lengths)
         self.batch_size = batch_size
         self.seed = seed
@@ -81,9 +85,9 @@ class LengthGroupedBatches:
         order = list(range(len(self.lengths)))
         rng.shuffle(order)
         if self.group:
-            windows = [order[i:i + self.window] for i in range(0, len(order), self.window)]
+            windows = [order[i : i + self.window] for i in range(0, len(order), self.window)]
             order = [i for w in windows for i in sorted(w, key=lambda j: -self.lengths[j])]
-        out = [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        out = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
         if self.group:
             rng.shuffle(out)
         return out

@@ -30,8 +30,11 @@ class TruncationStats:
         self.examples = self.inputs_truncated = self.targets_truncated = 0
 
     def as_dict(self) -> dict[str, int]:
-        return {"examples": self.examples, "inputs_truncated": self.inputs_truncated,
-                "targets_truncated": self.targets_truncated}
+        return {
+            "examples": self.examples,
+            "inputs_truncated": self.inputs_truncated,
+            "targets_truncated": self.targets_truncated,
+        }
 
 
 @dataclass
@@ -42,7 +45,9 @@ class Encoded:
 
     @property
     def length(self) -> int:
-        return len(self.input_ids) + (len(self.labels) if self.labels and len(self.labels) != len(self.input_ids) else 0)
+        return len(self.input_ids) + (
+            len(self.labels) if self.labels and len(self.labels) != len(self.input_ids) else 0
+        )
 
 
 TrainOn = Literal["all_assistant", "last_assistant"]
@@ -59,8 +64,15 @@ def flatten_chat(messages: Sequence[dict]) -> str:
 
 
 class PromptEncoder:
-    def __init__(self, tokenizer, arch: Arch, use_chat_template: bool, max_input_tokens: int,
-                 max_target_tokens: int, train_on: TrainOn = "all_assistant"):
+    def __init__(
+        self,
+        tokenizer,
+        arch: Arch,
+        use_chat_template: bool,
+        max_input_tokens: int,
+        max_target_tokens: int,
+        train_on: TrainOn = "all_assistant",
+    ):
         if tokenizer.eos_token_id is None:
             raise ValueError("the tokenizer has no EOS token; generation could not stop")
         self.tok = tokenizer
@@ -78,7 +90,7 @@ class PromptEncoder:
         if n <= self.max_input_tokens:
             return text, False
         if keep_end:  # a conversation keeps its latest turns
-            return text[enc["offset_mapping"][n - self.max_input_tokens][0]:], True
+            return text[enc["offset_mapping"][n - self.max_input_tokens][0] :], True
         end = enc["offset_mapping"][self.max_input_tokens - 1][1]
         return text[:end], True
 
@@ -98,8 +110,9 @@ class PromptEncoder:
         return template.render(text, example.fields, example.input_column)
 
     def _chat(self, messages: Sequence[dict], generation_prompt: bool) -> str:
-        return self.tok.apply_chat_template(_chat_turns(messages), tokenize=False,
-                                            add_generation_prompt=generation_prompt)
+        return self.tok.apply_chat_template(
+            _chat_turns(messages), tokenize=False, add_generation_prompt=generation_prompt
+        )
 
     def prompt_text(self, template: Template, example: Example) -> str:
         """The exact text the model is given (chat template applied), before tokenization."""
@@ -144,7 +157,7 @@ class PromptEncoder:
         ids = self._prompt_ids(text)
         if example.messages is not None and self.use_chat_template:  # long conversations keep their latest turns
             self._count(len(ids) > self.max_input_tokens)
-            ids = ids[-self.max_input_tokens:]
+            ids = ids[-self.max_input_tokens :]
         return Encoded(input_ids=ids, prompt=text)
 
     def assistant_spans(self, messages: Sequence[dict]) -> list[tuple[int, int]]:
@@ -159,9 +172,11 @@ class PromptEncoder:
         for i in turns:
             before, through = self._chat(messages[:i], True), self._chat(messages[: i + 1], False)
             if not (full.startswith(through) and through.startswith(before)):
-                raise DataError("the model's chat template does not render a conversation as a prefix of its "
-                                "continuation, so assistant turns cannot be located for the loss mask; use "
-                                "train_on: last_assistant or model.chat_template: off")
+                raise DataError(
+                    "the model's chat template does not render a conversation as a prefix of its "
+                    "continuation, so assistant turns cannot be located for the loss mask; use "
+                    "train_on: last_assistant or model.chat_template: off"
+                )
             spans.append((len(before), len(through.rstrip())))
         return spans
 
@@ -170,8 +185,10 @@ class PromptEncoder:
         enc = self.tok(full, add_special_tokens=False, return_offsets_mapping=True)
         spans = self.assistant_spans(messages)
         ids = list(enc["input_ids"])
-        labels = [t if any(a <= start < b for a, b in spans) else IGNORE_INDEX
-                  for t, (start, _) in zip(ids, enc["offset_mapping"])]
+        labels = [
+            t if any(a <= start < b for a, b in spans) else IGNORE_INDEX
+            for t, (start, _) in zip(ids, enc["offset_mapping"])
+        ]
         budget = self.max_input_tokens + self.max_target_tokens
         self._count(len(ids) > budget)
         if len(ids) > budget:  # keep the latest turns (the last answer is always kept)
@@ -186,14 +203,19 @@ class PromptEncoder:
             rendered.append((template.render(text, shot.fields, shot.input_column), shot.target))
         query = self._render_counted(template, example)
         if self.use_chat_template:
-            messages = [m for prompt, answer in rendered
-                        for m in ({"role": "user", "content": prompt}, {"role": "assistant", "content": answer})]
-            return self.tok.apply_chat_template([*messages, {"role": "user", "content": query}], tokenize=False,
-                                                add_generation_prompt=True)
+            messages = [
+                m
+                for prompt, answer in rendered
+                for m in ({"role": "user", "content": prompt}, {"role": "assistant", "content": answer})
+            ]
+            return self.tok.apply_chat_template(
+                [*messages, {"role": "user", "content": query}], tokenize=False, add_generation_prompt=True
+            )
         return "".join(f"{prompt} {answer}\n\n" for prompt, answer in rendered) + query
 
-    def encode_few_shot(self, template: Template, shots: Sequence[Example], example: Example,
-                        max_prompt_tokens: int | None = None) -> tuple[Encoded, int]:
+    def encode_few_shot(
+        self, template: Template, shots: Sequence[Example], example: Example, max_prompt_tokens: int | None = None
+    ) -> tuple[Encoded, int]:
         """Prompt ids with k in-context examples, and the untruncated length. Past `max_prompt_tokens`
         (the model's window minus the generation budget) the oldest tokens are dropped."""
         text = self.few_shot_prompt_text(template, shots, example)
@@ -205,5 +227,7 @@ class PromptEncoder:
         return Encoded(input_ids=ids, prompt=text), full
 
 
-def encode_training_set(encoder: PromptEncoder, examples: Sequence[Example], templates: Sequence[Template]) -> list[Encoded]:
+def encode_training_set(
+    encoder: PromptEncoder, examples: Sequence[Example], templates: Sequence[Template]
+) -> list[Encoded]:
     return [encoder.encode_for_training(t, ex) for t, ex in zip(templates, examples, strict=True)]

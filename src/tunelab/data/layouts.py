@@ -27,8 +27,15 @@ ALPACA_TEMPLATE = "{instruction}[[\n\n{input}]]"
 
 
 def detect_layout(first: Row, source: str | Path) -> Layout:
-    found = [name for name, keys in (("messages", ("messages",)), ("sharegpt", ("conversations",)),
-                                     ("alpaca", ("instruction", "output"))) if all(k in first for k in keys)]
+    found = [
+        name
+        for name, keys in (
+            ("messages", ("messages",)),
+            ("sharegpt", ("conversations",)),
+            ("alpaca", ("instruction", "output")),
+        )
+        if all(k in first for k in keys)
+    ]
     if len(found) > 1:
         raise DataError(f"{source}: the records fit several layouts ({', '.join(found)}); set data.layout")
     return found[0] if found else "columns"  # type: ignore[return-value]
@@ -50,17 +57,26 @@ def _alpaca(rows: Sequence[tuple[int, Row]], source: str | Path, id_column: str 
         missing = [k for k in ("instruction", "output") if k not in row]
         if missing:
             raise DataError(f"{source}:{lineno}: alpaca record without {', '.join(missing)}; keys: {', '.join(row)}")
-        fields = {"instruction": _text(row["instruction"], source, lineno, "'instruction'"),
-                  "system": _text(row.get("system") or "", source, lineno, "'system'", allow_empty=True)}
-        out.append(Example(id=_row_id(row, id_column, lineno),
-                           input=_text(row.get("input") or "", source, lineno, "'input'", allow_empty=True),
-                           references=(_text(row["output"], source, lineno, "'output'"),), fields=fields,
-                           system=fields["system"] or None, template=ALPACA_TEMPLATE))
+        fields = {
+            "instruction": _text(row["instruction"], source, lineno, "'instruction'"),
+            "system": _text(row.get("system") or "", source, lineno, "'system'", allow_empty=True),
+        }
+        out.append(
+            Example(
+                id=_row_id(row, id_column, lineno),
+                input=_text(row.get("input") or "", source, lineno, "'input'", allow_empty=True),
+                references=(_text(row["output"], source, lineno, "'output'"),),
+                fields=fields,
+                system=fields["system"] or None,
+                template=ALPACA_TEMPLATE,
+            )
+        )
     return out
 
 
-def _messages(raw: Any, source: str | Path, lineno: int, key: str, role_key: str, content_key: str,
-              roles: Mapping[str, str]) -> tuple[dict[str, Any], ...]:
+def _messages(
+    raw: Any, source: str | Path, lineno: int, key: str, role_key: str, content_key: str, roles: Mapping[str, str]
+) -> tuple[dict[str, Any], ...]:
     if not isinstance(raw, list) or not raw:
         raise DataError(f"{source}:{lineno}: '{key}' must be a non-empty list of messages")
     out = []
@@ -85,25 +101,54 @@ def _messages(raw: Any, source: str | Path, lineno: int, key: str, role_key: str
     return tuple(out)
 
 
-def _chats(rows: Sequence[tuple[int, Row]], source: str | Path, layout: Layout, id_column: str | None,
-           roles: Mapping[str, str] | None) -> list[Example]:
+def _chats(
+    rows: Sequence[tuple[int, Row]],
+    source: str | Path,
+    layout: Layout,
+    id_column: str | None,
+    roles: Mapping[str, str] | None,
+) -> list[Example]:
     out = []
     for lineno, row in rows:
         if layout == "messages":
-            msgs = _messages(row.get("messages"), source, lineno, "messages", "role", "content",
-                             {"system": "system", "user": "user", "assistant": "assistant", **(roles or {})})
+            msgs = _messages(
+                row.get("messages"),
+                source,
+                lineno,
+                "messages",
+                "role",
+                "content",
+                {"system": "system", "user": "user", "assistant": "assistant", **(roles or {})},
+            )
         else:
-            msgs = _messages(row.get("conversations"), source, lineno, "conversations", "from", "value",
-                             {**SHAREGPT_ROLES, **(roles or {})})
+            msgs = _messages(
+                row.get("conversations"),
+                source,
+                lineno,
+                "conversations",
+                "from",
+                "value",
+                {**SHAREGPT_ROLES, **(roles or {})},
+            )
         last_user = next(m["content"] for m in reversed(msgs) if m["role"] == "user")
-        out.append(Example(id=_row_id(row, id_column, lineno),
-                           input=last_user, references=(msgs[-1]["content"],), messages=msgs))
+        out.append(
+            Example(
+                id=_row_id(row, id_column, lineno), input=last_user, references=(msgs[-1]["content"],), messages=msgs
+            )
+        )
     return out
 
 
-def rows_to_layout_examples(rows: Sequence[tuple[int, Row]], *, source: str | Path, layout: str, input_column: str,
-                            target_columns: Sequence[str], id_column: str | None,
-                            roles: Mapping[str, str] | None = None) -> list[Example]:
+def rows_to_layout_examples(
+    rows: Sequence[tuple[int, Row]],
+    *,
+    source: str | Path,
+    layout: str,
+    input_column: str,
+    target_columns: Sequence[str],
+    id_column: str | None,
+    roles: Mapping[str, str] | None = None,
+) -> list[Example]:
     """Examples from raw rows in the given layout (`auto`: detected from the first row)."""
     if not rows:
         raise DataError(f"{source}: no records")
@@ -112,5 +157,6 @@ def rows_to_layout_examples(rows: Sequence[tuple[int, Row]], *, source: str | Pa
         return _alpaca(rows, source, id_column)
     if chosen in ("sharegpt", "messages"):
         return _chats(rows, source, chosen, id_column, roles)  # type: ignore[arg-type]
-    return rows_to_examples(rows, source=source, input_column=input_column, target_columns=target_columns,
-                            id_column=id_column)
+    return rows_to_examples(
+        rows, source=source, input_column=input_column, target_columns=target_columns, id_column=id_column
+    )

@@ -46,13 +46,17 @@ class LightTokenizer:
         config = json.loads(config_file.read_text(encoding="utf-8")) if config_file.is_file() else {}
         special_file = folder / "special_tokens_map.json"
         special = json.loads(special_file.read_text(encoding="utf-8")) if special_file.is_file() else {}
-        self.special_tokens_map = {k: _content(config.get(k, special.get(k))) for k in SPECIAL_KEYS
-                                   if _content(config.get(k, special.get(k))) is not None}
+        self.special_tokens_map = {
+            k: _content(config.get(k, special.get(k)))
+            for k in SPECIAL_KEYS
+            if _content(config.get(k, special.get(k))) is not None
+        }
         if "pad_token" not in self.special_tokens_map and "eos_token" in self.special_tokens_map:
             self.special_tokens_map["pad_token"] = self.special_tokens_map["eos_token"]  # as load_tokenizer does
         jinja_file = folder / "chat_template.jinja"
-        self.chat_template = (jinja_file.read_text(encoding="utf-8") if jinja_file.is_file()
-                              else config.get("chat_template"))
+        self.chat_template = (
+            jinja_file.read_text(encoding="utf-8") if jinja_file.is_file() else config.get("chat_template")
+        )
         self.clean_up_spaces = bool(config.get("clean_up_tokenization_spaces", False))
         self._template: Any = None  # the compiled jinja2 template, on first use
 
@@ -92,8 +96,18 @@ class LightTokenizer:
     def decode(self, ids, skip_special_tokens: bool = False) -> str:
         text = self.backend.decode(list(ids), skip_special_tokens=skip_special_tokens)
         if self.clean_up_spaces:  # transformers' clean_up_tokenization
-            for before, after in ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"),
-                                  (" 'm", "'m"), (" 's", "'s"), (" 've", "'ve"), (" 're", "'re")):
+            for before, after in (
+                (" .", "."),
+                (" ?", "?"),
+                (" !", "!"),
+                (" ,", ","),
+                (" ' ", "'"),
+                (" n't", "n't"),
+                (" 'm", "'m"),
+                (" 's", "'s"),
+                (" 've", "'ve"),
+                (" 're", "'re"),
+            ):
                 text = text.replace(before, after)
         return text
 
@@ -105,5 +119,10 @@ class LightTokenizer:
         if self._template is None:
             self._template = _chat_environment().from_string(self.chat_template)
         template = self._template
-        return template.render(messages=list(messages), tools=None, documents=None,
-                                     add_generation_prompt=add_generation_prompt, **self.special_tokens_map)
+        return template.render(
+            messages=list(messages),
+            tools=None,
+            documents=None,
+            add_generation_prompt=add_generation_prompt,
+            **self.special_tokens_map,
+        )

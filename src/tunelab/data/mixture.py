@@ -35,8 +35,10 @@ def _task_examples(comp: MixtureComponent) -> list[Example]:
     from tunelab.benchmarks.prompts import answer_of, document_key
 
     spec = get_task(comp.task or "")  # MixtureComponent requires task or source
-    return [Example(f"{spec.name}-train-{i}", document_key(spec, d), (answer_of(spec, d),))
-            for i, d in enumerate(training_documents(spec))]
+    return [
+        Example(f"{spec.name}-train-{i}", document_key(spec, d), (answer_of(spec, d),))
+        for i, d in enumerate(training_documents(spec))
+    ]
 
 
 def load_component(comp: MixtureComponent) -> Component:
@@ -45,8 +47,13 @@ def load_component(comp: MixtureComponent) -> Component:
         templates = TemplateSet(comp.task, custom="{input}")
         name = f"task:{comp.task}"
     else:
-        dcfg = DataConfig(source=comp.source, path=comp.path, files=comp.files, input_column=comp.input_column,
-                          target_columns=comp.target_columns)
+        dcfg = DataConfig(
+            source=comp.source,
+            path=comp.path,
+            files=comp.files,
+            input_column=comp.input_column,
+            target_columns=comp.target_columns,
+        )
         examples = load_split(dcfg, comp.split)
         templates = TemplateSet(comp.template)
         name = f"{comp.source}:{comp.split}"
@@ -55,8 +62,9 @@ def load_component(comp: MixtureComponent) -> Component:
     return Component(name, examples, templates)
 
 
-def sample_mixture(components: Sequence[Component], cfg: MixtureConfig, total: int,
-                   seed: int) -> tuple[list[Example], list[Template], dict[str, dict[str, float]]]:
+def sample_mixture(
+    components: Sequence[Component], cfg: MixtureConfig, total: int, seed: int
+) -> tuple[list[Example], list[Template], dict[str, dict[str, float]]]:
     """Draw `total` (example, template) pairs; each draw picks a component by rate, then its next example
     (shuffled, cycling when exhausted). Returns the pairs and the realised counts per component."""
     rng = random.Random(seed)
@@ -72,6 +80,7 @@ def sample_mixture(components: Sequence[Component], cfg: MixtureConfig, total: i
         counts[k] += 1
         examples.append(ex)
         templates.append(rng.choice(comp.templates.train))
-    stats = {c.name: {"rate": r, "drawn": n, "available": len(c.examples)}
-             for c, r, n in zip(components, rates, counts)}
+    stats = {
+        c.name: {"rate": r, "drawn": n, "available": len(c.examples)} for c, r, n in zip(components, rates, counts)
+    }
     return examples, templates, stats

@@ -34,8 +34,7 @@ def _percentiles(values: Sequence[int]) -> dict[str, int]:
 def mark_trained(tokenizer, encoded: Encoded, arch: str, marks: tuple[str, str]) -> str:
     """The example's text with every run of trained tokens wrapped in `marks`."""
     if arch == "seq2seq":  # encoder input, then the decoder's targets (all trained)
-        return (tokenizer.decode(encoded.input_ids) + "\n  -> " + marks[0]
-                + tokenizer.decode(encoded.labels) + marks[1])
+        return tokenizer.decode(encoded.input_ids) + "\n  -> " + marks[0] + tokenizer.decode(encoded.labels) + marks[1]
     out = []
     pairs = zip(encoded.input_ids, encoded.labels)
     for trained, group in itertools.groupby(pairs, key=lambda p: p[1] != IGNORE_INDEX):
@@ -61,8 +60,7 @@ def _light_tokenizer(cfg: ExperimentConfig):
     if tokenizer is None:
         return None
     config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    arch = cfg.model.arch if cfg.model.arch != "auto" else (
-        "seq2seq" if config.get("is_encoder_decoder") else "causal")
+    arch = cfg.model.arch if cfg.model.arch != "auto" else ("seq2seq" if config.get("is_encoder_decoder") else "causal")
     return tokenizer, arch
 
 
@@ -80,11 +78,18 @@ def preview_data(cfg: ExperimentConfig, n: int = 5, marks: tuple[str, str] = PLA
     from tunelab.modeling import chat_template_in_use
 
     tokenizer, arch = _light_tokenizer(cfg) or _transformers_tokenizer(cfg)
-    encoder = PromptEncoder(tokenizer, arch, chat_template_in_use(tokenizer, arch, cfg.model),
-                            cfg.template.max_input_tokens, cfg.template.max_target_tokens, cfg.data.train_on)
+    encoder = PromptEncoder(
+        tokenizer,
+        arch,
+        chat_template_in_use(tokenizer, arch, cfg.model),
+        cfg.template.max_input_tokens,
+        cfg.template.max_target_tokens,
+        cfg.data.train_on,
+    )
     examples = seeded_sample(load_split(cfg.data, cfg.data.train_split), cfg.data.max_train_samples, cfg.seed)
-    templates = TemplateSet(cfg.template.task, cfg.template.train_phrasings, cfg.template.eval_phrasing,
-                            cfg.template.custom).for_training(len(examples), cfg.seed)
+    templates = TemplateSet(
+        cfg.template.task, cfg.template.train_phrasings, cfg.template.eval_phrasing, cfg.template.custom
+    ).for_training(len(examples), cfg.seed)
     shown, lengths, trained_counts = [], [], []
     for i, (ex, template) in enumerate(zip(examples, templates)):
         enc = encoder.encode_for_training(template, ex)
@@ -92,12 +97,25 @@ def preview_data(cfg: ExperimentConfig, n: int = 5, marks: tuple[str, str] = PLA
         lengths.append(enc.length)
         trained_counts.append(trained)
         if i < n:
-            shown.append({"id": ex.id, "text": mark_trained(tokenizer, enc, arch, marks), "tokens": enc.length,
-                          "trained_tokens": trained})
-    stats = {"examples": len(examples), "arch": arch, "chat_template": encoder.use_chat_template,
-             "inputs_truncated": encoder.stats.inputs_truncated, "targets_truncated": encoder.stats.targets_truncated,
-             "max_input_tokens": cfg.template.max_input_tokens, "max_target_tokens": cfg.template.max_target_tokens,
-             "tokens": _percentiles(lengths), "trained_tokens": _percentiles(trained_counts)}
+            shown.append(
+                {
+                    "id": ex.id,
+                    "text": mark_trained(tokenizer, enc, arch, marks),
+                    "tokens": enc.length,
+                    "trained_tokens": trained,
+                }
+            )
+    stats = {
+        "examples": len(examples),
+        "arch": arch,
+        "chat_template": encoder.use_chat_template,
+        "inputs_truncated": encoder.stats.inputs_truncated,
+        "targets_truncated": encoder.stats.targets_truncated,
+        "max_input_tokens": cfg.template.max_input_tokens,
+        "max_target_tokens": cfg.template.max_target_tokens,
+        "tokens": _percentiles(lengths),
+        "trained_tokens": _percentiles(trained_counts),
+    }
     return Preview(shown, stats)
 
 
@@ -106,10 +124,13 @@ def format_preview(p: Preview) -> str:
     for ex in p.examples:
         lines += [f"--- example {ex['id']} ({ex['tokens']} tokens, {ex['trained_tokens']} trained) ---", ex["text"], ""]
     s = p.stats
-    lines.append(f"training set: {s['examples']} examples ({s['arch']}"
-                 + (", chat template" if s["chat_template"] else "") + ")")
-    lines.append(f"inputs cut at {s['max_input_tokens']} tokens: {s['inputs_truncated']}; "
-                 f"targets cut at {s['max_target_tokens']}: {s['targets_truncated']}")
+    lines.append(
+        f"training set: {s['examples']} examples ({s['arch']}" + (", chat template" if s["chat_template"] else "") + ")"
+    )
+    lines.append(
+        f"inputs cut at {s['max_input_tokens']} tokens: {s['inputs_truncated']}; "
+        f"targets cut at {s['max_target_tokens']}: {s['targets_truncated']}"
+    )
     for key in ("tokens", "trained_tokens"):
         lines.append(f"{key.replace('_', ' ')} per example: " + ", ".join(f"{k} {v}" for k, v in s[key].items()))
     return "\n".join(lines)

@@ -19,8 +19,9 @@ def detect_format(path: Path) -> str:
         return "jsonl"
     if suffix in FORMATS:
         return suffix
-    raise DataError(f"{path}: cannot tell the format from the extension '.{suffix}'; set data.format "
-                    f"to one of {', '.join(FORMATS)}")
+    raise DataError(
+        f"{path}: cannot tell the format from the extension '.{suffix}'; set data.format to one of {', '.join(FORMATS)}"
+    )
 
 
 def _check_readable(path: Path) -> None:

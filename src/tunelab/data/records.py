@@ -31,8 +31,15 @@ class Example:
         return self.references[0]
 
 
-def rows_to_examples(rows: Sequence[tuple[int, Row]], *, source: str | Path, input_column: str,
-                     target_columns: Sequence[str], id_column: str | None, require_targets: bool = True) -> list[Example]:
+def rows_to_examples(
+    rows: Sequence[tuple[int, Row]],
+    *,
+    source: str | Path,
+    input_column: str,
+    target_columns: Sequence[str],
+    id_column: str | None,
+    require_targets: bool = True,
+) -> list[Example]:
     """Map raw rows to Examples; a missing column or an empty text names the file, line and column."""
     if not rows:
         raise DataError(f"{source}: no records")
@@ -40,8 +47,10 @@ def rows_to_examples(rows: Sequence[tuple[int, Row]], *, source: str | Path, inp
     first_line, first = rows[0]
     missing = [c for c in wanted if c not in first]
     if missing:
-        raise DataError(f"{source}: column(s) {', '.join(map(repr, missing))} not found; "
-                        f"columns present: {', '.join(map(repr, first.keys()))}")
+        raise DataError(
+            f"{source}: column(s) {', '.join(map(repr, missing))} not found; "
+            f"columns present: {', '.join(map(repr, first.keys()))}"
+        )
     examples = []
     for lineno, row in rows:
         for c in wanted:
@@ -58,8 +67,9 @@ def rows_to_examples(rows: Sequence[tuple[int, Row]], *, source: str | Path, inp
             refs.append(ref.strip())
         ex_id = str(row[id_column]) if id_column else str(lineno)
         fields = {k: v.strip() for k, v in row.items() if isinstance(v, str) and k != input_column}
-        examples.append(Example(id=ex_id, input=text.strip(), references=tuple(refs), fields=fields,
-                                input_column=input_column))
+        examples.append(
+            Example(id=ex_id, input=text.strip(), references=tuple(refs), fields=fields, input_column=input_column)
+        )
     return examples
 
 

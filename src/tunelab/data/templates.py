@@ -31,8 +31,10 @@ class Template:
 
         def value(name: str) -> str:
             if name not in values:
-                raise DataError(f"template placeholder {{{name}}} is not a column of the record; columns: "
-                                f"{', '.join(sorted(values))}")
+                raise DataError(
+                    f"template placeholder {{{name}}} is not a column of the record; columns: "
+                    f"{', '.join(sorted(values))}"
+                )
             return values[name]
 
         def piece(m: re.Match) -> str:
@@ -80,8 +82,9 @@ def register_templates(task: str, prompts: Sequence[str]) -> None:
 class TemplateSet:
     """The phrasings one experiment uses, with seeded choice for training."""
 
-    def __init__(self, task: str, train_phrasings: str | Sequence[int] = "all", eval_phrasing: int = 0,
-                 custom: str | None = None):
+    def __init__(
+        self, task: str, train_phrasings: str | Sequence[int] = "all", eval_phrasing: int = 0, custom: str | None = None
+    ):
         if custom is not None:
             if not _PLACEHOLDER.search(custom):
                 raise ConfigError("template.custom needs a placeholder: {input} or a column such as {instruction}")

@@ -17,8 +17,11 @@ def parameter_counts(model: Model) -> dict[str, Any]:
     else:
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         total = sum(p.numel() for p in model.parameters())
-    return {"trainable_parameters": int(trainable), "total_parameters": int(total),
-            "trainable_percent": 100.0 * trainable / total if total else 0.0}
+    return {
+        "trainable_parameters": int(trainable),
+        "total_parameters": int(total),
+        "trainable_percent": 100.0 * trainable / total if total else 0.0,
+    }
 
 
 def full_checkpoint_bytes(model: torch.nn.Module, counts: dict[str, Any], is_peft: bool) -> int:

@@ -23,9 +23,11 @@ import numpy as np
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL", "rougeLsum")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
-ROUGE_PROTOCOL = ("rouge-score {version}, use_stemmer=True, sentence-per-line for rougeLsum "
-                  "(regex split after .!?), multi-reference: max F1 per example and type (score_multi), "
-                  "mean over examples, x100, 95% BCa bootstrap CI")
+ROUGE_PROTOCOL = (
+    "rouge-score {version}, use_stemmer=True, sentence-per-line for rougeLsum "
+    "(regex split after .!?), multi-reference: max F1 per example and type (score_multi), "
+    "mean over examples, x100, 95% BCa bootstrap CI"
+)
 
 
 def sentence_per_line(text: str) -> str:
@@ -41,7 +43,9 @@ def _scorer():
     return rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=True)
 
 
-def rouge_per_example(predictions: Sequence[str], references: Sequence[Sequence[str]]) -> list[dict[str, dict[str, float]]]:
+def rouge_per_example(
+    predictions: Sequence[str], references: Sequence[Sequence[str]]
+) -> list[dict[str, dict[str, float]]]:
     """Per example: {rouge type: {precision, recall, f1}} in 0-100, best reference per type."""
     if len(predictions) != len(references):
         raise ValueError(f"{len(predictions)} predictions but {len(references)} reference lists")
@@ -51,12 +55,18 @@ def rouge_per_example(predictions: Sequence[str], references: Sequence[Sequence[
         if not refs:
             raise ValueError("an example has no reference")
         scores = scorer.score_multi([sentence_per_line(r) for r in refs], sentence_per_line(pred))
-        out.append({k: {"precision": 100 * s.precision, "recall": 100 * s.recall, "f1": 100 * s.fmeasure}
-                    for k, s in scores.items()})
+        out.append(
+            {
+                k: {"precision": 100 * s.precision, "recall": 100 * s.recall, "f1": 100 * s.fmeasure}
+                for k, s in scores.items()
+            }
+        )
     return out
 
 
-def bootstrap_ci(values: Sequence[float], samples: int = 1000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+def bootstrap_ci(
+    values: Sequence[float], samples: int = 1000, seed: int = 0, level: float = 0.95
+) -> tuple[float, float]:
     """BCa bootstrap interval of the mean (scipy.stats.bootstrap), seeded; a point where there is no spread."""
     from scipy.stats import bootstrap
 
@@ -64,18 +74,21 @@ def bootstrap_ci(values: Sequence[float], samples: int = 1000, seed: int = 0, le
     m = float(vals.mean()) if len(vals) else float("nan")
     if samples <= 0 or len(vals) < 2 or np.all(vals == vals[0]):
         return m, m
-    ci = bootstrap((vals,), np.mean, n_resamples=samples, confidence_level=level, method="BCa",
-                   rng=np.random.default_rng(seed)).confidence_interval
+    ci = bootstrap(
+        (vals,), np.mean, n_resamples=samples, confidence_level=level, method="BCa", rng=np.random.default_rng(seed)
+    ).confidence_interval
     return float(ci.low), float(ci.high)
 
 
-def rouge(predictions: Sequence[str], references: Sequence[Sequence[str]], bootstrap_samples: int = 1000,
-          seed: int = 0) -> dict[str, dict[str, Any]]:
+def rouge(
+    predictions: Sequence[str], references: Sequence[Sequence[str]], bootstrap_samples: int = 1000, seed: int = 0
+) -> dict[str, dict[str, Any]]:
     return aggregate_rouge(rouge_per_example(predictions, references), bootstrap_samples, seed)
 
 
-def aggregate_rouge(per: Sequence[dict[str, dict[str, float]]], bootstrap_samples: int = 1000,
-                    seed: int = 0) -> dict[str, dict[str, Any]]:
+def aggregate_rouge(
+    per: Sequence[dict[str, dict[str, float]]], bootstrap_samples: int = 1000, seed: int = 0
+) -> dict[str, dict[str, Any]]:
     """Corpus ROUGE from `rouge_per_example` scores: means of P/R/F1 and a bootstrap CI of F1."""
     result: dict[str, dict[str, Any]] = {}
     for k in ROUGE_TYPES:
@@ -101,8 +114,12 @@ def bleu(predictions: Sequence[str], references: Sequence[Sequence[str]]) -> dic
 
     metric = BLEU()
     score = metric.corpus_score(list(predictions), reference_streams(references))
-    return {"score": float(score.score), "precisions": [float(p) for p in score.precisions],
-            "brevity_penalty": float(score.bp), "signature": str(metric.get_signature())}
+    return {
+        "score": float(score.score),
+        "precisions": [float(p) for p in score.precisions],
+        "brevity_penalty": float(score.bp),
+        "signature": str(metric.get_signature()),
+    }
 
 
 def rouge_protocol() -> str:

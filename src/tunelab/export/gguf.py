@@ -43,13 +43,20 @@ ARCHITECTURES: dict[str, ArchSpec] = {
 def arch_spec(config: Any) -> ArchSpec:
     model_type = getattr(config, "model_type", None)
     if getattr(config, "is_encoder_decoder", False):
-        raise ExportError(f"{model_type} is an encoder-decoder (seq2seq) model: llama.cpp runs T5 only partly (no "
-                          "chat, no server batching, no LoRA), so tunelab exports causal models only; serve it with "
-                          "`tunelab serve` or use the merged Hugging Face folder (`tunelab merge`)")
+        raise ExportError(
+            f"{model_type} is an encoder-decoder (seq2seq) model: llama.cpp runs T5 only partly (no "
+            "chat, no server batching, no LoRA), so tunelab exports causal models only; serve it with "
+            "`tunelab serve` or use the merged Hugging Face folder (`tunelab merge`)"
+        )
     if model_type not in ARCHITECTURES:
-        raise ExportError(f"GGUF export does not know architecture {model_type!r}; supported: "
-                          f"{', '.join(ARCHITECTURES)}")
-    if getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True) and model_type == "mistral":
+        raise ExportError(
+            f"GGUF export does not know architecture {model_type!r}; supported: {', '.join(ARCHITECTURES)}"
+        )
+    if (
+        getattr(config, "sliding_window", None)
+        and getattr(config, "use_sliding_window", True)
+        and model_type == "mistral"
+    ):
         raise ExportError("Mistral with sliding-window attention is not supported by the exporter")
     return ARCHITECTURES[model_type]
 
@@ -74,8 +81,7 @@ def _kv_heads(config: Any) -> int:
 def permute_rotary(rows: torch.Tensor, n_head: int) -> torch.Tensor:
     """Reorder the output rows of a q/k projection (weight, bias or LoRA B) from Hugging Face's rotate-half
     layout to the interleaved pairs llama.cpp's Llama graph uses."""
-    return (rows.reshape(n_head, 2, rows.shape[0] // n_head // 2, *rows.shape[1:])
-            .swapaxes(1, 2).reshape(rows.shape))
+    return rows.reshape(n_head, 2, rows.shape[0] // n_head // 2, *rows.shape[1:]).swapaxes(1, 2).reshape(rows.shape)
 
 
 def _rotary_heads(hf_name: str, config: Any) -> int | None:
@@ -117,8 +123,10 @@ def _name_map(config: Any, spec: ArchSpec):
 def _gguf_name(name_map: Any, hf_name: str, suffixes: tuple[str, ...] = (".weight", ".bias")) -> str:
     name = name_map.get_name(hf_name, try_suffixes=suffixes)
     if name is None:
-        raise ExportError(f"no llama.cpp tensor name for {hf_name!r}: the model has a module the exporter does not "
-                          "know (it would be dropped, so the export is refused)")
+        raise ExportError(
+            f"no llama.cpp tensor name for {hf_name!r}: the model has a module the exporter does not "
+            "know (it would be dropped, so the export is refused)"
+        )
     return name
 
 
@@ -169,8 +177,7 @@ def _finish(writer: Any) -> None:
     writer.close()
 
 
-def write_model_gguf(model: Model, vocab: GgufVocab, path: Path, dtype: Dtype = "f16",
-                     name: str = "model") -> Path:
+def write_model_gguf(model: Model, vocab: GgufVocab, path: Path, dtype: Dtype = "f16", name: str = "model") -> Path:
     """Write a (merged, plain) causal model and its tokenizer as one GGUF file."""
     import gguf
 
@@ -194,13 +201,17 @@ def _lora_config(peft_model: Any) -> Any:
     cfg = peft_model.peft_config[peft_model.active_adapter]
     kind = cfg.peft_type.value
     if kind != "LORA":
-        raise ExportError(f"llama.cpp's adapter format holds LoRA adapters only, not {kind}; export the merged "
-                          "model instead (drop --adapter-only)")
+        raise ExportError(
+            f"llama.cpp's adapter format holds LoRA adapters only, not {kind}; export the merged "
+            "model instead (drop --adapter-only)"
+        )
     if getattr(cfg, "use_dora", False):
         raise ExportError("DoRA adapters have no llama.cpp adapter form; export the merged model instead")
     if getattr(cfg, "bias", "none") != "none" or getattr(cfg, "modules_to_save", None):
-        raise ExportError("this LoRA also trains biases or whole modules (bias/modules_to_save), which a llama.cpp "
-                          "LoRA file cannot hold; export the merged model instead")
+        raise ExportError(
+            "this LoRA also trains biases or whole modules (bias/modules_to_save), which a llama.cpp "
+            "LoRA file cannot hold; export the merged model instead"
+        )
     return cfg
 
 
@@ -218,8 +229,10 @@ def lora_tensors(peft_model: Any) -> Iterator[tuple[str, torch.Tensor, torch.Ten
         if lora_a is None or adapter not in lora_a:
             continue
         if module_name.endswith(("embed_tokens", "lm_head")):
-            raise ExportError("LoRA on the embeddings or the output head cannot be exported as a llama.cpp adapter; "
-                              "export the merged model instead")
+            raise ExportError(
+                "LoRA on the embeddings or the output head cannot be exported as a llama.cpp adapter; "
+                "export the merged model instead"
+            )
         a = lora_a[adapter].weight.detach().to("cpu", torch.float32)
         b = module.lora_B[adapter].weight.detach().to("cpu", torch.float32)
         b = b * (module.scaling[adapter] * a.shape[0] / cfg.lora_alpha)

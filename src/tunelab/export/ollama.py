@@ -23,8 +23,9 @@ def _go_literal(text: str) -> str:
 def ollama_template(rendered_prompt: str) -> str:
     """Ollama TEMPLATE for a prompt rendered around `INPUT_MARKER`."""
     if rendered_prompt.count(INPUT_MARKER) != 1:
-        raise ExportError("the task template does not place the input exactly once; it cannot become an Ollama "
-                          "TEMPLATE")
+        raise ExportError(
+            "the task template does not place the input exactly once; it cannot become an Ollama TEMPLATE"
+        )
     before, after = rendered_prompt.split(INPUT_MARKER)
     template = f"{_go_literal(before)}{{{{ .Prompt }}}}{_go_literal(after)}"
     if '"""' in template:
@@ -32,14 +33,24 @@ def ollama_template(rendered_prompt: str) -> str:
     return template
 
 
-def modelfile(model_file: str, template: str, stops: Sequence[str], max_new_tokens: int, context: int,
-              adapter_file: str | None = None) -> str:
+def modelfile(
+    model_file: str,
+    template: str,
+    stops: Sequence[str],
+    max_new_tokens: int,
+    context: int,
+    adapter_file: str | None = None,
+) -> str:
     lines = [f"FROM ./{model_file}"]
     if adapter_file:
         lines.append(f"ADAPTER ./{adapter_file}")
     lines.append(f'TEMPLATE """{template}"""')
     lines += [f"PARAMETER stop {json.dumps(s)}" for s in stops]
     # greedy decoding and the generation budget tunelab evaluated with
-    lines += ["PARAMETER temperature 0", "PARAMETER top_k 1", f"PARAMETER num_predict {max_new_tokens}",
-              f"PARAMETER num_ctx {context}"]
+    lines += [
+        "PARAMETER temperature 0",
+        "PARAMETER top_k 1",
+        f"PARAMETER num_predict {max_new_tokens}",
+        f"PARAMETER num_ctx {context}",
+    ]
     return "\n".join(lines) + "\n"

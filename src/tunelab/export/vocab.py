@@ -44,9 +44,11 @@ def pre_tokenizer_name(tokenizer_json: dict[str, Any]) -> str:
         name = _split_regexes().get(regex) if isinstance(regex, str) else None
         if name is not None:
             return name
-    raise ExportError(f"the tokenizer's pre-tokenizer ({' + '.join(map(str, kinds)) or 'none'}) has no llama.cpp "
-                      "equivalent the exporter knows, so llama.cpp would split text differently from training; "
-                      "supported: GPT-2, SmolLM, Llama 3, Qwen2 and the other regexes transformers' GGUF reader knows")
+    raise ExportError(
+        f"the tokenizer's pre-tokenizer ({' + '.join(map(str, kinds)) or 'none'}) has no llama.cpp "
+        "equivalent the exporter knows, so llama.cpp would split text differently from training; "
+        "supported: GPT-2, SmolLM, Llama 3, Qwen2 and the other regexes transformers' GGUF reader knows"
+    )
 
 
 def _check_byte_level_bpe(tokenizer_json: dict[str, Any]) -> None:
@@ -55,8 +57,10 @@ def _check_byte_level_bpe(tokenizer_json: dict[str, Any]) -> None:
     if model.get("type") != "BPE" or model.get("byte_fallback") or decoder != "ByteLevel":
         kind = model.get("type", "unknown")
         kind += " with byte fallback (SentencePiece style)" if model.get("byte_fallback") else ""
-        raise ExportError(f"the GGUF exporter handles byte-level BPE tokenizers (SmolLM2, Llama 3, Qwen2/3); this one "
-                          f"is {kind} with a {decoder} decoder")
+        raise ExportError(
+            f"the GGUF exporter handles byte-level BPE tokenizers (SmolLM2, Llama 3, Qwen2/3); this one "
+            f"is {kind} with a {decoder} decoder"
+        )
 
 
 @dataclass
@@ -74,8 +78,9 @@ class GgufVocab:
         import gguf
 
         if len(self.tokens) > vocab_size:
-            raise ExportError(f"the tokenizer has {len(self.tokens)} tokens but the model's embedding only "
-                              f"{vocab_size} rows")
+            raise ExportError(
+                f"the tokenizer has {len(self.tokens)} tokens but the model's embedding only {vocab_size} rows"
+            )
         pad = vocab_size - len(self.tokens)  # embedding rows past the tokenizer (padded vocabularies)
         writer.add_tokenizer_model("gpt2")
         writer.add_tokenizer_pre(self.pre)
@@ -114,4 +119,3 @@ def vocab_from_tokenizer(tokenizer: Any, folder: Path) -> GgufVocab:
     probe = tokenizer("a")["input_ids"]
     add_bos = tokenizer.bos_token_id is not None and bool(probe) and probe[0] == tokenizer.bos_token_id
     return GgufVocab(tokens, [int(t) for t in types], pre, Path(folder), add_bos)
-

@@ -22,8 +22,11 @@ ADAPTER_META = "tunelab.json"  # beside PEFT's files: base model, method, task (
 
 def is_quantized(model: torch.nn.Module) -> bool:
     base = base_model(model)
-    return bool(getattr(base, "is_loaded_in_4bit", False) or getattr(base, "is_loaded_in_8bit", False)
-                or getattr(getattr(base, "config", None), "quantization_config", None))
+    return bool(
+        getattr(base, "is_loaded_in_4bit", False)
+        or getattr(base, "is_loaded_in_8bit", False)
+        or getattr(getattr(base, "config", None), "quantization_config", None)
+    )
 
 
 def read_adapter_meta(adapter_dir: Path) -> dict[str, Any]:
@@ -42,8 +45,13 @@ def base_fingerprint(model: torch.nn.Module) -> dict[str, Any]:
     rows = weight.detach()[: min(512, weight.shape[0])].to("cpu", torch.bfloat16).contiguous()
     cfg = base.config
     layers = getattr(cfg, "num_hidden_layers", None) or getattr(cfg, "num_layers", None)
-    return {"model_type": cfg.model_type, "vocab_size": int(weight.shape[0]), "hidden_size": int(weight.shape[1]),
-            "layers": layers, "embedding_sha256": hashlib.sha256(rows.view(torch.int16).numpy().tobytes()).hexdigest()}
+    return {
+        "model_type": cfg.model_type,
+        "vocab_size": int(weight.shape[0]),
+        "hidden_size": int(weight.shape[1]),
+        "layers": layers,
+        "embedding_sha256": hashlib.sha256(rows.view(torch.int16).numpy().tobytes()).hexdigest(),
+    }
 
 
 def _canonical(name: str | None) -> str | None:
@@ -68,8 +76,10 @@ def check_base(model: torch.nn.Module, adapter_dir: Path, base_name: str) -> Non
         if recorded == base_fingerprint(model):
             return
         differs = [k for k in recorded if recorded[k] != base_fingerprint(model).get(k)]
-        raise ModelError(f"adapter {adapter_dir} was trained on base model {trained_on!r}, not {base_name!r} "
-                         f"(they differ in {', '.join(differs)})")
+        raise ModelError(
+            f"adapter {adapter_dir} was trained on base model {trained_on!r}, not {base_name!r} "
+            f"(they differ in {', '.join(differs)})"
+        )
     known = {_canonical(trained_on), _canonical(meta.get("base_model_path"))} - {None}
     if known and _canonical(base_name) not in known:
         raise ModelError(f"adapter {adapter_dir} was trained on base model {trained_on!r}, not {base_name!r}")
@@ -90,8 +100,10 @@ def attach_adapter(model: Model, adapter_dir: Path, base_name: str, adapter_name
             return model
         return PeftModel.from_pretrained(model, str(adapter_dir), adapter_name=adapter_name)
     except (RuntimeError, ValueError, KeyError) as e:
-        raise ModelError(f"adapter {adapter_dir} (trained on {trained_on or 'an unrecorded base'}) does not fit "
-                         f"base model {base_name!r}: {str(e).splitlines()[0]}") from None
+        raise ModelError(
+            f"adapter {adapter_dir} (trained on {trained_on or 'an unrecorded base'}) does not fit "
+            f"base model {base_name!r}: {str(e).splitlines()[0]}"
+        ) from None
 
 
 def load_adapters(model: Model, adapters: Mapping[str, str | Path], base_name: str):
@@ -114,9 +126,15 @@ def generate_mixed(model, tokenizer, prompts, arch, adapter_names: Sequence[str]
     batch = {k: v.to(device) for k, v in generation_batch(prompts, tokenizer.pad_token_id, arch).items()}
     model.eval()
     with torch.no_grad():
-        out = model.generate(**batch, adapter_names=list(adapter_names), do_sample=False,
-                             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, **gen_kwargs)
-    new = out if arch == "seq2seq" else out[:, batch["input_ids"].shape[1]:]
+        out = model.generate(
+            **batch,
+            adapter_names=list(adapter_names),
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            **gen_kwargs,
+        )
+    new = out if arch == "seq2seq" else out[:, batch["input_ids"].shape[1] :]
     return [tokenizer.decode(row, skip_special_tokens=True).strip() for row in new]
 
 
@@ -127,8 +145,10 @@ def merge_adapter(model: Model) -> Model:
     full-precision copy of the base instead (`tunelab merge` does this).
     """
     if is_quantized(model):
-        raise ModelError("refusing to merge into a quantized (4/8-bit) base: the merged weights would be "
-                         "re-quantized; load the base in full precision and merge there")
+        raise ModelError(
+            "refusing to merge into a quantized (4/8-bit) base: the merged weights would be "
+            "re-quantized; load the base in full precision and merge there"
+        )
     if not hasattr(model, "merge_and_unload"):
         raise ModelError("this model has no mergeable adapter (prompt/prefix tuning adapters cannot be merged)")
     try:

@@ -43,5 +43,13 @@ def method_of(model) -> Method | None:
     return next((m for m in METHODS.values() if kind and m.peft_type == kind), None)
 
 
-__all__ = ["METHODS", "Method", "MethodConfig", "MethodConfigBase", "ModelContext", "get_method", "is_prompt_learning",
-           "method_of"]
+__all__ = [
+    "METHODS",
+    "Method",
+    "MethodConfig",
+    "MethodConfigBase",
+    "ModelContext",
+    "get_method",
+    "is_prompt_learning",
+    "method_of",
+]

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict
 if TYPE_CHECKING:  # torch and peft load when a method runs, not when a config is read
     import torch
 
+
 class MethodConfigBase(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str

@@ -22,8 +22,11 @@ class IA3MethodConfig(MethodConfigBase):
 def prepare(model: torch.nn.Module, cfg: IA3MethodConfig, ctx: ModelContext) -> torch.nn.Module:
     from peft import IA3Config, get_peft_model
 
-    peft_cfg = IA3Config(task_type=peft_task_type(ctx.arch), target_modules=cfg.target_modules,
-                         feedforward_modules=cfg.feedforward_modules)
+    peft_cfg = IA3Config(
+        task_type=peft_task_type(ctx.arch),
+        target_modules=cfg.target_modules,
+        feedforward_modules=cfg.feedforward_modules,
+    )
     return get_peft_model(model, peft_cfg)
 
 

@@ -21,8 +21,11 @@ class PrefixTuningMethodConfig(MethodConfigBase):
 def prepare(model: torch.nn.Module, cfg: PrefixTuningMethodConfig, ctx: ModelContext) -> torch.nn.Module:
     from peft import PrefixTuningConfig, get_peft_model
 
-    peft_cfg = PrefixTuningConfig(task_type=peft_task_type(ctx.arch), num_virtual_tokens=cfg.num_virtual_tokens,
-                                  prefix_projection=cfg.prefix_projection)
+    peft_cfg = PrefixTuningConfig(
+        task_type=peft_task_type(ctx.arch),
+        num_virtual_tokens=cfg.num_virtual_tokens,
+        prefix_projection=cfg.prefix_projection,
+    )
     return get_peft_model(model, peft_cfg)
 
 
@@ -51,5 +54,11 @@ def generate_recomputing(model, batch: dict[str, torch.Tensor], gen: dict) -> to
     return torch.stack(new, 1)
 
 
-METHOD = Method(name="prefix_tuning", config_cls=PrefixTuningMethodConfig, prepare=prepare, is_peft=True,
-                peft_type="PREFIX_TUNING", causal_generate=generate_recomputing)
+METHOD = Method(
+    name="prefix_tuning",
+    config_cls=PrefixTuningMethodConfig,
+    prepare=prepare,
+    is_peft=True,
+    peft_type="PREFIX_TUNING",
+    causal_generate=generate_recomputing,
+)

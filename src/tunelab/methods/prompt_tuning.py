@@ -29,16 +29,22 @@ class PromptTuningMethodConfig(MethodConfigBase):
 def prepare(model: torch.nn.Module, cfg: PromptTuningMethodConfig, ctx: ModelContext) -> torch.nn.Module:
     from peft import PromptTuningConfig, PromptTuningInit, get_peft_model
 
-    init = {"text": PromptTuningInit.TEXT, "sample_vocab": PromptTuningInit.SAMPLE_VOCAB,
-            "random": PromptTuningInit.RANDOM}[cfg.init]
+    init = {
+        "text": PromptTuningInit.TEXT,
+        "sample_vocab": PromptTuningInit.SAMPLE_VOCAB,
+        "random": PromptTuningInit.RANDOM,
+    }[cfg.init]
     kwargs: dict[str, Any] = {}
     if cfg.init == "text":
-        kwargs = {"prompt_tuning_init_text": cfg.init_text or ctx.instruction or "Summarize the dialogue.",
-                  "tokenizer_name_or_path": ctx.model_path}
+        kwargs = {
+            "prompt_tuning_init_text": cfg.init_text or ctx.instruction or "Summarize the dialogue.",
+            "tokenizer_name_or_path": ctx.model_path,
+        }
     if ctx.arch == "seq2seq":
         kwargs["num_transformer_submodules"] = 1 if cfg.seq2seq_prompt == "encoder" else 2
-    peft_cfg = PromptTuningConfig(task_type=peft_task_type(ctx.arch), num_virtual_tokens=cfg.num_virtual_tokens,
-                                  prompt_tuning_init=init, **kwargs)
+    peft_cfg = PromptTuningConfig(
+        task_type=peft_task_type(ctx.arch), num_virtual_tokens=cfg.num_virtual_tokens, prompt_tuning_init=init, **kwargs
+    )
     return get_peft_model(model, peft_cfg)
 
 
@@ -57,12 +63,19 @@ def generate_with_soft_prompt(model, batch: dict[str, torch.Tensor], gen: dict) 
     return base.generate(inputs_embeds=embeds, attention_mask=full_mask, **gen)  # only new tokens come back
 
 
-METHOD = Method(name="prompt_tuning", config_cls=PromptTuningMethodConfig, prepare=prepare, is_peft=True,
-                peft_type="PROMPT_TUNING", causal_generate=generate_with_soft_prompt)
+METHOD = Method(
+    name="prompt_tuning",
+    config_cls=PromptTuningMethodConfig,
+    prepare=prepare,
+    is_peft=True,
+    peft_type="PROMPT_TUNING",
+    causal_generate=generate_with_soft_prompt,
+)
 
 
-def nearest_tokens(prompt_embeddings: torch.Tensor, vocab_embeddings: torch.Tensor, tokenizer,
-                   k: int = 5) -> list[list[tuple[str, float]]]:
+def nearest_tokens(
+    prompt_embeddings: torch.Tensor, vocab_embeddings: torch.Tensor, tokenizer, k: int = 5
+) -> list[list[tuple[str, float]]]:
     """For each learned virtual token, the k vocabulary tokens with the most similar input embedding (cosine)."""
     import torch
 
@@ -70,5 +83,7 @@ def nearest_tokens(prompt_embeddings: torch.Tensor, vocab_embeddings: torch.Tens
     v = torch.nn.functional.normalize(vocab_embeddings.float(), dim=-1)
     sims, ids = (p @ v.T).topk(k, dim=-1)
     # decoded text, not the tokenizer's internal symbols (byte-level BPE shows a space as 'Ġ', a newline as 'Ċ')
-    return [[(tokenizer.decode([int(i)]), float(s)) for i, s in zip(row_ids, row_sims)]
-            for row_ids, row_sims in zip(ids, sims)]
+    return [
+        [(tokenizer.decode([int(i)]), float(s)) for i, s in zip(row_ids, row_sims)]
+        for row_ids, row_sims in zip(ids, sims)
+    ]

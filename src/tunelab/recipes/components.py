@@ -24,7 +24,6 @@ from tunelab.runs import RunDir
 from tunelab.training.finite import non_finite_names
 
 
-
 @dataclass
 class Session:
     """A loaded base model with the templates and prompt encoder of one experiment."""
@@ -42,8 +41,9 @@ class Session:
 
     @property
     def context(self) -> ModelContext:
-        return ModelContext(arch=self.loaded.arch, model_path=self.loaded.source.path,
-                            instruction=self.templates.eval.instruction)
+        return ModelContext(
+            arch=self.loaded.arch, model_path=self.loaded.source.path, instruction=self.templates.eval.instruction
+        )
 
 
 def open_session(cfg: ExperimentConfig, quantize_for_method: bool = True) -> Session:
@@ -51,10 +51,17 @@ def open_session(cfg: ExperimentConfig, quantize_for_method: bool = True) -> Ses
     device = pick_device(cfg.training.device)
     extra = method.load_kwargs(cfg.method) if quantize_for_method else {}
     loaded = load_model(cfg.model, device=device, extra_kwargs=extra)
-    templates = TemplateSet(cfg.template.task, cfg.template.train_phrasings, cfg.template.eval_phrasing,
-                            cfg.template.custom)
-    encoder = PromptEncoder(loaded.tokenizer, loaded.arch, loaded.use_chat_template, cfg.template.max_input_tokens,
-                            cfg.template.max_target_tokens, cfg.data.train_on)
+    templates = TemplateSet(
+        cfg.template.task, cfg.template.train_phrasings, cfg.template.eval_phrasing, cfg.template.custom
+    )
+    encoder = PromptEncoder(
+        loaded.tokenizer,
+        loaded.arch,
+        loaded.use_chat_template,
+        cfg.template.max_input_tokens,
+        cfg.template.max_target_tokens,
+        cfg.data.train_on,
+    )
     return Session(cfg=cfg, method=method, loaded=loaded, templates=templates, encoder=encoder, device=device)
 
 
@@ -72,29 +79,48 @@ def open_run(run_path: str | Path) -> Session:
     raise RunDirError(f"{run.path} holds no trained artefact (adapter/ or model/); did training finish?")
 
 
-def load_eval_examples(cfg: ExperimentConfig, split: str | None = None, max_samples: int | None = None) -> list[Example]:
+def load_eval_examples(
+    cfg: ExperimentConfig, split: str | None = None, max_samples: int | None = None
+) -> list[Example]:
     return first_n(load_split(cfg.data, split or cfg.evaluation.split), max_samples or cfg.evaluation.max_samples)
 
 
-def save_artefact(model: Model, tokenizer, cfg: ExperimentConfig, is_peft: bool, run_path: Path,
-                  base_path: str, state_dict: dict[str, torch.Tensor] | None = None,
-                  base_fingerprint: dict | None = None) -> Path:
+def save_artefact(
+    model: Model,
+    tokenizer,
+    cfg: ExperimentConfig,
+    is_peft: bool,
+    run_path: Path,
+    base_path: str,
+    state_dict: dict[str, torch.Tensor] | None = None,
+    base_fingerprint: dict | None = None,
+) -> Path:
     """Save the trained adapter (PEFT format) or full model, written to a temp folder and renamed.
     `state_dict`: whole tensors gathered from a sharded (FSDP) model, saved instead of its own slices.
     `base_fingerprint`: the base model's identity (inference.adapters.base_fingerprint), kept beside an adapter."""
     final = run_path / ("adapter" if is_peft else "model")
-    named = state_dict.items() if state_dict is not None else (
-        (n, p) for n, p in model.named_parameters() if p.requires_grad or not is_peft)
+    named = (
+        state_dict.items()
+        if state_dict is not None
+        else ((n, p) for n, p in model.named_parameters() if p.requires_grad or not is_peft)
+    )
     bad = non_finite_names(named)
     if bad:
         raise TrainingError(f"refusing to save {final}: non-finite weights in {', '.join(bad)}")
     with staged_dir(final, "the trained artefact", "checkpoints already written are intact") as stage:
         model.save_pretrained(stage, **({"state_dict": state_dict} if state_dict is not None else {}))
         if is_peft:
-            atomic_write_json(stage / ADAPTER_META, {
-                "base_model": cfg.model.name, "base_model_path": base_path, "method": cfg.method.name,
-                "task": cfg.template.task, "dataset": cfg.data.source, "base_fingerprint": base_fingerprint,
-            })
+            atomic_write_json(
+                stage / ADAPTER_META,
+                {
+                    "base_model": cfg.model.name,
+                    "base_model_path": base_path,
+                    "method": cfg.method.name,
+                    "task": cfg.template.task,
+                    "dataset": cfg.data.source,
+                    "base_fingerprint": base_fingerprint,
+                },
+            )
         else:
             tokenizer.save_pretrained(stage)
     return final
@@ -109,8 +135,10 @@ def training_examples(session: Session) -> tuple[list[Example], list, dict]:
     mixture = cfg.data.mixture
     if mixture is None or not mixture.components:
         return target, session.templates.for_training(len(target), cfg.seed), {}
-    components = [Component(f"{cfg.data.source}:{cfg.data.train_split}", target, session.templates),
-                  *(load_component(c) for c in mixture.components)]
+    components = [
+        Component(f"{cfg.data.source}:{cfg.data.train_split}", target, session.templates),
+        *(load_component(c) for c in mixture.components),
+    ]
     examples, templates, stats = sample_mixture(components, mixture, mixture.total or len(target), cfg.seed)
     return examples, templates, stats
 
@@ -132,7 +160,10 @@ def build_regularizer(session: Session, model: torch.nn.Module):
         return AnchoredPenalty(params, reg.strength)
     general = first_n(load_split(DataConfig(source=reg.fisher_source), reg.fisher_split), reg.fisher_samples)
     encoded = encode_training_set(session.encoder, general, [session.templates.eval] * len(general))
-    loader: DataLoader = DataLoader(as_dataset(encoded), batch_size=session.cfg.training.batch_size,
-                        collate_fn=TrainCollator(session.loaded.tokenizer.pad_token_id, session.loaded.arch))
+    loader: DataLoader = DataLoader(
+        as_dataset(encoded),
+        batch_size=session.cfg.training.batch_size,
+        collate_fn=TrainCollator(session.loaded.tokenizer.pad_token_id, session.loaded.arch),
+    )
     fisher = estimate_fisher(model, loader, session.loaded.arch)
     return AnchoredPenalty(params, reg.strength, fisher)

@@ -18,8 +18,9 @@ from tunelab.recipes.components import Session, load_eval_examples, open_run, op
 from tunelab.runs import RunDir, unique_path
 
 
-def open_target(target: str | Path | ExperimentConfig, overrides: tuple[str, ...] = (),
-                adapter: str | Path | None = None) -> tuple[Session, RunDir | None]:
+def open_target(
+    target: str | Path | ExperimentConfig, overrides: tuple[str, ...] = (), adapter: str | Path | None = None
+) -> tuple[Session, RunDir | None]:
     """A config (or its path) gives its base model (plus `adapter` when given) and a new run directory for
     the results (numbered when the name is taken: a rerun never fails or overwrites); a run directory gives
     its trained model (and no new directory: results go inside it)."""
@@ -34,8 +35,9 @@ def open_target(target: str | Path | ExperimentConfig, overrides: tuple[str, ...
     return open_run(target), None
 
 
-def config_for_model(model: str, data_file: str | None = None, name: str | None = None,
-                     overrides: tuple[str, ...] = ()) -> ExperimentConfig:
+def config_for_model(
+    model: str, data_file: str | None = None, name: str | None = None, overrides: tuple[str, ...] = ()
+) -> ExperimentConfig:
     """The experiment config for scoring a model without writing one: defaults, the model, and optionally a
     data file as the test split (any layout tunelab reads)."""
     from tunelab.config.loader import build_config
@@ -48,21 +50,44 @@ def config_for_model(model: str, data_file: str | None = None, name: str | None 
     return build_config(tree, overrides, "<eval --model>")
 
 
-def evaluate_session(session: Session, split: str | None = None, max_samples: int | None = None,
-                     desc: str = "evaluate") -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def evaluate_session(
+    session: Session, split: str | None = None, max_samples: int | None = None, desc: str = "evaluate"
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     cfg = session.cfg
     examples = load_eval_examples(cfg, split, max_samples)
-    res = evaluate_summaries(session.model, session.loaded.tokenizer, session.loaded.arch, session.encoder,
-                             session.templates.eval, examples, cfg.evaluation, cfg.seed, desc)
-    metrics = {"model": cfg.model.name, "split": split or cfg.evaluation.split, **res.metrics,
-               "protocol": {"rouge": rouge_protocol(), "eval_template": session.templates.eval.prompt,
-                            "max_new_tokens": cfg.evaluation.max_new_tokens, "num_beams": cfg.evaluation.num_beams},
-               "environment": describe_environment(session.device, cfg.evaluation.precision)}
+    res = evaluate_summaries(
+        session.model,
+        session.loaded.tokenizer,
+        session.loaded.arch,
+        session.encoder,
+        session.templates.eval,
+        examples,
+        cfg.evaluation,
+        cfg.seed,
+        desc,
+    )
+    metrics = {
+        "model": cfg.model.name,
+        "split": split or cfg.evaluation.split,
+        **res.metrics,
+        "protocol": {
+            "rouge": rouge_protocol(),
+            "eval_template": session.templates.eval.prompt,
+            "max_new_tokens": cfg.evaluation.max_new_tokens,
+            "num_beams": cfg.evaluation.num_beams,
+        },
+        "environment": describe_environment(session.device, cfg.evaluation.precision),
+    }
     return metrics, res.predictions
 
 
-def evaluate(target: str | Path | ExperimentConfig, split: str | None = None, max_samples: int | None = None,
-             overrides: tuple[str, ...] = (), adapter: str | Path | None = None) -> tuple[Path, dict[str, Any]]:
+def evaluate(
+    target: str | Path | ExperimentConfig,
+    split: str | None = None,
+    max_samples: int | None = None,
+    overrides: tuple[str, ...] = (),
+    adapter: str | Path | None = None,
+) -> tuple[Path, dict[str, Any]]:
     """Evaluate a run directory (results under a new RUN/eval-<split>[-N]/) or a config's base model, with
     `adapter` applied when given (a new run directory).
 

@@ -48,17 +48,22 @@ def check_exportable(run: RunDir, cfg: ExperimentConfig, adapter_only: bool) -> 
 
     kind = _adapter_type(run)
     if kind in PROMPT_LEARNING:
-        raise ExportError(f"{run.path} is a {kind.lower().replace('_', ' ')} run: its learned virtual tokens are "
-                          "inputs prepended to every prompt, not weight changes, so they cannot be merged into the "
-                          "model and llama.cpp cannot load them; serve it with `tunelab serve` instead")
+        raise ExportError(
+            f"{run.path} is a {kind.lower().replace('_', ' ')} run: its learned virtual tokens are "
+            "inputs prepended to every prompt, not weight changes, so they cannot be merged into the "
+            "model and llama.cpp cannot load them; serve it with `tunelab serve` instead"
+        )
     if kind is None and not run.model_dir.is_dir():
         raise RunDirError(f"{run.path} holds no trained artefact (adapter/ or model/); did training finish?")
     if adapter_only and kind is None:
-        raise ExportError(f"{run.path} is a full fine-tuning run: it has no adapter to export alone; drop "
-                          "--adapter-only")
+        raise ExportError(
+            f"{run.path} is a full fine-tuning run: it has no adapter to export alone; drop --adapter-only"
+        )
     if adapter_only and kind != "LORA":
-        raise ExportError(f"llama.cpp's adapter files hold LoRA adapters only, not {kind}; export the merged model "
-                          "(drop --adapter-only)")
+        raise ExportError(
+            f"llama.cpp's adapter files hold LoRA adapters only, not {kind}; export the merged model "
+            "(drop --adapter-only)"
+        )
     name = cfg.model.name if kind is not None else str(run.model_dir)
     arch_spec(load_model_config(resolve_source(name), cfg.model))
 
@@ -68,8 +73,12 @@ def _export_session(run: RunDir, cfg: ExperimentConfig):
     from tunelab.recipes.components import open_session
 
     model = {"dtype": "float32"} | ({} if run.adapter_dir.is_dir() else {"name": str(run.model_dir)})
-    cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update=model),
-                                 "training": cfg.training.model_copy(update={"device": "cpu"})})
+    cfg = cfg.model_copy(
+        update={
+            "model": cfg.model.model_copy(update=model),
+            "training": cfg.training.model_copy(update={"device": "cpu"}),
+        }
+    )
     return open_session(cfg, quantize_for_method=False)
 
 
@@ -107,13 +116,17 @@ def _readme(run: RunDir, cfg: ExperimentConfig, manifest: dict[str, Any], prompt
     files = "\n".join(f"| `{f}` | {info['bytes'] / 2**20:,.1f} MiB |" for f, info in manifest["files"].items())
     model = manifest["model_file"]
     lora = f" --lora {manifest['adapter_file']}" if manifest.get("adapter_file") else ""
-    what = ("the task instruction and the chat template" if has_instruction else "the chat template (write the "
-            "task's instruction yourself: the task template names columns other than the input)")
+    what = (
+        "the task instruction and the chat template"
+        if has_instruction
+        else "the chat template (write the "
+        "task's instruction yourself: the task template names columns other than the input)"
+    )
     n = manifest["max_new_tokens"]
     return f"""# {cfg.name} for llama.cpp and Ollama
 
-Exported by tunelab from `{run.path}` ({manifest['method']} on `{cfg.model.name}`), weights in
-{manifest['dtype']}; llama.cpp pre-tokenizer `{manifest['pre_tokenizer']}`.
+Exported by tunelab from `{run.path}` ({manifest["method"]} on `{cfg.model.name}`), weights in
+{manifest["dtype"]}; llama.cpp pre-tokenizer `{manifest["pre_tokenizer"]}`.
 
 | file | size |
 |---|---|
@@ -125,7 +138,7 @@ Exported by tunelab from `{run.path}` ({manifest['method']} on `{cfg.model.name}
     ollama run {name} "$(cat dialogue.txt)"
 
 The Modelfile's TEMPLATE wraps what you send in {what}, exactly as tunelab evaluated the model, and decodes
-greedily with at most {n} new tokens. tunelab also cut inputs at {manifest['max_input_tokens']} tokens; Ollama
+greedily with at most {n} new tokens. tunelab also cut inputs at {manifest["max_input_tokens"]} tokens; Ollama
 does not, so very long inputs can score differently.
 
 ## llama.cpp
@@ -166,8 +179,9 @@ def _write_files(stage: Path, session, run: RunDir, dtype: Dtype, adapter_only: 
         return {"model_file": "model.gguf", "pre_tokenizer": vocab.pre}
 
 
-def export_run(run_path: str | Path, out: str | Path, to: str = "gguf", dtype: str = "f16",
-               adapter_only: bool = False) -> ExportResult:
+def export_run(
+    run_path: str | Path, out: str | Path, to: str = "gguf", dtype: str = "f16", adapter_only: bool = False
+) -> ExportResult:
     """Export a finished causal run for llama.cpp and Ollama into a new folder `out`."""
     from tunelab.export.gguf import DTYPES
     from tunelab.export.ollama import INPUT_MARKER, modelfile, ollama_template
@@ -188,18 +202,34 @@ def export_run(run_path: str | Path, out: str | Path, to: str = "gguf", dtype: s
     with staged_dir(out, "the export") as stage:
         written = _write_files(stage, session, run, cast("Dtype", dtype), adapter_only)
         manifest: dict[str, Any] = {
-            "run": str(run.path), "method": cfg.method.name, "base_model": cfg.model.name, "dtype": dtype,
-            "adapter_only": adapter_only, **written, "stops": stops, "context": context,
-            "max_new_tokens": cfg.evaluation.max_new_tokens, "max_input_tokens": cfg.template.max_input_tokens,
+            "run": str(run.path),
+            "method": cfg.method.name,
+            "base_model": cfg.model.name,
+            "dtype": dtype,
+            "adapter_only": adapter_only,
+            **written,
+            "stops": stops,
+            "context": context,
+            "max_new_tokens": cfg.evaluation.max_new_tokens,
+            "max_input_tokens": cfg.template.max_input_tokens,
             "prompt_has_instruction": has_instruction,
         }
-        atomic_write_text(stage / "Modelfile", modelfile(written["model_file"], ollama_template(prompt), stops,
-                                                         cfg.evaluation.max_new_tokens, context,
-                                                         written.get("adapter_file")))
+        atomic_write_text(
+            stage / "Modelfile",
+            modelfile(
+                written["model_file"],
+                ollama_template(prompt),
+                stops,
+                cfg.evaluation.max_new_tokens,
+                context,
+                written.get("adapter_file"),
+            ),
+        )
         atomic_write_text(stage / "prompt-template.txt", prompt.replace(INPUT_MARKER, "{input}"))
         gguf_files = [f for f in (written["model_file"], written.get("adapter_file")) if f]
         manifest["files"] = {f: {"bytes": (stage / f).stat().st_size, "sha256": _sha256(stage / f)} for f in gguf_files}
-        atomic_write_text(stage / "README.md", _readme(run, cfg, manifest, prompt.replace(INPUT_MARKER, "{input}"),
-                                                       has_instruction))
+        atomic_write_text(
+            stage / "README.md", _readme(run, cfg, manifest, prompt.replace(INPUT_MARKER, "{input}"), has_instruction)
+        )
         atomic_write_json(stage / "export.json", manifest)
     return ExportResult(out, {f: info["bytes"] for f, info in manifest["files"].items()}, manifest)

@@ -50,8 +50,14 @@ class FinetuneResult:
     metrics: dict[str, Any]
 
 
-def finetune(cfg: ExperimentConfig, run_path: str | Path | None = None, show_progress: bool = True,
-             echo=print, base_benchmarks: dict[str, Any] | None = None, resume: bool = False) -> FinetuneResult:
+def finetune(
+    cfg: ExperimentConfig,
+    run_path: str | Path | None = None,
+    show_progress: bool = True,
+    echo=print,
+    base_benchmarks: dict[str, Any] | None = None,
+    resume: bool = False,
+) -> FinetuneResult:
     """Evaluate the base, train with the configured method, evaluate again; see the module docstring.
 
     `base_benchmarks`: the base model's suite results when already known (a comparison shares them
@@ -65,7 +71,7 @@ def finetune(cfg: ExperimentConfig, run_path: str | Path | None = None, show_pro
         target = Path(run_path) if run_path else Path(cfg.output_dir) / cfg.name
         if not target.exists():
             check_experiment(cfg, target)  # before the run directory exists: a bad input leaves nothing behind
-        run, resuming = (RunDir.create_or_resume(cfg, run_path) if resume else (RunDir.create(cfg, run_path), False))
+        run, resuming = RunDir.create_or_resume(cfg, run_path) if resume else (RunDir.create(cfg, run_path), False)
         path_and_state = [str(run.path), resuming]
     if dist.num_processes > 1:
         broadcast_object_list(path_and_state)
@@ -104,8 +110,15 @@ class RunState:
         return self.dist.is_main_process
 
 
-def _train_and_evaluate(cfg: ExperimentConfig, run: RunDir, resuming: bool, dist: PartialState,
-                        show_progress: bool, echo, base_benchmarks: dict[str, Any] | None) -> FinetuneResult:
+def _train_and_evaluate(
+    cfg: ExperimentConfig,
+    run: RunDir,
+    resuming: bool,
+    dist: PartialState,
+    show_progress: bool,
+    echo,
+    base_benchmarks: dict[str, Any] | None,
+) -> FinetuneResult:
     state = _open(cfg, run, resuming, dist, show_progress, echo)
     _evaluate_before(state)
     _benchmarks_before(state, base_benchmarks)
@@ -123,8 +136,9 @@ def _train_and_evaluate(cfg: ExperimentConfig, run: RunDir, resuming: bool, dist
     return FinetuneResult(run.path, state.metrics)
 
 
-def _open(cfg: ExperimentConfig, run: RunDir, resuming: bool, dist: PartialState, show_progress: bool,
-          echo) -> RunState:
+def _open(
+    cfg: ExperimentConfig, run: RunDir, resuming: bool, dist: PartialState, show_progress: bool, echo
+) -> RunState:
     """Load the base model and the evaluation examples; start the metrics record."""
     if dist.is_main_process:
         remove_incomplete(run.checkpoint_dir)
@@ -134,15 +148,21 @@ def _open(cfg: ExperimentConfig, run: RunDir, resuming: bool, dist: PartialState
     session = open_session(cfg)
     eval_examples = load_eval_examples(cfg)
     memory.end("load")
-    metrics: dict[str, Any] = {"name": cfg.name, "model": cfg.model.name, "arch": session.loaded.arch,
-                               "method": cfg.method.name, "dataset": cfg.data.source,
-                               "evaluation_split": cfg.evaluation.split,
-                               "chat_template": session.loaded.use_chat_template,
-                               "protocol": {"rouge": rouge_protocol(), "decoding":
-                                            "greedy" if cfg.evaluation.num_beams == 1 else
-                                            f"beam search, {cfg.evaluation.num_beams} beams",
-                                            "max_new_tokens": cfg.evaluation.max_new_tokens,
-                                            "eval_template": session.templates.eval.prompt}}
+    metrics: dict[str, Any] = {
+        "name": cfg.name,
+        "model": cfg.model.name,
+        "arch": session.loaded.arch,
+        "method": cfg.method.name,
+        "dataset": cfg.data.source,
+        "evaluation_split": cfg.evaluation.split,
+        "chat_template": session.loaded.use_chat_template,
+        "protocol": {
+            "rouge": rouge_protocol(),
+            "decoding": "greedy" if cfg.evaluation.num_beams == 1 else f"beam search, {cfg.evaluation.num_beams} beams",
+            "max_new_tokens": cfg.evaluation.max_new_tokens,
+            "eval_template": session.templates.eval.prompt,
+        },
+    }
     if (carved := describe_split(cfg.data)) is not None:
         metrics["data_split"] = carved
     return RunState(cfg, run, resuming, dist, show_progress, echo, session, eval_examples, memory, metrics, latest)
@@ -150,8 +170,17 @@ def _open(cfg: ExperimentConfig, run: RunDir, resuming: bool, dist: PartialState
 
 def _evaluate(state: RunState, desc: str):
     s = state.session
-    return evaluate_summaries(s.model, s.loaded.tokenizer, s.loaded.arch, s.encoder, s.templates.eval,
-                              state.eval_examples, state.cfg.evaluation, state.cfg.seed, desc)
+    return evaluate_summaries(
+        s.model,
+        s.loaded.tokenizer,
+        s.loaded.arch,
+        s.encoder,
+        s.templates.eval,
+        state.eval_examples,
+        state.cfg.evaluation,
+        state.cfg.seed,
+        desc,
+    )
 
 
 def _evaluate_before(state: RunState) -> None:
@@ -160,8 +189,10 @@ def _evaluate_before(state: RunState) -> None:
     if earlier and "before" in earlier:
         state.metrics["before"] = earlier["before"]
         if state.echo:
-            state.echo(f"resuming {state.run.path}" + (f" from {state.latest.name}" if state.latest
-                                                        else " (no checkpoint yet)"))
+            state.echo(
+                f"resuming {state.run.path}"
+                + (f" from {state.latest.name}" if state.latest else " (no checkpoint yet)")
+            )
     elif state.cfg.evaluation.before:
         before = _evaluate(state, "eval before")
         state.metrics["before"] = before.metrics
@@ -175,8 +206,11 @@ def _benchmarks_before(state: RunState, base_benchmarks: dict[str, Any] | None) 
     if not state.cfg.benchmarks.tasks:
         return
     if state.main:
-        state.bench_before = ((state.run.read_json("benchmarks_before.json") if state.resuming else None)
-                              or base_benchmarks or benchmark_session(state.session, show_progress=state.show_progress))
+        state.bench_before = (
+            (state.run.read_json("benchmarks_before.json") if state.resuming else None)
+            or base_benchmarks
+            or benchmark_session(state.session, show_progress=state.show_progress)
+        )
         state.run.write_metrics(state.bench_before, "benchmarks_before.json")
     state.dist.wait_for_everyone()
     state.memory.end("benchmarks_before")
@@ -186,8 +220,9 @@ def _training_data(state: RunState) -> tuple[list[Encoded], list[Encoded] | None
     """Encoded training (and validation-loss) examples; the leakage record against the evaluation sets."""
     cfg, session = state.cfg, state.session
     train_examples, train_templates, state.mixture_stats = training_examples(session)
-    state.metrics["leakage"] = leakage_report(train_examples, task_specs(cfg.benchmarks),
-                                              f"{cfg.data.source}:{cfg.evaluation.split}", state.eval_examples)
+    state.metrics["leakage"] = leakage_report(
+        train_examples, task_specs(cfg.benchmarks), f"{cfg.data.source}:{cfg.evaluation.split}", state.eval_examples
+    )
     session.encoder.stats.reset()
     train_set = encode_training_set(session.encoder, train_examples, train_templates)
     state.train_truncation = session.encoder.stats.as_dict()
@@ -206,24 +241,51 @@ def _train(state: RunState, train_set: list[Encoded], eval_set: list[Encoded] | 
     model = session.method.prepare(session.model, cfg.method, session.context)
     session.loaded.model = state.model = model
     counts = parameter_counts(model)
-    training = train_model(model, session.loaded.tokenizer, session.loaded.arch, train_set, eval_set, cfg.training,
-                           seed=cfg.seed, device=session.device, log_dir=run.path / "tensorboard",
-                           checkpoint_dir=run.checkpoint_dir, resume_from=state.latest,
-                           regularizer=build_regularizer(session, model), show_progress=state.show_progress,
-                           validate=_generation_validator(state))
+    training = train_model(
+        model,
+        session.loaded.tokenizer,
+        session.loaded.arch,
+        train_set,
+        eval_set,
+        cfg.training,
+        seed=cfg.seed,
+        device=session.device,
+        log_dir=run.path / "tensorboard",
+        checkpoint_dir=run.checkpoint_dir,
+        resume_from=state.latest,
+        regularizer=build_regularizer(session, model),
+        show_progress=state.show_progress,
+        validate=_generation_validator(state),
+    )
     artefact = run.path / ("adapter" if session.method.is_peft else "model")
     sharded = is_sharded(model)  # FSDP: gather whole tensors on every process, the main one writes them
     whole = (whole_trainable_state(model) if session.method.is_peft else whole_model_state(model)) if sharded else None
     if state.main:
-        save_artefact(model, session.loaded.tokenizer, cfg, session.method.is_peft, run.path, session.loaded.source.path,
-                      state_dict=whole, base_fingerprint=fingerprint)
+        save_artefact(
+            model,
+            session.loaded.tokenizer,
+            cfg,
+            session.method.is_peft,
+            run.path,
+            session.loaded.source.path,
+            state_dict=whole,
+            base_fingerprint=fingerprint,
+        )
     state.dist.wait_for_everyone()
     state.memory.end("train")
-    state.metrics["training"] = {**training.as_dict(), "examples": len(train_set), "truncation": state.train_truncation,
-                                 **({"mixture": state.mixture_stats} if state.mixture_stats else {}),
-                                 "regularization": cfg.training.regularization.model_dump()}
-    state.metrics["cost"] = {**counts, "artefact": artefact.name, "artefact_bytes": weight_file_bytes(artefact),
-                             "full_checkpoint_bytes": full_checkpoint_bytes(model, counts, session.method.is_peft)}
+    state.metrics["training"] = {
+        **training.as_dict(),
+        "examples": len(train_set),
+        "truncation": state.train_truncation,
+        **({"mixture": state.mixture_stats} if state.mixture_stats else {}),
+        "regularization": cfg.training.regularization.model_dump(),
+    }
+    state.metrics["cost"] = {
+        **counts,
+        "artefact": artefact.name,
+        "artefact_bytes": weight_file_bytes(artefact),
+        "full_checkpoint_bytes": full_checkpoint_bytes(model, counts, session.method.is_peft),
+    }
 
 
 def _generation_validator(state: RunState):
@@ -238,8 +300,16 @@ def _generation_validator(state: RunState):
     evaluation = cfg.evaluation.model_copy(update={"bootstrap_samples": 0, "metrics": ["rouge"]})
 
     def validate(model) -> dict[str, float]:
-        result = score_prompts(model, session.loaded.tokenizer, session.loaded.arch, prompts, examples, evaluation,
-                               cfg.seed, "eval generate")
+        result = score_prompts(
+            model,
+            session.loaded.tokenizer,
+            session.loaded.arch,
+            prompts,
+            examples,
+            evaluation,
+            cfg.seed,
+            "eval generate",
+        )
         return {name: scores["f1"] for name, scores in result.metrics["rouge"].items()}
 
     return validate
@@ -249,8 +319,9 @@ def _evaluate_after(state: RunState):
     after = _evaluate(state, "eval after")
     state.metrics["after"] = after.metrics
     state.memory.end("evaluate_after")
-    state.metrics["environment"] = describe_environment(state.session.device, state.cfg.evaluation.precision,
-                                                        state.metrics["training"]["precision"])
+    state.metrics["environment"] = describe_environment(
+        state.session.device, state.cfg.evaluation.precision, state.metrics["training"]["precision"]
+    )
     return after
 
 
@@ -260,11 +331,18 @@ def _benchmarks_after(state: RunState) -> None:
         return
     cfg, metrics = state.cfg, state.metrics
     bench_after = benchmark_session(state.session, show_progress=state.show_progress)
-    report = write_forgetting(state.run.path, state.bench_before, bench_after, target_gain(metrics),
-                              cfg.benchmarks.bootstrap_samples, cfg.seed)
-    metrics["forgetting"] = {name: {k: t[k] for k in ("metric", "before", "after", "delta", "ci95_low",
-                                                      "ci95_high", "significant")}
-                             for name, t in report["tasks"].items()}
+    report = write_forgetting(
+        state.run.path,
+        state.bench_before,
+        bench_after,
+        target_gain(metrics),
+        cfg.benchmarks.bootstrap_samples,
+        cfg.seed,
+    )
+    metrics["forgetting"] = {
+        name: {k: t[k] for k in ("metric", "before", "after", "delta", "ci95_low", "ci95_high", "significant")}
+        for name, t in report["tasks"].items()
+    }
     metrics["forgetting_mean_delta"] = report["mean_delta"]
     state.memory.end("benchmarks_after")
 
@@ -279,8 +357,10 @@ def _finish(state: RunState) -> None:
     if not state.echo:
         return
     echo = state.echo
-    echo(f"\nrun: {run.path}  ({cfg.method.name} on {cfg.model.name}, {len(state.eval_examples)} "
-         f"{cfg.evaluation.split} examples)\n")
+    echo(
+        f"\nrun: {run.path}  ({cfg.method.name} on {cfg.model.name}, {len(state.eval_examples)} "
+        f"{cfg.evaluation.split} examples)\n"
+    )
     echo(before_after_table(metrics.get("before"), metrics["after"]))
     echo("")
     echo(cost_table(metrics["cost"], metrics["training"]))
@@ -290,6 +370,8 @@ def _finish(state: RunState) -> None:
     trunc = metrics["after"]["truncation"]
     train_truncation = state.train_truncation
     if trunc["inputs_truncated"] or train_truncation["inputs_truncated"]:
-        echo(f"\nnote: inputs cut at {cfg.template.max_input_tokens} tokens: "
-             f"{train_truncation['inputs_truncated']}/{train_truncation['examples']} training, "
-             f"{trunc['inputs_truncated']}/{trunc['examples']} evaluation examples")
+        echo(
+            f"\nnote: inputs cut at {cfg.template.max_input_tokens} tokens: "
+            f"{train_truncation['inputs_truncated']}/{train_truncation['examples']} training, "
+            f"{trunc['inputs_truncated']}/{trunc['examples']} evaluation examples"
+        )

@@ -52,8 +52,10 @@ def check_target_modules(method_cfg, hf_config, arch) -> None:
         missing = [t for t, ok in _module_matches(getattr(method_cfg, f), names).items() if not ok]
         if missing:
             linear = sorted({n.rsplit(".", 1)[-1] for n, m in modules.items() if isinstance(m, torch.nn.Linear)})
-            raise ConfigError(f"method.{f}: {', '.join(map(repr, missing))} matches no module of the model; "
-                              f"its linear layers are named {', '.join(linear)}")
+            raise ConfigError(
+                f"method.{f}: {', '.join(map(repr, missing))} matches no module of the model; "
+                f"its linear layers are named {', '.join(linear)}"
+            )
 
 
 def _splits(cfg: ExperimentConfig) -> list[str]:
@@ -83,15 +85,22 @@ def check_experiment(cfg: ExperimentConfig, run_path: str | Path | None = None) 
     arch = resolve_arch(hf_config, cfg.model)
     tokenizer = load_tokenizer(source, cfg.model)
     examples = {split: load_split(cfg.data, split) for split in _splits(cfg)}
-    templates = TemplateSet(cfg.template.task, cfg.template.train_phrasings, cfg.template.eval_phrasing,
-                            cfg.template.custom)
-    encoder = PromptEncoder(tokenizer, arch, chat_template_in_use(tokenizer, arch, cfg.model),
-                            cfg.template.max_input_tokens, cfg.template.max_target_tokens, cfg.data.train_on)
+    templates = TemplateSet(
+        cfg.template.task, cfg.template.train_phrasings, cfg.template.eval_phrasing, cfg.template.custom
+    )
+    encoder = PromptEncoder(
+        tokenizer,
+        arch,
+        chat_template_in_use(tokenizer, arch, cfg.model),
+        cfg.template.max_input_tokens,
+        cfg.template.max_target_tokens,
+        cfg.data.train_on,
+    )
     first = examples[cfg.data.train_split][0]
     for template in {*templates.train, templates.eval}:
         encoder.encode_for_training(template, first)
     check_target_modules(cfg.method, hf_config, arch)
-    for component in (cfg.data.mixture.components if cfg.data.mixture else []):
+    for component in cfg.data.mixture.components if cfg.data.mixture else []:
         load_component(component)
     reg = cfg.training.regularization
     if reg.kind == "ewc":

@@ -67,8 +67,13 @@ def _score(metrics: dict[str, Any], metric: str) -> float:
     return float(metrics["after"]["rouge"][metric]["f1"])
 
 
-def sweep(base: ExperimentConfig, grid: dict[str, list[Any]], metric: str = "eval_loss", show_progress: bool = True,
-          echo=print) -> dict[str, Any]:
+def sweep(
+    base: ExperimentConfig,
+    grid: dict[str, list[Any]],
+    metric: str = "eval_loss",
+    show_progress: bool = True,
+    echo=print,
+) -> dict[str, Any]:
     """Run every grid point (reusing finished ones) and return the sweep record (also in sweep.json)."""
     from tunelab.recipes.finetune import finetune
     from tunelab.runs import RunDir
@@ -92,7 +97,13 @@ def sweep(base: ExperimentConfig, grid: dict[str, list[Any]], metric: str = "eva
             echo(f"{cfg.name}: validation {metric} {trials[-1][metric]:.4f}")
     lower_is_better = metric == "eval_loss"
     best = (min if lower_is_better else max)(trials, key=lambda t: float(t[metric]))
-    record = {"metric": metric, "split": base.data.eval_split, "better": "lower" if lower_is_better else "higher",
-              "grid": grid, "trials": trials, "best": best}
+    record = {
+        "metric": metric,
+        "split": base.data.eval_split,
+        "better": "lower" if lower_is_better else "higher",
+        "grid": grid,
+        "trials": trials,
+        "best": best,
+    }
     atomic_write_json(directory / "sweep.json", record)
     return record

@@ -80,8 +80,15 @@ def load_arms(directory: Path, names: Sequence[str] | None = None) -> list[ArmSu
             raise RunDirError(f"{path} has no metrics.json: not a finished arm")
         preds_file = path / "predictions.jsonl"
         preds = [json.loads(line) for line in preds_file.read_text().splitlines()] if preds_file.is_file() else []
-        arms.append(ArmSummary(name, path, json.loads((path / "metrics.json").read_text()),
-                               (path / "config.yaml").read_text() if (path / "config.yaml").is_file() else "", preds))
+        arms.append(
+            ArmSummary(
+                name,
+                path,
+                json.loads((path / "metrics.json").read_text()),
+                (path / "config.yaml").read_text() if (path / "config.yaml").is_file() else "",
+                preds,
+            )
+        )
     if not arms:
         raise RunDirError(f"{directory} holds no finished arms")
     return arms
@@ -109,18 +116,41 @@ def summary_rows(arms: Sequence[ArmSummary]) -> list[list[Any]]:
     rows = []
     for a in arms:
         cost = a.metrics.get("cost", {})
-        rows.append([a.name, a.method, f"{a.rouge('rouge1'):.2f}", f"{a.rouge('rouge2'):.2f}",
-                     f"{a.rouge('rougeL'):.2f}", f"{a.after.get('bleu', {}).get('score', 0):.2f}",
-                     _fmt_opt(gain(a, base)), _fmt_opt(a.forgetting),
-                     f"{cost.get('trainable_percent', 0):.3f}%", human_bytes(cost.get("artefact_bytes", 0)),
-                     human_bytes(a.peak_memory) if a.peak_memory else "-",
-                     f"{a.training.get('seconds', 0):.0f} s" if a.training else "-",
-                     f"{a.training.get('completion_tokens_per_second', 0):.1f}" if a.training else "-"])
+        rows.append(
+            [
+                a.name,
+                a.method,
+                f"{a.rouge('rouge1'):.2f}",
+                f"{a.rouge('rouge2'):.2f}",
+                f"{a.rouge('rougeL'):.2f}",
+                f"{a.after.get('bleu', {}).get('score', 0):.2f}",
+                _fmt_opt(gain(a, base)),
+                _fmt_opt(a.forgetting),
+                f"{cost.get('trainable_percent', 0):.3f}%",
+                human_bytes(cost.get("artefact_bytes", 0)),
+                human_bytes(a.peak_memory) if a.peak_memory else "-",
+                f"{a.training.get('seconds', 0):.0f} s" if a.training else "-",
+                f"{a.training.get('completion_tokens_per_second', 0):.1f}" if a.training else "-",
+            ]
+        )
     return rows
 
 
-SUMMARY_HEADERS = ["arm", "method", "ROUGE-1", "ROUGE-2", "ROUGE-L", "BLEU", "ROUGE-L gain", "benchmark change",
-                   "trainable", "artefact", "peak memory", "train time", "tok/s"]
+SUMMARY_HEADERS = [
+    "arm",
+    "method",
+    "ROUGE-1",
+    "ROUGE-2",
+    "ROUGE-L",
+    "BLEU",
+    "ROUGE-L gain",
+    "benchmark change",
+    "trainable",
+    "artefact",
+    "peak memory",
+    "train time",
+    "tok/s",
+]
 
 
 LATER_KINDS = {"eval-": "task evaluation", "benchmarks-": "benchmarks", "forgetting-": "forgetting"}
@@ -159,20 +189,32 @@ LATER_HEADERS = ["arm", "folder", "kind", "result"]
 
 def markdown_report(arms: Sequence[ArmSummary]) -> str:
     first = arms[0].metrics
-    lines = [f"## Comparison: {first.get('model')} on {first.get('dataset')} "
-             f"({arms[0].after.get('examples')} {first.get('evaluation_split')} examples)", "",
-             markdown_table(SUMMARY_HEADERS, summary_rows(arms)), "",
-             "ROUGE is F1 x100 (rouge-score, stemmed, best of the references); gain is against the zero-shot arm "
-             "(or the arm's own base); benchmark change is the mean change on the benchmark suite, after - before "
-             "(negative = forgetting; - = no weights changed)."]
+    lines = [
+        f"## Comparison: {first.get('model')} on {first.get('dataset')} "
+        f"({arms[0].after.get('examples')} {first.get('evaluation_split')} examples)",
+        "",
+        markdown_table(SUMMARY_HEADERS, summary_rows(arms)),
+        "",
+        "ROUGE is F1 x100 (rouge-score, stemmed, best of the references); gain is against the zero-shot arm "
+        "(or the arm's own base); benchmark change is the mean change on the benchmark suite, after - before "
+        "(negative = forgetting; - = no weights changed).",
+    ]
     for a in arms:
         ctx = a.after.get("context")
         if ctx and ctx.get("prompts_over_window"):
-            lines.append(f"\n{a.name}: {ctx['prompts_over_window']} prompts longer than the model's "
-                         f"{ctx['window']}-token window were cut (mean prompt {ctx['mean_prompt_tokens']:.0f} tokens).")
+            lines.append(
+                f"\n{a.name}: {ctx['prompts_over_window']} prompts longer than the model's "
+                f"{ctx['window']}-token window were cut (mean prompt {ctx['mean_prompt_tokens']:.0f} tokens)."
+            )
     if later := later_evaluations(arms):
-        lines += ["", "### Later evaluations", "", "Run on the finished arms afterwards, each in its own folder inside "
-                  "the arm's run directory:", "", markdown_table(LATER_HEADERS, later)]
+        lines += [
+            "",
+            "### Later evaluations",
+            "",
+            "Run on the finished arms afterwards, each in its own folder inside the arm's run directory:",
+            "",
+            markdown_table(LATER_HEADERS, later),
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -203,26 +245,51 @@ def html_report(arms: Sequence[ArmSummary], title: str, n_examples: int = 5) -> 
     names = [a.name for a in arms]
     base = baseline_scores(arms)
     rouge_chart = svg.grouped_bars(
-        "chart-rouge", names, {k: [a.rouge(k) for a in arms] for k in ("rouge1", "rouge2", "rougeL")},
+        "chart-rouge",
+        names,
+        {k: [a.rouge(k) for a in arms] for k in ("rouge1", "rouge2", "rougeL")},
         {k: [a.rouge_ci(k) for a in arms] for k in ("rouge1", "rouge2", "rougeL")},
-        y_label="ROUGE F1 (x100) with 95% bootstrap CI")
+        y_label="ROUGE F1 (x100) with 95% bootstrap CI",
+    )
     points = [(a.name, a.forgetting or 0.0, gain(a, base) or 0.0) for a in arms]
-    scatter = svg.scatter("chart-gain-forgetting", points, "mean benchmark change (after - before; < 0 = forgetting)",
-                          "task gain: ROUGE-L vs zero-shot")
+    scatter = svg.scatter(
+        "chart-gain-forgetting",
+        points,
+        "mean benchmark change (after - before; < 0 = forgetting)",
+        "task gain: ROUGE-L vs zero-shot",
+    )
     cost = [
-        svg.horizontal_bars("chart-trainable", names, [a.metrics.get("cost", {}).get("trainable_percent", 0) for a in arms],
-                            "trainable parameters (%)", lambda v: f"{v:.3f}%"),
-        svg.horizontal_bars("chart-storage", names, [a.metrics.get("cost", {}).get("artefact_bytes", 0) for a in arms],
-                            "artefact on disk (log scale)", human_bytes, log=True),
+        svg.horizontal_bars(
+            "chart-trainable",
+            names,
+            [a.metrics.get("cost", {}).get("trainable_percent", 0) for a in arms],
+            "trainable parameters (%)",
+            lambda v: f"{v:.3f}%",
+        ),
+        svg.horizontal_bars(
+            "chart-storage",
+            names,
+            [a.metrics.get("cost", {}).get("artefact_bytes", 0) for a in arms],
+            "artefact on disk (log scale)",
+            human_bytes,
+            log=True,
+        ),
         svg.horizontal_bars("chart-memory", names, [a.peak_memory for a in arms], "peak training memory", human_bytes),
-        svg.horizontal_bars("chart-time", names, [a.training.get("seconds", 0.0) for a in arms], "training time",
-                            lambda v: f"{v:.1f} s"),
+        svg.horizontal_bars(
+            "chart-time", names, [a.training.get("seconds", 0.0) for a in arms], "training time", lambda v: f"{v:.1f} s"
+        ),
     ]
-    table = "<table id='summary'><tr>" + "".join(f"<th>{escape(h)}</th>" for h in SUMMARY_HEADERS) + "</tr>" + "".join(
-        "<tr>" + "".join(f"<td>{escape(str(c))}</td>" for c in row) + "</tr>" for row in summary_rows(arms)) + "</table>"
+    table = (
+        "<table id='summary'><tr>"
+        + "".join(f"<th>{escape(h)}</th>" for h in SUMMARY_HEADERS)
+        + "</tr>"
+        + "".join("<tr>" + "".join(f"<td>{escape(str(c))}</td>" for c in row) + "</tr>" for row in summary_rows(arms))
+        + "</table>"
+    )
     forgetting_tasks = list(dict.fromkeys(t for a in arms for t in (a.metrics.get("forgetting") or {})))  # config order
-    task_metric = {t: d.get("metric") for a in arms if not a.is_prompting
-                   for t, d in (a.metrics.get("forgetting") or {}).items()}
+    task_metric = {
+        t: d.get("metric") for a in arms if not a.is_prompting for t, d in (a.metrics.get("forgetting") or {}).items()
+    }
     forgetting_html = ""
     if forgetting_tasks:
         rows = []
@@ -231,44 +298,67 @@ def html_report(arms: Sequence[ArmSummary], title: str, n_examples: int = 5) -> 
             cells = []
             for t in forgetting_tasks:
                 d = f.get(t)
-                cells.append("-" if d is None or a.is_prompting else
-                             f"{d['delta']:+.2f} [{d['ci95_low']:+.1f}, {d['ci95_high']:+.1f}]")
-            rows.append("<tr><td>" + escape(a.name) + "</td>" + "".join(f"<td>{escape(c)}</td>" for c in cells) + "</tr>")
-        forgetting_html = ("<p class='note'>Change of each benchmark score, after - before, with its paired bootstrap "
-                           "95% CI (negative = forgetting; - = no weights changed).</p>"
-                           "<table id='forgetting'><tr><th>arm</th>"
-                           + "".join(f"<th>{escape(t)} ({escape(str(task_metric.get(t) or 'score'))})</th>"
-                                     for t in forgetting_tasks)
-                           + "</tr>" + "".join(rows) + "</table>")
+                cells.append(
+                    "-"
+                    if d is None or a.is_prompting
+                    else f"{d['delta']:+.2f} [{d['ci95_low']:+.1f}, {d['ci95_high']:+.1f}]"
+                )
+            rows.append(
+                "<tr><td>" + escape(a.name) + "</td>" + "".join(f"<td>{escape(c)}</td>" for c in cells) + "</tr>"
+            )
+        forgetting_html = (
+            "<p class='note'>Change of each benchmark score, after - before, with its paired bootstrap "
+            "95% CI (negative = forgetting; - = no weights changed).</p>"
+            "<table id='forgetting'><tr><th>arm</th>"
+            + "".join(f"<th>{escape(t)} ({escape(str(task_metric.get(t) or 'score'))})</th>" for t in forgetting_tasks)
+            + "</tr>"
+            + "".join(rows)
+            + "</table>"
+        )
     ids = [p["id"] for p in arms[0].predictions[:n_examples]]
     by_arm = {a.name: {p["id"]: p for p in a.predictions} for a in arms}
     pred_rows = []
     for ex_id in ids:
         refs = by_arm[arms[0].name][ex_id]["references"]
         outputs = "".join(f"<td>{escape(by_arm[a.name].get(ex_id, {}).get('prediction', '-'))}</td>" for a in arms)
-        pred_rows.append(f"<tr><td>{escape(ex_id)}</td><td>{'<br><br>'.join(escape(r) for r in refs)}</td>{outputs}</tr>")
-    preds = ("<table class='preds' id='predictions'><tr><th>id</th><th>references</th>"
-             + "".join(f"<th>{escape(n)}</th>" for n in names) + "</tr>" + "".join(pred_rows) + "</table>")
-    configs = "".join(f"<details><summary>{escape(a.name)}</summary><pre>{escape(a.config_text)}</pre></details>"
-                      for a in arms)
+        pred_rows.append(
+            f"<tr><td>{escape(ex_id)}</td><td>{'<br><br>'.join(escape(r) for r in refs)}</td>{outputs}</tr>"
+        )
+    preds = (
+        "<table class='preds' id='predictions'><tr><th>id</th><th>references</th>"
+        + "".join(f"<th>{escape(n)}</th>" for n in names)
+        + "</tr>"
+        + "".join(pred_rows)
+        + "</table>"
+    )
+    configs = "".join(
+        f"<details><summary>{escape(a.name)}</summary><pre>{escape(a.config_text)}</pre></details>" for a in arms
+    )
     later = later_evaluations(arms)
-    later_html = "" if not later else (
-        "<h2>Later evaluations</h2><p class='note'>Run on the finished arms afterwards, each in its own folder inside "
-        "the arm's run directory.</p><table id='later'><tr>" + "".join(f"<th>{h}</th>" for h in LATER_HEADERS)
-        + "</tr>" + "".join("<tr>" + "".join(f"<td>{escape(c)}</td>" for c in row) + "</tr>" for row in later)
-        + "</table>")
+    later_html = (
+        ""
+        if not later
+        else (
+            "<h2>Later evaluations</h2><p class='note'>Run on the finished arms afterwards, each in its own folder inside "
+            "the arm's run directory.</p><table id='later'><tr>"
+            + "".join(f"<th>{h}</th>" for h in LATER_HEADERS)
+            + "</tr>"
+            + "".join("<tr>" + "".join(f"<td>{escape(c)}</td>" for c in row) + "</tr>" for row in later)
+            + "</table>"
+        )
+    )
     first = arms[0].metrics
     return f"""<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>
 <style>{_CSS}</style></head><body>{_SELF_CHECK}
 <h1>{escape(title)}</h1>
-<p class="note">{escape(str(first.get('model')))} · {escape(str(first.get('dataset')))} ·
-{arms[0].after.get('examples')} {escape(str(first.get('evaluation_split')))} examples · same data, evaluation and seed for every arm</p>
+<p class="note">{escape(str(first.get("model")))} · {escape(str(first.get("dataset")))} ·
+{arms[0].after.get("examples")} {escape(str(first.get("evaluation_split")))} examples · same data, evaluation and seed for every arm</p>
 <h2>Summary</h2>{table}
-<p class="note">ROUGE: F1 x100 ({escape(first.get('protocol', {}).get('rouge', ''))}). Gain: against the zero-shot arm.
+<p class="note">ROUGE: F1 x100 ({escape(first.get("protocol", {}).get("rouge", ""))}). Gain: against the zero-shot arm.
 Forgetting: mean change over the benchmark suite, after minus before (0 for prompting: weights unchanged).</p>
 <h2>Task quality</h2>{rouge_chart}
 <h2>Gain vs forgetting</h2>{scatter}{forgetting_html}
-<h2>Cost</h2><div class="cost">{''.join(cost)}</div>
+<h2>Cost</h2><div class="cost">{"".join(cost)}</div>
 {later_html}
 <h2>Predictions side by side</h2>{preds}
 <h2>Run configs</h2>{configs}

@@ -40,8 +40,14 @@ def before_after_table(before: dict[str, Any] | None, after: dict[str, Any]) -> 
         a = after["rouge"]["rouge1"]
         b = before["rouge"]["rouge1"] if before and "rouge" in before else None
         for part in ("precision", "recall"):
-            rows.append([f"rouge1 {part}", "-" if b is None else b[part], a[part],
-                         "-" if b is None else f"{a[part] - b[part]:+.2f}"])
+            rows.append(
+                [
+                    f"rouge1 {part}",
+                    "-" if b is None else b[part],
+                    a[part],
+                    "-" if b is None else f"{a[part] - b[part]:+.2f}",
+                ]
+            )
     if "bleu" in after:
         a = after["bleu"]["score"]
         b = before["bleu"]["score"] if before and "bleu" in before else None
@@ -54,13 +60,17 @@ def before_after_table(before: dict[str, Any] | None, after: dict[str, Any]) -> 
 def cost_table(cost: dict[str, Any], training: dict[str, Any] | None) -> str:
     rows = [
         ["trainable parameters", f"{cost['trainable_parameters']:,} ({cost['trainable_percent']:.3f}%)"],
-        ["artefact on disk", f"{human_bytes(cost['artefact_bytes'])} vs full checkpoint "
-                             f"{human_bytes(cost['full_checkpoint_bytes'])}"],
+        [
+            "artefact on disk",
+            f"{human_bytes(cost['artefact_bytes'])} vs full checkpoint {human_bytes(cost['full_checkpoint_bytes'])}",
+        ],
     ]
     if training:
         mem = training["memory"]
         peak = mem.get("peak_cuda_allocated_bytes", mem["peak_rss_bytes"])
-        rows += [["training time", f"{training['seconds']:.1f} s, {training['steps']} steps"],
-                 ["throughput", f"{training['completion_tokens_per_second']:.1f} completion tok/s"],
-                 ["peak memory", f"{human_bytes(peak)} ({mem['measured']})"]]
+        rows += [
+            ["training time", f"{training['seconds']:.1f} s, {training['steps']} steps"],
+            ["throughput", f"{training['completion_tokens_per_second']:.1f} completion tok/s"],
+            ["peak memory", f"{human_bytes(peak)} ({mem['measured']})"],
+        ]
     return markdown_table(["cost", "value"], rows)

@@ -44,14 +44,22 @@ class ServerSettings:
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, message: str, type_: str = "invalid_request_error", param: str | None = None,
-                 code: str | None = None):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        type_: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+    ):
         super().__init__(message)
         self.status, self.message, self.type, self.param, self.code = status, message, type_, param, code
 
 
 def _error(status: int, message: str, type_: str, param: str | None = None, code: str | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"message": message, "type": type_, "param": param, "code": code}}, status_code=status)
+    return JSONResponse(
+        {"error": {"message": message, "type": type_, "param": param, "code": code}}, status_code=status
+    )
 
 
 # ---- request bodies ----------------------------------------------------------------------------------
@@ -110,13 +118,18 @@ class _Metrics:
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
         self.registry = CollectorRegistry()
-        self.requests = Counter("tunelab_requests", "Requests by route and status", ["route", "status"],
-                                registry=self.registry)
+        self.requests = Counter(
+            "tunelab_requests", "Requests by route and status", ["route", "status"], registry=self.registry
+        )
         self.tokens = Counter("tunelab_generated_tokens", "Generated tokens", registry=self.registry)
         self.prompt_tokens = Counter("tunelab_prompt_tokens", "Prompt tokens", registry=self.registry)
-        self.latency = Histogram("tunelab_request_latency_seconds", "Request latency", ["route"],
-                                 registry=self.registry,
-                                 buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 64, 128))
+        self.latency = Histogram(
+            "tunelab_request_latency_seconds",
+            "Request latency",
+            ["route"],
+            registry=self.registry,
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 64, 128),
+        )
         queue = Gauge("tunelab_queue_depth", "Requests waiting for the engine", registry=self.registry)
         queue.set_function(lambda: engine_ref().depth if engine_ref() else 0)
         running = Gauge("tunelab_requests_in_flight", "Requests accepted and not finished", registry=self.registry)
@@ -137,8 +150,9 @@ class _BodyLimit:
             return await self.app(scope, receive, send)
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            return await _error(413, f"request body over {self.limit} bytes", "invalid_request_error",
-                                code="body_too_large")(scope, receive, send)
+            return await _error(
+                413, f"request body over {self.limit} bytes", "invalid_request_error", code="body_too_large"
+            )(scope, receive, send)
         seen = 0
 
         async def limited():
@@ -175,8 +189,9 @@ def create_app(pool: ModelPool, engine: Engine, settings: ServerSettings) -> _Bo
         message = first.get("msg", "invalid request")
         if first.get("type") == "json_invalid":
             message, loc = "the request body is not valid JSON", []
-        return _error(400, f"{'.'.join(loc) + ': ' if loc else ''}{message}", "invalid_request_error",
-                      ".".join(loc) or None)
+        return _error(
+            400, f"{'.'.join(loc) + ': ' if loc else ''}{message}", "invalid_request_error", ".".join(loc) or None
+        )
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, e: StarletteHTTPException):
@@ -193,8 +208,12 @@ def create_app(pool: ModelPool, engine: Engine, settings: ServerSettings) -> _Bo
             given = request.headers.get("authorization", "")
             if not hmac.compare_digest(given.encode(), f"Bearer {settings.api_key}".encode()):
                 metrics.requests.labels(route, "401").inc()
-                return _error(401, "missing or wrong API key (Authorization: Bearer <key>)", "authentication_error",
-                              code="invalid_api_key")
+                return _error(
+                    401,
+                    "missing or wrong API key (Authorization: Bearer <key>)",
+                    "authentication_error",
+                    code="invalid_api_key",
+                )
         t0 = time.perf_counter()
         try:
             response = await call_next(request)
@@ -206,25 +225,41 @@ def create_app(pool: ModelPool, engine: Engine, settings: ServerSettings) -> _Bo
 
     def served(name: str) -> ServedModel:
         if name not in pool.models:
-            raise ApiError(404, f"model {name!r} is not served; models: {', '.join(pool.models)}", param="model",
-                           code="model_not_found")
+            raise ApiError(
+                404,
+                f"model {name!r} is not served; models: {', '.join(pool.models)}",
+                param="model",
+                code="model_not_found",
+            )
         return pool.models[name]
 
     def limits(body: _Body, prompt_len: int, served_model: ServedModel) -> int:
         if prompt_len > settings.max_prompt_tokens:
-            raise ApiError(400, f"the prompt has {prompt_len} tokens; this server accepts at most "
-                                f"{settings.max_prompt_tokens}", param="messages", code="context_length_exceeded")
+            raise ApiError(
+                400,
+                f"the prompt has {prompt_len} tokens; this server accepts at most {settings.max_prompt_tokens}",
+                param="messages",
+                code="context_length_exceeded",
+            )
         wanted = body.max_completion_tokens or body.max_tokens
         if wanted is None:
-            wanted = served_model.task.max_new_tokens if body.task_prompt and served_model.task else \
-                settings.default_max_tokens
+            wanted = (
+                served_model.task.max_new_tokens
+                if body.task_prompt and served_model.task
+                else settings.default_max_tokens
+            )
         if wanted > settings.max_tokens:
-            raise ApiError(400, f"max_tokens {wanted} is over this server's limit of {settings.max_tokens}",
-                           param="max_tokens")
+            raise ApiError(
+                400, f"max_tokens {wanted} is over this server's limit of {settings.max_tokens}", param="max_tokens"
+            )
         window = pool.groups[served_model.group].max_length
         if pool.groups[served_model.group].arch == "causal" and prompt_len + wanted > window:
-            raise ApiError(400, f"prompt ({prompt_len}) + max_tokens ({wanted}) exceed the model's window of {window}",
-                           param="max_tokens", code="context_length_exceeded")
+            raise ApiError(
+                400,
+                f"prompt ({prompt_len}) + max_tokens ({wanted}) exceed the model's window of {window}",
+                param="max_tokens",
+                code="context_length_exceeded",
+            )
         return wanted
 
     async def run(body: _Body, served_model: ServedModel, prompt, request: Request, kind: str):
@@ -244,14 +279,29 @@ def create_app(pool: ModelPool, engine: Engine, settings: ServerSettings) -> _Bo
         finally:
             watcher.cancel()
         text = req.text.strip() if body.task_prompt else req.text
-        usage = {"prompt_tokens": len(prompt.input_ids), "completion_tokens": len(req.tokens),
-                 "total_tokens": len(prompt.input_ids) + len(req.tokens)}
+        usage = {
+            "prompt_tokens": len(prompt.input_ids),
+            "completion_tokens": len(req.tokens),
+            "total_tokens": len(prompt.input_ids) + len(req.tokens),
+        }
         if kind == "chat":
             choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}
-            return {"id": rid, "object": "chat.completion", "created": int(time.time()), "model": body.model,
-                    "choices": [choice], "usage": usage}
-        return {"id": rid, "object": "text_completion", "created": int(time.time()), "model": body.model,
-                "choices": [{"index": 0, "text": text, "finish_reason": finish, "logprobs": None}], "usage": usage}
+            return {
+                "id": rid,
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": body.model,
+                "choices": [choice],
+                "usage": usage,
+            }
+        return {
+            "id": rid,
+            "object": "text_completion",
+            "created": int(time.time()),
+            "model": body.model,
+            "choices": [{"index": 0, "text": text, "finish_reason": finish, "logprobs": None}],
+            "usage": usage,
+        }
 
     async def _drain(req: GenerationRequest) -> str:
         events = _events(req)
@@ -282,8 +332,11 @@ def create_app(pool: ModelPool, engine: Engine, settings: ServerSettings) -> _Bo
             else:
                 choice = {"index": 0, "text": delta or "", "finish_reason": finish, "logprobs": None}
                 obj = "text_completion"
-            return "data: " + json.dumps({"id": rid, "object": obj, "created": created, "model": model,
-                                          "choices": [choice]}) + "\n\n"
+            return (
+                "data: "
+                + json.dumps({"id": rid, "object": obj, "created": created, "model": model, "choices": [choice]})
+                + "\n\n"
+            )
 
         try:
             if kind == "chat":
@@ -293,24 +346,38 @@ def create_app(pool: ModelPool, engine: Engine, settings: ServerSettings) -> _Bo
                 if event == "delta":
                     yield chunk(rest[0], None)
                 elif event == "done":
-                    usage = {"prompt_tokens": len(req.prompt.input_ids), "completion_tokens": len(req.tokens),
-                             "total_tokens": len(req.prompt.input_ids) + len(req.tokens)}
+                    usage = {
+                        "prompt_tokens": len(req.prompt.input_ids),
+                        "completion_tokens": len(req.tokens),
+                        "total_tokens": len(req.prompt.input_ids) + len(req.tokens),
+                    }
                     final = json.loads(chunk(None, rest[0])[6:])
                     final["usage"] = usage
                     yield "data: " + json.dumps(final) + "\n\n"
                     yield "data: [DONE]\n\n"
                     return
                 else:
-                    yield "data: " + json.dumps({"error": {"message": rest[0], "type": "server_error",
-                                                           "param": None, "code": None}}) + "\n\n"
+                    yield (
+                        "data: "
+                        + json.dumps(
+                            {"error": {"message": rest[0], "type": "server_error", "param": None, "code": None}}
+                        )
+                        + "\n\n"
+                    )
                     return
         finally:  # the client went away (or the stream ended): its row stops costing compute
             req.cancelled.set()
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "models": list(pool.models), "queue_depth": engine.depth,
-                "in_flight": engine.in_flight, "batches": engine.batches, "largest_batch": engine.largest_batch}
+        return {
+            "status": "ok",
+            "models": list(pool.models),
+            "queue_depth": engine.depth,
+            "in_flight": engine.in_flight,
+            "batches": engine.batches,
+            "largest_batch": engine.largest_batch,
+        }
 
     @app.get("/metrics")
     async def prometheus():
@@ -320,9 +387,21 @@ def create_app(pool: ModelPool, engine: Engine, settings: ServerSettings) -> _Bo
 
     @app.get("/v1/models")
     async def models():
-        return {"object": "list", "data": [
-            {"id": m.id, "object": "model", "created": created, "owned_by": "tunelab", "root": m.root,
-             "parent": m.parent, "max_model_len": pool.groups[m.group].max_length} for m in pool.models.values()]}
+        return {
+            "object": "list",
+            "data": [
+                {
+                    "id": m.id,
+                    "object": "model",
+                    "created": created,
+                    "owned_by": "tunelab",
+                    "root": m.root,
+                    "parent": m.parent,
+                    "max_model_len": pool.groups[m.group].max_length,
+                }
+                for m in pool.models.values()
+            ],
+        }
 
     @app.post("/v1/chat/completions")
     async def chat(body: ChatBody, request: Request):
@@ -339,12 +418,16 @@ def create_app(pool: ModelPool, engine: Engine, settings: ServerSettings) -> _Bo
 
     def allowed(path: str) -> Path:
         if not settings.adapter_dirs:
-            raise ApiError(404, "adapter loading is off (start the server with --allow-adapter-loading DIR)",
-                           code="adapter_loading_disabled")
+            raise ApiError(
+                404,
+                "adapter loading is off (start the server with --allow-adapter-loading DIR)",
+                code="adapter_loading_disabled",
+            )
         resolved = Path(path).expanduser().resolve()
         if not any(resolved.is_relative_to(d.resolve()) for d in settings.adapter_dirs):
-            raise ApiError(403, f"{path} is not under a folder this server may load adapters from",
-                           "permission_error", "lora_path")
+            raise ApiError(
+                403, f"{path} is not under a folder this server may load adapters from", "permission_error", "lora_path"
+            )
         return resolved
 
     @app.post("/v1/load_lora_adapter")

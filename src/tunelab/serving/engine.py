@@ -111,13 +111,13 @@ class _Rows(BaseStreamer, StoppingCriteria):
         if text.endswith("\ufffd"):  # an incomplete UTF-8 sequence: wait for its next bytes
             safe = min(safe, len(text) - 1)
         if safe > req.sent:
-            req.emit(("delta", text[req.sent:safe]))
+            req.emit(("delta", text[req.sent : safe]))
             req.sent = safe
 
     @staticmethod
     def _flush(req: GenerationRequest) -> None:
         if len(req.text) > req.sent:
-            req.emit(("delta", req.text[req.sent:]))
+            req.emit(("delta", req.text[req.sent :]))
             req.sent = len(req.text)
 
     def end(self) -> None:
@@ -132,8 +132,15 @@ class _Rows(BaseStreamer, StoppingCriteria):
 
 
 class Engine:
-    def __init__(self, pool: ModelPool, max_batch_size: int = 16, window_ms: float = 15.0, max_queue: int = 64,
-                 precision: str = "fp32", metrics: Any = None):
+    def __init__(
+        self,
+        pool: ModelPool,
+        max_batch_size: int = 16,
+        window_ms: float = 15.0,
+        max_queue: int = 64,
+        precision: str = "fp32",
+        metrics: Any = None,
+    ):
         self.pool, self.max_batch_size, self.window = pool, max_batch_size, window_ms / 1000
         self.precision, self.metrics = precision, metrics
         self._queue: queue.Queue[GenerationRequest] = queue.Queue(maxsize=max_queue)
@@ -227,9 +234,13 @@ class Engine:
         eos |= set(gen_eos if isinstance(gen_eos, list) else [gen_eos] if gen_eos is not None else [])
         rows = _Rows(batch, tok, eos, self.metrics.token if self.metrics else (lambda: None))
         first = batch[0]
-        kwargs: dict[str, Any] = {"max_new_tokens": max(r.max_tokens for r in batch), "streamer": rows,
-                                  "stopping_criteria": StoppingCriteriaList([rows]), "pad_token_id": tok.pad_token_id,
-                                  "eos_token_id": sorted(eos)}
+        kwargs: dict[str, Any] = {
+            "max_new_tokens": max(r.max_tokens for r in batch),
+            "streamer": rows,
+            "stopping_criteria": StoppingCriteriaList([rows]),
+            "pad_token_id": tok.pad_token_id,
+            "eos_token_id": sorted(eos),
+        }
         if first.greedy:
             kwargs.update(do_sample=False, num_beams=1)
         else:
@@ -240,16 +251,26 @@ class Engine:
         self.largest_batch = max(self.largest_batch, len(batch))
         with group.lock:
             device = next(group.model.parameters()).device
-            inputs = {k: v.to(device) for k, v in generation_batch([r.prompt for r in batch], tok.pad_token_id,
-                                                                   group.arch).items()}
+            inputs = {
+                k: v.to(device)
+                for k, v in generation_batch([r.prompt for r in batch], tok.pad_token_id, group.arch).items()
+            }
             now = time.perf_counter()
             for r in batch:
                 r.started = now
-            with torch.inference_mode(), autocast(device, resolve_precision(self.precision, device)), \
-                    self._seeded(first):
+            with (
+                torch.inference_mode(),
+                autocast(device, resolve_precision(self.precision, device)),
+                self._seeded(first),
+            ):
                 if group.arch == "causal" and len(batch) > 1 and min(len(r.prompt.input_ids) for r in batch) > 1:
-                    cache = prefill_cache(group.model, [r.prompt.input_ids for r in batch], tok.pad_token_id,
-                                          kwargs.get("adapter_names"), device)
+                    cache = prefill_cache(
+                        group.model,
+                        [r.prompt.input_ids for r in batch],
+                        tok.pad_token_id,
+                        kwargs.get("adapter_names"),
+                        device,
+                    )
                     if cache is not None:
                         kwargs["past_key_values"] = cache
                 group.model.generate(**inputs, **kwargs)
@@ -268,8 +289,9 @@ class Engine:
             yield
 
 
-def prefill_cache(model, prompts: list[list[int]], pad_id: int, adapter_names: list[str] | None, device,
-                  micro_batch: int = 4):
+def prefill_cache(
+    model, prompts: list[list[int]], pad_id: int, adapter_names: list[str] | None, device, micro_batch: int = 4
+):
     """The batch's KV cache for all but each prompt's last token, computed in micro-batches of similar length
     (a left-padded batch of mixed lengths spends most of its prefill on padding), then left-padded to one
     length; `generate` continues from it with each prompt's last token. None for caches of another layout
@@ -283,17 +305,25 @@ def prefill_cache(model, prompts: list[list[int]], pad_id: int, adapter_names: l
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     rows: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
     for start in range(0, len(order), micro_batch):
-        part = order[start:start + micro_batch]
-        batch = {k: v.to(device) for k, v in
-                 generation_batch([Encoded(prompts[i][:-1]) for i in part], pad_id, "causal").items()}
+        part = order[start : start + micro_batch]
+        batch = {
+            k: v.to(device)
+            for k, v in generation_batch([Encoded(prompts[i][:-1]) for i in part], pad_id, "causal").items()
+        }
         cache = DynamicCache()
         extra = {"adapter_names": [adapter_names[i] for i in part]} if adapter_names is not None else {}
-        model(**batch, position_ids=position_ids_from_mask(batch["attention_mask"]), past_key_values=cache,
-              use_cache=True, logits_to_keep=1, **extra)
+        model(
+            **batch,
+            position_ids=position_ids_from_mask(batch["attention_mask"]),
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+            **extra,
+        )
         if not all(isinstance(layer, DynamicLayer) for layer in cache.layers):
             return None
         for j, i in enumerate(part):
-            rows[i] = [(layer.keys[j:j + 1], layer.values[j:j + 1]) for layer in cast(list[Any], cache.layers)]
+            rows[i] = [(layer.keys[j : j + 1], layer.values[j : j + 1]) for layer in cast(list[Any], cache.layers)]
     merged = DynamicCache()
     for layer in range(len(rows[0])):
         keys, values = [], []

@@ -85,8 +85,9 @@ class ModelPool:
     def _add_group(self, key: str, loaded) -> Group:
         loaded.model.eval()
         encoder = PromptEncoder(loaded.tokenizer, loaded.arch, loaded.use_chat_template, _window(loaded.model), 1)
-        group = Group(loaded.model, loaded.tokenizer, loaded.arch, loaded.use_chat_template, encoder,
-                      _window(loaded.model))
+        group = Group(
+            loaded.model, loaded.tokenizer, loaded.arch, loaded.use_chat_template, encoder, _window(loaded.model)
+        )
         self.groups[key] = group
         return group
 
@@ -105,8 +106,10 @@ class ModelPool:
         folder = path / "adapter" if (path / "adapter").is_dir() else path
         meta = read_adapter_meta(folder)
         if meta.get("method") and meta["method"] not in SERVABLE_ADAPTERS:
-            raise ModelError(f"adapter {folder} is {meta['method']}: serving mixes LoRA/QLoRA adapters in one batch; "
-                             "merge other methods (tunelab merge) or serve a full fine-tuning run")
+            raise ModelError(
+                f"adapter {folder} is {meta['method']}: serving mixes LoRA/QLoRA adapters in one batch; "
+                "merge other methods (tunelab merge) or serve a full fine-tuning run"
+            )
         group = self.groups["base"]
         with group.lock:
             group.model = attach_adapter(group.model, folder, self.base_id, adapter_name=name)

@@ -117,10 +117,14 @@ def build(options: ServeOptions):
     for name, path in full_runs:
         pool.add_full_run(name, path)
     engine = Engine(pool, options.max_batch_size, options.batch_window_ms, options.max_queue, options.precision)
-    settings = ServerSettings(api_key=api_key, max_body_bytes=options.max_body_bytes,
-                              max_prompt_tokens=options.max_prompt_tokens, max_tokens=options.max_tokens,
-                              adapter_dirs=[Path(d) for d in options.adapter_dirs],
-                              examples=_examples(options.runs))
+    settings = ServerSettings(
+        api_key=api_key,
+        max_body_bytes=options.max_body_bytes,
+        max_prompt_tokens=options.max_prompt_tokens,
+        max_tokens=options.max_tokens,
+        adapter_dirs=[Path(d) for d in options.adapter_dirs],
+        examples=_examples(options.runs),
+    )
     return pool, engine, create_app(pool, engine, settings)
 
 
@@ -135,10 +139,17 @@ def serve(options: ServeOptions) -> None:
             for problem in vllm_lora_problems(m.root):
                 logger.warning(f"note: adapter {m.id} on vLLM: {problem}")
     engine.start()
-    config = uvicorn.Config(app, host=options.host, port=options.port, log_level="warning",
-                            timeout_graceful_shutdown=options.graceful_seconds, lifespan="off")
-    logger.warning(f"serving {', '.join(pool.models)} at http://{options.host}:{options.port}  "
-                   "(playground: /, API: /v1)")  # a warning: shown even with --quiet, it says where to connect
+    config = uvicorn.Config(
+        app,
+        host=options.host,
+        port=options.port,
+        log_level="warning",
+        timeout_graceful_shutdown=options.graceful_seconds,
+        lifespan="off",
+    )
+    logger.warning(
+        f"serving {', '.join(pool.models)} at http://{options.host}:{options.port}  (playground: /, API: /v1)"
+    )  # a warning: shown even with --quiet, it says where to connect
     # uvicorn drains on SIGTERM/SIGINT, then re-raises the signal to the handler found at start: a no-op one
     # makes a drained shutdown exit 0 instead of dying of the signal.
     signal.signal(signal.SIGTERM, lambda *_: None)

@@ -28,7 +28,9 @@ def vllm_lora_problems(adapter_dir: str | Path) -> list[str]:
         needed = next(x for x in VLLM_LORA_RANKS if x >= r)
         problems.append(f"rank {r}: start vLLM with --max-lora-rank {needed} (its default is {VLLM_DEFAULT_MAX_RANK})")
     if cfg.get("modules_to_save"):
-        problems.append(f"modules_to_save {cfg['modules_to_save']}: fully trained modules are not loaded by vLLM's LoRA")
+        problems.append(
+            f"modules_to_save {cfg['modules_to_save']}: fully trained modules are not loaded by vLLM's LoRA"
+        )
     if cfg.get("bias", "none") != "none":
         problems.append(f"bias {cfg['bias']!r}: needs vLLM's --enable-lora-bias")
     targets = cfg.get("target_modules") or []
@@ -37,6 +39,8 @@ def vllm_lora_problems(adapter_dir: str | Path) -> list[str]:
     if special:
         problems.append(f"target_modules {special}: embedding/output LoRA is not supported by current vLLM")
     if cfg.get("task_type") == "SEQ_2_SEQ_LM":
-        problems.append("encoder-decoder (seq2seq) adapter: vLLM's LoRA does not support encoder-decoder models; "
-                        "serve it with tunelab")
+        problems.append(
+            "encoder-decoder (seq2seq) adapter: vLLM's LoRA does not support encoder-decoder models; "
+            "serve it with tunelab"
+        )
     return problems

@@ -58,8 +58,14 @@ def restore_rng(rng: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(rng["cuda"])
 
 
-def save_checkpoint(folder: Path, weights: dict[str, torch.Tensor], optimizer_state: dict[str, Any], scheduler,
-                    state: TrainingState, keep_last: int = 2) -> Path:
+def save_checkpoint(
+    folder: Path,
+    weights: dict[str, torch.Tensor],
+    optimizer_state: dict[str, Any],
+    scheduler,
+    state: TrainingState,
+    keep_last: int = 2,
+) -> Path:
     """Write a checkpoint from whole tensors (`whole_trainable_state`, `whole_optimizer_state`); main process only."""
     final = folder / f"step-{state.step}"
     bad = non_finite_names(weights.items())
@@ -74,8 +80,15 @@ def save_checkpoint(folder: Path, weights: dict[str, torch.Tensor], optimizer_st
     return final
 
 
-def save_sharded_checkpoint(folder: Path, model: torch.nn.Module, optimizer: Any, scheduler, state: TrainingState,
-                            accelerator, keep_last: int = 2) -> Path:
+def save_sharded_checkpoint(
+    folder: Path,
+    model: torch.nn.Module,
+    optimizer: Any,
+    scheduler,
+    state: TrainingState,
+    accelerator,
+    keep_last: int = 2,
+) -> Path:
     """Write a checkpoint of an FSDP-sharded model: every process writes its own shards into the folder the
     main process stages (a collective: all processes call it). The caller has checked the weights are finite."""
     from accelerate.utils import broadcast_object_list
@@ -99,8 +112,11 @@ def save_sharded_checkpoint(folder: Path, model: torch.nn.Module, optimizer: Any
 
 def _what_is_kept(folder: Path) -> str:
     previous = latest_checkpoint(folder)
-    return (f"the previous checkpoint {previous} is intact (free some space, then continue with --resume)"
-            if previous else "no earlier checkpoint exists")
+    return (
+        f"the previous checkpoint {previous} is intact (free some space, then continue with --resume)"
+        if previous
+        else "no earlier checkpoint exists"
+    )
 
 
 def _write_schedule_and_position(stage: Path, scheduler, state: TrainingState) -> None:
@@ -109,9 +125,11 @@ def _write_schedule_and_position(stage: Path, scheduler, state: TrainingState) -
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state_all()
     torch.save(rng, stage / "rng.pt")
-    (stage / "state.json").write_text(json.dumps({"step": state.step, "epoch": state.epoch,
-                                                  "batch_in_epoch": state.batch_in_epoch,
-                                                  "history": state.history}))
+    (stage / "state.json").write_text(
+        json.dumps(
+            {"step": state.step, "epoch": state.epoch, "batch_in_epoch": state.batch_in_epoch, "history": state.history}
+        )
+    )
 
 
 def _prune(folder: Path, keep_last: int) -> None:
@@ -123,7 +141,9 @@ def list_checkpoints(folder: Path) -> list[Path]:
     """Complete checkpoints, oldest first (temporary folders of interrupted writes are ignored)."""
     if not folder.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _STEP.match(p.name)) and (p / "state.json").is_file()]
+    found = [
+        (int(m.group(1)), p) for p in folder.iterdir() if (m := _STEP.match(p.name)) and (p / "state.json").is_file()
+    ]
     return [p for _, p in sorted(found)]
 
 
@@ -160,8 +180,9 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer, scheduler) ->
         _load_whole(path, model, optimizer)
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
     raw = json.loads((path / "state.json").read_text())
-    return TrainingState(raw["step"], raw["epoch"], raw["batch_in_epoch"], raw["history"],
-                         torch.load(path / "rng.pt", weights_only=True))
+    return TrainingState(
+        raw["step"], raw["epoch"], raw["batch_in_epoch"], raw["history"], torch.load(path / "rng.pt", weights_only=True)
+    )
 
 
 def _load_whole(path: Path, model: torch.nn.Module, optimizer) -> None:
@@ -170,14 +191,21 @@ def _load_whole(path: Path, model: torch.nn.Module, optimizer) -> None:
     missing = [n for n, p in params.items() if p.requires_grad and n not in weights]
     unexpected = [n for n in weights if n not in params]
     if missing or unexpected:
-        raise TrainingError(f"checkpoint {path} does not match the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
+        raise TrainingError(
+            f"checkpoint {path} does not match the model (missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
     bad = non_finite_names(weights.items())
     if bad:
         from tunelab.training.finite import latest_finite_checkpoint
 
         good = latest_finite_checkpoint(path.parent)
-        raise TrainingError(f"checkpoint {path} holds non-finite weights ({', '.join(bad)}); "
-                            + (f"the last finite one is {good}: remove the newer ones to resume from it"
-                               if good else "no finite checkpoint exists"))
+        raise TrainingError(
+            f"checkpoint {path} holds non-finite weights ({', '.join(bad)}); "
+            + (
+                f"the last finite one is {good}: remove the newer ones to resume from it"
+                if good
+                else "no finite checkpoint exists"
+            )
+        )
     load_trainable_state(model, weights)
     load_optimizer_state(model, optimizer, torch.load(path / "optimizer.pt", weights_only=True))

@@ -76,8 +76,10 @@ def enable_fsdp(accelerator: Accelerator, mixed_precision: str) -> bool:
     if state.distributed_type != DistributedType.FSDP:
         return False
     if state.fsdp_plugin.fsdp_version != 2:
-        raise TrainingError("tunelab supports FSDP version 2 only: set `fsdp_version: 2` in the accelerate config "
-                            "(see configs/accelerate/fsdp.yaml)")
+        raise TrainingError(
+            "tunelab supports FSDP version 2 only: set `fsdp_version: 2` in the accelerate config "
+            "(see configs/accelerate/fsdp.yaml)"
+        )
     return True
 
 
@@ -85,13 +87,17 @@ def check_fsdp_supported(model: torch.nn.Module, has_regularizer: bool) -> None:
     """FSDP covers full fine-tuning and the PEFT methods that keep the model's own generate (LoRA, IA3)."""
     peft_cfg = getattr(model, "active_peft_config", None)
     if peft_cfg is not None and peft_cfg.is_prompt_learning:
-        raise TrainingError(f"FSDP is not supported with {peft_cfg.peft_type.value.lower()}: its parameters are a few "
-                            "thousand, so use data-parallel training (configs/accelerate/ddp_*.yaml)")
+        raise TrainingError(
+            f"FSDP is not supported with {peft_cfg.peft_type.value.lower()}: its parameters are a few "
+            "thousand, so use data-parallel training (configs/accelerate/ddp_*.yaml)"
+        )
     if any(type(m).__name__ == "Linear4bit" for m in model.modules()):
         raise TrainingError("FSDP is not supported with QLoRA's 4-bit base in tunelab; use data-parallel training")
     if has_regularizer:
-        raise TrainingError("training.regularization (L2-SP / EWC) is not supported under FSDP: its reference "
-                            "weights would have to be sharded like the model; use data-parallel training")
+        raise TrainingError(
+            "training.regularization (L2-SP / EWC) is not supported under FSDP: its reference "
+            "weights would have to be sharded like the model; use data-parallel training"
+        )
 
 
 def share_embedding_modules(model: torch.nn.Module) -> None:
@@ -102,7 +108,12 @@ def share_embedding_modules(model: torch.nn.Module) -> None:
     shared = base.get_input_embeddings()
     for stack in (getattr(base, "encoder", None), getattr(base, "decoder", None)):
         embed = getattr(stack, "embed_tokens", None)
-        if stack is not None and embed is not None and embed is not shared and getattr(embed, "weight", None) is shared.weight:
+        if (
+            stack is not None
+            and embed is not None
+            and embed is not shared
+            and getattr(embed, "weight", None) is shared.weight
+        ):
             stack.embed_tokens = shared
 
 
@@ -133,8 +144,9 @@ def whole_optimizer_state(model: torch.nn.Module, optimizer: Any) -> dict[str, A
     FSDP). The same format with and without FSDP, so a checkpoint resumes under either."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
-    return get_optimizer_state_dict(model, _inner(optimizer),
-                                    options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return get_optimizer_state_dict(
+        model, _inner(optimizer), options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+    )
 
 
 def load_trainable_state(model: torch.nn.Module, weights: dict[str, torch.Tensor]) -> None:
@@ -154,11 +166,14 @@ def load_optimizer_state(model: torch.nn.Module, optimizer: Any, state: dict[str
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
     if any(isinstance(k, int) for k in state.get("state", {})):
-        raise TrainingError("the checkpoint's optimizer state is keyed by position (torch's Optimizer.state_dict(); "
-                            "tunelab's checkpoints key it by parameter name since FSDP support), so it cannot be "
-                            "matched to the parameters: start the run again")
-    set_optimizer_state_dict(model, _inner(optimizer), optim_state_dict=state,
-                             options=StateDictOptions(full_state_dict=is_sharded(model)))
+        raise TrainingError(
+            "the checkpoint's optimizer state is keyed by position (torch's Optimizer.state_dict(); "
+            "tunelab's checkpoints key it by parameter name since FSDP support), so it cannot be "
+            "matched to the parameters: start the run again"
+        )
+    set_optimizer_state_dict(
+        model, _inner(optimizer), optim_state_dict=state, options=StateDictOptions(full_state_dict=is_sharded(model))
+    )
 
 
 SHARDED = "sharded"  # a checkpoint's torch.distributed.checkpoint folder under FSDP
@@ -178,8 +193,10 @@ def save_sharded_state(folder: Path, model: torch.nn.Module, optimizer: Any) -> 
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
 
-    dcp.save({"model": _trainable_model_state(model), "optim": get_optimizer_state_dict(model, _inner(optimizer))},
-             checkpoint_id=str(folder))
+    dcp.save(
+        {"model": _trainable_model_state(model), "optim": get_optimizer_state_dict(model, _inner(optimizer))},
+        checkpoint_id=str(folder),
+    )
 
 
 def load_sharded_state(folder: Path, model: torch.nn.Module, optimizer: Any) -> None:
@@ -211,7 +228,10 @@ def read_sharded_weights(folder: Path) -> dict[str, torch.Tensor]:
 
     reader = FileSystemReader(str(folder))
     meta = reader.read_metadata().state_dict_metadata
-    weights = {k: torch.empty(m.size, dtype=m.properties.dtype) for k, m in meta.items()
-               if k.startswith("model.") and isinstance(m, TensorStorageMetadata)}
+    weights = {
+        k: torch.empty(m.size, dtype=m.properties.dtype)
+        for k, m in meta.items()
+        if k.startswith("model.") and isinstance(m, TensorStorageMetadata)
+    }
     dcp.load(weights, storage_reader=reader)
     return {k.removeprefix("model."): v for k, v in weights.items()}

@@ -54,6 +54,9 @@ def latest_finite_checkpoint(folder: Path | None) -> Path | None:
 
 def stop_message(what: str, step: int, checkpoint_dir: Path | None) -> str:
     last = latest_finite_checkpoint(checkpoint_dir)
-    where = (f"; last finite checkpoint: {last} (continue from it with --resume, e.g. with a lower training.lr)"
-             if last else "; no finite checkpoint was written before it")
+    where = (
+        f"; last finite checkpoint: {last} (continue from it with --resume, e.g. with a lower training.lr)"
+        if last
+        else "; no finite checkpoint was written before it"
+    )
     return f"{what} at optimizer step {step}; training stopped, nothing was saved from it{where}"

@@ -119,8 +119,9 @@ def total_optimizer_steps(cfg: TrainingConfig, batches_per_epoch: int) -> int:
 
 
 @torch.no_grad()
-def evaluation_loss(model: torch.nn.Module, loader: DataLoader, arch: Arch,
-                    accelerator: Accelerator | None = None) -> float:
+def evaluation_loss(
+    model: torch.nn.Module, loader: DataLoader, arch: Arch, accelerator: Accelerator | None = None
+) -> float:
     """Mean token-level loss over a data set (each token weighs the same, whatever its batch or process)."""
     was_training = model.training
     model.eval()
@@ -168,12 +169,23 @@ class LoopState:
     stale: int = 0  # evaluations since the best one (patience)
 
 
-def train_model(model: torch.nn.Module, tokenizer, arch: Arch, train_set: Sequence[Encoded],
-                eval_set: Sequence[Encoded] | None, cfg: TrainingConfig, *, seed: int, device: torch.device,
-                log_dir: Path | None = None, checkpoint_dir: Path | None = None, resume_from: Path | None = None,
-                regularizer: Callable[[], torch.Tensor] | None = None,
-                show_progress: bool = True,
-                validate: Callable[[torch.nn.Module], dict[str, float]] | None = None) -> TrainResult:
+def train_model(
+    model: torch.nn.Module,
+    tokenizer,
+    arch: Arch,
+    train_set: Sequence[Encoded],
+    eval_set: Sequence[Encoded] | None,
+    cfg: TrainingConfig,
+    *,
+    seed: int,
+    device: torch.device,
+    log_dir: Path | None = None,
+    checkpoint_dir: Path | None = None,
+    resume_from: Path | None = None,
+    regularizer: Callable[[], torch.Tensor] | None = None,
+    show_progress: bool = True,
+    validate: Callable[[torch.nn.Module], dict[str, float]] | None = None,
+) -> TrainResult:
     """Train `model` in place. With `checkpoint_dir` and `cfg.save_every`, checkpoints are written every
     N optimizer steps; `resume_from` continues from one exactly (weights, optimizer, scheduler, RNG,
     data position and loss history), giving the same result as an uninterrupted run. `validate` scores
@@ -189,17 +201,30 @@ def train_model(model: torch.nn.Module, tokenizer, arch: Arch, train_set: Sequen
     return _finish(state)
 
 
-def _set_up(model: torch.nn.Module, tokenizer, arch: Arch, train_set: Sequence[Encoded],
-            eval_set: Sequence[Encoded] | None, cfg: TrainingConfig, seed: int, device: torch.device,
-            checkpoint_dir: Path | None, regularizer: Callable[[], torch.Tensor] | None) -> LoopState:
+def _set_up(
+    model: torch.nn.Module,
+    tokenizer,
+    arch: Arch,
+    train_set: Sequence[Encoded],
+    eval_set: Sequence[Encoded] | None,
+    cfg: TrainingConfig,
+    seed: int,
+    device: torch.device,
+    checkpoint_dir: Path | None,
+    regularizer: Callable[[], torch.Tensor] | None,
+) -> LoopState:
     """Accelerator, length-grouped data loaders, optimizer and schedule, all prepared by accelerate."""
     if not train_set:
         raise TrainingError("the training set is empty")
     set_seed(seed)
     amp = mixed_precision(cfg, device)
     _fresh_accelerator_state(amp)
-    accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum, mixed_precision=amp,
-                              cpu=device.type == "cpu", dataloader_config=DataLoaderConfiguration(split_batches=True))
+    accelerator = Accelerator(
+        gradient_accumulation_steps=cfg.grad_accum,
+        mixed_precision=amp,
+        cpu=device.type == "cpu",
+        dataloader_config=DataLoaderConfiguration(split_batches=True),
+    )
     if enable_fsdp(accelerator, amp):
         check_fsdp_supported(model, regularizer is not None)
         share_embedding_modules(model)
@@ -207,8 +232,7 @@ def _set_up(model: torch.nn.Module, tokenizer, arch: Arch, train_set: Sequence[E
     # split_batches: `batch_size` is the global batch; under DDP each process takes its slice of it.
     batches = LengthGroupedBatches([e.length for e in train_set], cfg.batch_size, seed, cfg.group_by_length)
     loader: DataLoader = DataLoader(as_dataset(train_set), batch_sampler=batches, collate_fn=collator)
-    eval_loader = (DataLoader(as_dataset(eval_set), batch_size=cfg.batch_size, collate_fn=collator) if eval_set
-                   else None)
+    eval_loader = DataLoader(as_dataset(eval_set), batch_size=cfg.batch_size, collate_fn=collator) if eval_set else None
 
     total_steps = total_optimizer_steps(cfg, len(loader))
     params = [p for p in model.parameters() if p.requires_grad]
@@ -217,15 +241,34 @@ def _set_up(model: torch.nn.Module, tokenizer, arch: Arch, train_set: Sequence[E
     if cfg.gradient_checkpointing:
         enable_gradient_checkpointing(model)
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = get_scheduler(cfg.scheduler, optimizer, num_warmup_steps=math.ceil(cfg.warmup_ratio * total_steps),
-                              num_training_steps=total_steps)
+    scheduler = get_scheduler(
+        cfg.scheduler,
+        optimizer,
+        num_warmup_steps=math.ceil(cfg.warmup_ratio * total_steps),
+        num_training_steps=total_steps,
+    )
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
     params = [p for p in model.parameters() if p.requires_grad]  # FSDP replaces them with sharded ones
     if eval_loader is not None:
         eval_loader = accelerator.prepare(eval_loader)
     result = TrainResult(steps=0, epochs=0.0, seconds=0.0, precision=resolve_precision(cfg.precision, device))
-    return LoopState(cfg, arch, accelerator, model, optimizer, scheduler, batches, loader, eval_loader, params,
-                     total_steps, regularizer, checkpoint_dir, result, PeakMemory(device))
+    return LoopState(
+        cfg,
+        arch,
+        accelerator,
+        model,
+        optimizer,
+        scheduler,
+        batches,
+        loader,
+        eval_loader,
+        params,
+        total_steps,
+        regularizer,
+        checkpoint_dir,
+        result,
+        PeakMemory(device),
+    )
 
 
 def _restore(state: LoopState, checkpoint: Path) -> None:
@@ -250,8 +293,9 @@ def _start_logging(state: LoopState, log_dir: Path | None, resumed: bool, show_p
         state.writer = SummaryWriter(str(log_dir), purge_step=state.step + 1 if resumed else None)
     state.memory.reset()
     state.model.train()
-    state.bar = tqdm(total=state.total_steps, initial=state.step, desc="train", unit="step",
-                     disable=not show_progress or not main)
+    state.bar = tqdm(
+        total=state.total_steps, initial=state.step, desc="train", unit="step", disable=not show_progress or not main
+    )
     state.t0 = time.perf_counter() - state.result.seconds
 
 
@@ -286,8 +330,9 @@ def _micro_step(state: LoopState, batch: dict[str, torch.Tensor]) -> None:
         loss = completion_loss(state.model, batch, state.arch)
         state.memory.sample()
         if not torch.isfinite(loss):
-            raise TrainingError(stop_message(f"non-finite training loss ({loss.item()})", step + 1,
-                                             state.checkpoint_dir))
+            raise TrainingError(
+                stop_message(f"non-finite training loss ({loss.item()})", step + 1, state.checkpoint_dir)
+            )
         total = loss + state.regularizer() if state.regularizer is not None else loss
         accelerator.backward(total)
         state.memory.sample()
@@ -312,11 +357,13 @@ def _count(state: LoopState, batch: dict[str, torch.Tensor], loss: torch.Tensor)
     """Loss for the log window and token counts, over all processes."""
     accelerator = state.accelerator
     padded = batch["input_ids"].numel() + (batch["labels"].numel() if state.arch == "seq2seq" else 0)
-    stats = torch.tensor([float(loss.detach()), float((batch["labels"] != IGNORE_INDEX).sum()), float(padded)],
-                         device=accelerator.device)
+    stats = torch.tensor(
+        [float(loss.detach()), float((batch["labels"] != IGNORE_INDEX).sum()), float(padded)], device=accelerator.device
+    )
     if accelerator.num_processes > 1:  # loss: mean over processes; token counts: their sum
-        stats = accelerator.reduce(stats, "sum") / torch.tensor([accelerator.num_processes, 1, 1],
-                                                               device=accelerator.device)
+        stats = accelerator.reduce(stats, "sum") / torch.tensor(
+            [accelerator.num_processes, 1, 1], device=accelerator.device
+        )
     logged, completion, padded = stats.tolist()
     state.result.completion_tokens += int(completion)
     state.result.padded_tokens += int(padded)
@@ -342,8 +389,12 @@ def _after_update(state: LoopState, batch_in_epoch: int) -> None:
     if state.eval_loader is not None and cfg.eval_every and step % cfg.eval_every == 0 and step < state.total_steps:
         _log_eval_loss(state)
         _consider(state, "eval_loss", state.result.eval_loss[-1][1])
-    if state.validate is not None and cfg.eval_generate_every and step % cfg.eval_generate_every == 0 \
-            and step < state.total_steps:
+    if (
+        state.validate is not None
+        and cfg.eval_generate_every
+        and step % cfg.eval_generate_every == 0
+        and step < state.total_steps
+    ):
         _log_generation(state)
     if cfg.save_every and step % cfg.save_every == 0 and step < state.total_steps:
         _checkpoint(state, batch_in_epoch)
@@ -354,8 +405,9 @@ def _after_update(state: LoopState, batch_in_epoch: int) -> None:
 
 def _log_eval_loss(state: LoopState) -> None:
     assert state.eval_loader is not None  # called only when there is a validation split
-    state.result.eval_loss.append((state.step, evaluation_loss(state.model, state.eval_loader, state.arch,
-                                                               state.accelerator)))
+    state.result.eval_loss.append(
+        (state.step, evaluation_loss(state.model, state.eval_loader, state.arch, state.accelerator))
+    )
     if state.writer:
         state.writer.add_scalar("eval/loss", state.result.eval_loss[-1][1], state.step)
 
@@ -375,7 +427,9 @@ def _consider(state: LoopState, metric: str, value: float) -> None:
     """Keep the weights of the best evaluation of `select_by` (lower loss, higher ROUGE is better)."""
     if metric != state.cfg.select_by:
         return
-    better = state.best is None or (value < state.best["value"] if metric == "eval_loss" else value > state.best["value"])
+    better = state.best is None or (
+        value < state.best["value"] if metric == "eval_loss" else value > state.best["value"]
+    )
     if not better:
         state.stale += 1
         return
@@ -393,17 +447,25 @@ def _checkpoint(state: LoopState, batch_in_epoch: int) -> None:
     if state.checkpoint_dir is None:
         return
     result, accelerator = state.result, state.accelerator
-    history = {"train_loss": result.train_loss, "eval_loss": result.eval_loss, "window": state.window,
-               "completion_tokens": result.completion_tokens, "padded_tokens": result.padded_tokens,
-               "seconds": time.perf_counter() - state.t0, "eval_generation": result.eval_generation,
-               "best": state.best, "stale": state.stale}
+    history = {
+        "train_loss": result.train_loss,
+        "eval_loss": result.eval_loss,
+        "window": state.window,
+        "completion_tokens": result.completion_tokens,
+        "padded_tokens": result.padded_tokens,
+        "seconds": time.perf_counter() - state.t0,
+        "eval_generation": result.eval_generation,
+        "best": state.best,
+        "stale": state.stale,
+    }
     unwrapped = accelerator.unwrap_model(state.model)
     position = TrainingState(state.step, state.epoch, batch_in_epoch, history)
     if is_sharded(unwrapped):  # each process writes its shards; nothing is gathered
         if not all_finite((p for p in unwrapped.parameters() if p.requires_grad), accelerator):
             raise TrainingError(f"refusing to write checkpoint step-{state.step}: non-finite trainable weights")
-        save_sharded_checkpoint(state.checkpoint_dir, unwrapped, state.optimizer, state.scheduler, position,
-                                accelerator)
+        save_sharded_checkpoint(
+            state.checkpoint_dir, unwrapped, state.optimizer, state.scheduler, position, accelerator
+        )
     else:
         weights, optimizer_state = whole_trainable_state(unwrapped), whole_optimizer_state(unwrapped, state.optimizer)
         if accelerator.is_main_process:
@@ -420,8 +482,11 @@ def _finish(state: LoopState) -> TrainResult:
     if state.eval_loader is not None and (not result.eval_loss or result.eval_loss[-1][0] != state.step):
         _log_eval_loss(state)
         _consider(state, "eval_loss", result.eval_loss[-1][1])
-    if state.validate is not None and state.cfg.eval_generate_every and (
-            not result.eval_generation or result.eval_generation[-1][0] != state.step):
+    if (
+        state.validate is not None
+        and state.cfg.eval_generate_every
+        and (not result.eval_generation or result.eval_generation[-1][0] != state.step)
+    ):
         _log_generation(state)
     if state.writer:
         state.writer.close()

@@ -32,6 +32,7 @@ def completion_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], arch
     keep = labels.shape[1] - first + 1  # positions first-1 .. end predict labels first .. end
     logits = model(**inputs, logits_to_keep=keep).logits
     shift_logits = logits[:, :-1, :].float()
-    shift_labels = labels[:, labels.shape[1] - keep + 1:]
-    return F.cross_entropy(shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1),
-                           ignore_index=IGNORE_INDEX)
+    shift_labels = labels[:, labels.shape[1] - keep + 1 :]
+    return F.cross_entropy(
+        shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1), ignore_index=IGNORE_INDEX
+    )

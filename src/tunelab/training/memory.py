@@ -60,12 +60,20 @@ class PeakMemory:
 
     def as_dict(self) -> dict[str, int | str]:
         peak = self.peak_rss
-        out: dict[str, int | str] = {"peak_rss_bytes": peak, "rss_at_start_bytes": self.start_rss,
-                                     "peak_rss_increase_bytes": peak - self.start_rss}
+        out: dict[str, int | str] = {
+            "peak_rss_bytes": peak,
+            "rss_at_start_bytes": self.start_rss,
+            "peak_rss_increase_bytes": peak - self.start_rss,
+        }
         if self.device.type == "cuda":
             out["peak_cuda_allocated_bytes"] = torch.cuda.max_memory_allocated(self.device)
-        out["measured"] = ("cuda max_memory_allocated" if self.device.type == "cuda" else
-                           "process peak RSS (kernel high-water mark)" if self.exact else "process RSS, sampled per step")
+        out["measured"] = (
+            "cuda max_memory_allocated"
+            if self.device.type == "cuda"
+            else "process peak RSS (kernel high-water mark)"
+            if self.exact
+            else "process RSS, sampled per step"
+        )
         return out
 
 

@@ -20,8 +20,12 @@ from tunelab.training.loss import completion_loss
 class AnchoredPenalty:
     """strength/2 * sum w * (theta - theta0)^2, with w = 1 (L2-SP) or the Fisher diagonal (EWC)."""
 
-    def __init__(self, params: Iterable[torch.nn.Parameter], strength: float,
-                 weights: dict[torch.nn.Parameter, torch.Tensor] | None = None):
+    def __init__(
+        self,
+        params: Iterable[torch.nn.Parameter],
+        strength: float,
+        weights: dict[torch.nn.Parameter, torch.Tensor] | None = None,
+    ):
         self.params = [p for p in params if p.requires_grad]
         self.anchors = [p.detach().clone() for p in self.params]
         self.strength = strength
@@ -37,8 +41,9 @@ class AnchoredPenalty:
         return 0.5 * self.strength * total
 
 
-def estimate_fisher(model: torch.nn.Module, batches: Iterable[dict[str, torch.Tensor]], arch: Arch,
-                    max_batches: int | None = None) -> dict[torch.nn.Parameter, torch.Tensor]:
+def estimate_fisher(
+    model: torch.nn.Module, batches: Iterable[dict[str, torch.Tensor]], arch: Arch, max_batches: int | None = None
+) -> dict[torch.nn.Parameter, torch.Tensor]:
     params = [p for p in model.parameters() if p.requires_grad]
     fisher = {p: torch.zeros_like(p) for p in params}
     was_training = model.training
