@@ -72,13 +72,15 @@ test-llamacpp: llamacpp
 
 ## Regenerate the README's measured tables from fresh measurements on this machine: the demo (finished arms are
 ## reused; remove runs/dialogsum-compare first for new numbers), a single LoRA run, start-up, serving, lm-eval
-## agreement and export checked by llama.cpp (~1.5 h on 2 cores); then bench/readme_numbers.py rewrites
-## README.md's generated regions from bench/results/.
+## agreement, export checked by llama.cpp, methods and the demo's memory side by side (~2.5 h on 2 cores); then
+## bench/readme_numbers.py rewrites README.md's generated regions from bench/results/.
 readme-numbers: demo demo-lora llamacpp
 	$(BIN)/python bench/startup.py
 	$(BIN)/python bench/serve.py
 	$(BIN)/python bench/lm_eval_agreement.py
 	$(BIN)/python bench/export.py
+	$(BIN)/python bench/methods.py
+	$(BIN)/python bench/demo_memory.py
 	$(BIN)/python bench/readme_numbers.py --collect-demo --collect-demo-lora
 
 clean:

@@ -1,15 +1,17 @@
 """Peak memory and step time of each fine-tuning method on smollm2-135m-instruct, side by side.
 
-One fixed DialogSum batch shape for every method; each method runs in its own process (peak RSS is a
-per-process high-water mark), one warm-up step then timed steps. Prints ratios to full fine-tuning and
-writes bench/results/methods.json.
+The demo's batch (8 DialogSum training dialogues, inputs cut at 320 tokens: 8 x 424 with the chat template and
+summary) for every method; each method runs in its own process (peak RSS is a per-process high-water mark), one
+warm-up step then timed steps. Each method is measured with tunelab's default `training.gradient_checkpointing:
+auto` (which decides per model and batch, as training does) and with checkpointing off. Prints ratios to full
+fine-tuning and writes bench/results/methods.json.
 
-    python bench/methods.py [--methods full,lora,qlora,prompt_tuning,ia3] [--batch 4] [--steps 3] [--return-freed-memory]
+    python bench/methods.py [--methods full,lora,qlora,prompt_tuning,ia3] [--checkpointing auto,off] [--steps 3]
 
-Peak RSS depends on the allocator: glibc keeps freed large blocks in its heap (its mmap threshold grows
-after the first frees), so the high-water mark also counts memory that no tensor holds any more.
-`--return-freed-memory` runs the workers with a fixed MALLOC_MMAP_THRESHOLD_, so freed tensors go back to
-the OS and peak RSS follows live memory (steps are slower then; compare step times from a default run).
+Peak RSS depends on the allocator: glibc keeps freed blocks in its heap, so the high-water mark also counts memory
+that no tensor holds any more. `--return-freed-memory` runs the workers with a fixed MALLOC_MMAP_THRESHOLD_, so
+freed tensors go back to the OS and peak RSS follows live memory; steps are much slower then (every large tensor
+is a fresh, zeroed mapping), which is why tunelab does not set it (bench/results/memory_levers.md).
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ def worker(
     steps: int,
     max_input_tokens: int,
     precision: str = "auto",
-    checkpointing: bool = False,
+    checkpointing: str = "auto",
     attn: str = "auto",
 ) -> dict:
     import torch
@@ -60,6 +62,7 @@ def worker(
     from tunelab.models.precision import autocast, resolve_precision
     from tunelab.training.loop import enable_gradient_checkpointing
     from tunelab.training.loss import completion_loss
+    from tunelab.training.memory import checkpointing_pays
 
     cfg = tunelab.build_config({"method": METHOD_CONFIGS[method], "model": {"attn_implementation": attn}})
     device = pick_device()
@@ -75,7 +78,9 @@ def worker(
     torch.manual_seed(0)
     model = m.prepare(loaded.model, cfg.method, ModelContext("causal", loaded.source.path, ts.eval.instruction))
     model.train()
-    if checkpointing:
+    tokens = int(batch["input_ids"].numel())
+    recompute = checkpointing == "on" or (checkpointing == "auto" and checkpointing_pays(model, tokens))
+    if recompute:
         enable_gradient_checkpointing(model)
     amp = resolve_precision(precision, device)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -95,9 +100,11 @@ def worker(
             torch.cuda.synchronize()
         if i:
             times.append(time.perf_counter() - t0)
-    label = method + (" +ckpt" if checkpointing else "") + (f" [{attn}]" if attn != "auto" else "")
     out = {
-        "method": label,
+        "method": method,
+        "checkpointing": checkpointing,  # the setting: auto, on or off
+        "recomputed": recompute,  # what it came to for this model and batch
+        "attn": attn,
         "precision": amp,
         "step_seconds": sorted(times)[len(times) // 2],
         "step_seconds_all": times,
@@ -115,15 +122,14 @@ def worker(
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--methods", default=",".join(METHOD_CONFIGS))
-    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--steps", type=int, default=3)
-    ap.add_argument("--max-input-tokens", type=int, default=256)
+    ap.add_argument("--max-input-tokens", type=int, default=320)
     ap.add_argument("--precision", default="auto", help="autocast precision, as training.precision")
-    ap.add_argument("--checkpointing", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument(
-        "--also-checkpointing",
-        default="full,lora,qlora",
-        help="methods also measured with training.gradient_checkpointing",
+        "--checkpointing",
+        default="auto,off",
+        help="training.gradient_checkpointing settings to measure (auto, on, off), comma-separated",
     )
     ap.add_argument("--attn", default="auto", help="model.attn_implementation values to measure, comma-separated")
     ap.add_argument(
@@ -135,39 +141,19 @@ def main() -> None:
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "methods.json"))
     args = ap.parse_args()
     if args.worker:
-        print(
-            json.dumps(
-                worker(
-                    args.worker,
-                    args.batch,
-                    args.steps,
-                    args.max_input_tokens,
-                    args.precision,
-                    args.checkpointing,
-                    args.attn,
-                )
-            )
+        row = worker(
+            args.worker, args.batch, args.steps, args.max_input_tokens, args.precision, args.checkpointing, args.attn
         )
+        print(json.dumps(row))
         return
     rows = []
-    runs = [(m, False) for m in args.methods.split(",")] + [(m, True) for m in args.also_checkpointing.split(",") if m]
-    for (method, ckpt), attn in ((r, a) for r in runs for a in args.attn.split(",")):
-        cmd = [
-            sys.executable,
-            __file__,
-            "--worker",
-            method,
-            "--batch",
-            str(args.batch),
-            "--steps",
-            str(args.steps),
-            "--max-input-tokens",
-            str(args.max_input_tokens),
-            "--precision",
-            args.precision,
-            "--attn",
-            attn,
-        ] + (["--checkpointing"] if ckpt else [])
+    grid = [
+        (c, m, a) for c in args.checkpointing.split(",") for m in args.methods.split(",") for a in args.attn.split(",")
+    ]
+    for ckpt, method, attn in grid:
+        cmd = [sys.executable, __file__, "--worker", method, "--batch", str(args.batch), "--steps", str(args.steps)]
+        cmd += ["--max-input-tokens", str(args.max_input_tokens), "--precision", args.precision]
+        cmd += ["--attn", attn, "--checkpointing", ckpt]
         env = {**os.environ, "TQDM_DISABLE": "1"}
         if args.return_freed_memory:
             env["MALLOC_MMAP_THRESHOLD_"] = "65536"
@@ -176,20 +162,21 @@ def main() -> None:
             print(f"{method}: failed\n{proc.stderr[-2000:]}", file=sys.stderr)
             continue
         rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-        print(f"  measured {method}", file=sys.stderr)
-    ref = next((r for r in rows if r["method"] == "full"), rows[0])
-    mem_key = "peak_cuda_allocated_bytes" if "peak_cuda_allocated_bytes" in ref else "peak_rss_bytes"
+        print(f"  measured {method} (checkpointing {ckpt})", file=sys.stderr)
+    mem_key = "peak_cuda_allocated_bytes" if "peak_cuda_allocated_bytes" in rows[0] else "peak_rss_bytes"
     print(
-        f"\nbatch {ref['batch_shape']} (DialogSum train, chat template), precision {ref['precision']}, median of "
-        f"{args.steps} steps after 1 warm-up; memory = {mem_key} (whole process, model included)"
+        f"\nbatch {rows[0]['batch_shape']} (DialogSum train, chat template), precision {rows[0]['precision']}, median "
+        f"of {args.steps} steps after 1 warm-up; memory = {mem_key} (whole process, model included)"
         + ("; freed memory returned to the OS (fixed mmap threshold)" if args.return_freed_memory else "")
-        + "\n"
+        + "; ratios to full fine-tuning with the same checkpointing setting\n"
     )
-    print("| method | trainable % | step s | step / full | peak memory GiB | memory / full |")
-    print("|---|---|---|---|---|---|")
+    print("| method | checkpointing | trainable % | step s | step / full | peak memory GiB | memory / full |")
+    print("|---|---|---|---|---|---|---|")
     for r in rows:
+        ref = next(x for x in rows if x["method"] == "full" and x["checkpointing"] == r["checkpointing"])
+        setting = r["checkpointing"] + (" (on)" if r["checkpointing"] == "auto" and r["recomputed"] else "")
         print(
-            f"| {r['method']} | {r['trainable_percent']:.3f} | {r['step_seconds']:.2f} | "
+            f"| {r['method']} | {setting} | {r['trainable_percent']:.3f} | {r['step_seconds']:.2f} | "
             f"{r['step_seconds'] / ref['step_seconds']:.2f} | {r[mem_key] / 2**30:.2f} | "
             f"{r[mem_key] / ref[mem_key]:.2f} |"
         )

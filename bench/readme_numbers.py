@@ -8,7 +8,8 @@ rendered from bench/results/ (each result names the machine it was measured on):
     serve    bench/results/serve.json    (python bench/serve.py)
     export   bench/results/export.json   (python bench/export.py)
     lm_eval  bench/results/lm_eval_agreement.json  (python bench/lm_eval_agreement.py)
-    methods  bench/results/methods.json + methods_freed.json  (python bench/methods.py [--return-freed-memory])
+    methods  bench/results/methods.json  (python bench/methods.py)
+    demo_memory  bench/results/demo_memory.json  (python bench/demo_memory.py)
     throughput  bench/results/throughput.json  (python bench/throughput.py)
     startup  bench/results/startup.json  (python bench/startup.py)
 
@@ -178,49 +179,60 @@ METHOD_LABELS = {
     "lora": "lora (r 16, all-linear)",
     "qlora": "qlora (NF4, bf16 compute)",
     "prompt_tuning": "prompt_tuning (20 tokens)",
-    "full +ckpt": "full + gradient checkpointing",
-    "lora +ckpt": "lora + gradient checkpointing",
-    "qlora +ckpt": "qlora + gradient checkpointing",
 }
 
 
 def render_methods() -> str:
-    """bench/methods.py with the default allocator and with freed memory returned, as ratios to full fine-tuning."""
-    default = json.loads((RESULTS / "methods.json").read_text())
-    freed = {r["method"]: r for r in json.loads((RESULTS / "methods_freed.json").read_text())["rows"]}
-    full, full_freed = default["rows"][0], freed.get("full")
+    """bench/methods.py: each method with tunelab's default checkpointing (auto) and with it off, as ratios to
+    full fine-tuning under the same setting."""
+    data = json.loads((RESULTS / "methods.json").read_text())
+    rows = {(r["method"], r["checkpointing"]): r for r in data["rows"]}
+    full_auto, full_off = rows[("full", "auto")], rows[("full", "off")]
     lines = [
-        "| method | trainable % | step / full | memory / full (default allocator) | "
-        "memory / full (freed memory returned) |",
-        "|---|---|---|---|---|",
+        "| method | trainable % | checkpointing (auto) | step / full | peak memory / full | memory / full, "
+        "checkpointing off |",
+        "|---|---|---|---|---|---|",
     ]
-    for r in default["rows"]:
-        is_full = r["method"] == "full"
-        step = f"1.00 ({r['step_seconds']:.2f} s)" if is_full else f"{r['step_seconds'] / full['step_seconds']:.2f}"
-        mem = (
-            f"1.00 ({r['peak_rss_bytes'] / 2**30:.2f} GiB)"
-            if is_full
-            else f"{r['peak_rss_bytes'] / full['peak_rss_bytes']:.2f}"
+    for (method, setting), r in rows.items():
+        if setting != "auto":
+            continue
+        off = rows.get((method, "off"))
+        is_full = method == "full"
+        step = (
+            f"1.00 ({r['step_seconds']:.2f} s)" if is_full else f"{r['step_seconds'] / full_auto['step_seconds']:.2f}"
         )
-        other = freed.get(r["method"])
-        mem_freed = (
-            "-"
-            if other is None or full_freed is None
-            else f"1.00 ({other['peak_rss_bytes'] / 2**30:.2f} GiB)"
+        gib = r["peak_rss_bytes"] / 2**30
+        mem = (
+            f"1.00 ({gib:.2f} GiB)"
             if is_full
-            else f"{other['peak_rss_bytes'] / full_freed['peak_rss_bytes']:.2f}"
+            else f"{r['peak_rss_bytes'] / full_auto['peak_rss_bytes']:.2f} ({gib:.2f} GiB)"
+        )
+        mem_off = (
+            "-"
+            if off is None
+            else (
+                f"1.00 ({off['peak_rss_bytes'] / 2**30:.2f} GiB)"
+                if is_full
+                else f"{off['peak_rss_bytes'] / full_off['peak_rss_bytes']:.2f}"
+            )
         )
         lines.append(
-            f"| {METHOD_LABELS.get(r['method'], r['method'])} | {r['trainable_percent']:.3f} | {step} | {mem} | "
-            f"{mem_freed} |"
+            f"| {METHOD_LABELS.get(method, method)} | {r['trainable_percent']:.3f} | "
+            f"{'on' if r['recomputed'] else 'off'} | {step} | {mem} | {mem_off} |"
         )
-    where = machine_line(default["environment"]) if default.get("environment") else default["machine_note"]
+    shape = " x ".join(map(str, full_auto["batch_shape"]))
     lines += [
         "",
-        f"(`python bench/methods.py` and `--return-freed-memory`, {default['date']}, {where}; "
+        f"(`python bench/methods.py`, batch {shape}, {data['date']}, {machine_line(data['environment'])}; "
         "`bench/results/methods.md`.)",
     ]
     return "\n".join(lines)
+
+
+def render_demo_memory() -> str:
+    """bench/demo_memory.py: the demo before/after `training.gradient_checkpointing: auto`, side by side."""
+    text = (RESULTS / "demo_memory.md").read_text()
+    return text.split("\n", 2)[2].strip() + "\n\n(`python bench/demo_memory.py`; `bench/results/demo_memory.md`.)"
 
 
 TRAIN_LABELS = {"causal": "SmolLM2-135M (causal)", "seq2seq": "T5, flan-t5-small shape (seq2seq)"}
@@ -307,6 +319,7 @@ def render_startup() -> str:
 RENDERERS: dict[str, Callable[[], str]] = {
     "demo": render_demo,
     "demo_lora": render_demo_lora,
+    "demo_memory": render_demo_memory,
     "serve": render_serve,
     "export": render_export,
     "lm_eval": render_lm_eval,
@@ -331,14 +344,18 @@ def rendered_readme(text: str) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--collect-demo", action="store_true", help="first read runs/dialogsum-compare")
+    parser.add_argument(
+        "--collect-demo",
+        nargs="?",
+        const=str(ROOT / "runs" / "dialogsum-compare"),
+        metavar="DIR",
+        help="first read the demo's comparison (default runs/dialogsum-compare)",
+    )
     parser.add_argument("--collect-demo-lora", action="store_true", help="first read the newest runs/dialogsum-lora-*")
     parser.add_argument("--check", action="store_true", help="only compare; exit 1 on a difference")
     args = parser.parse_args()
     if args.collect_demo:
-        (RESULTS / "demo.json").write_text(
-            json.dumps(collect_demo(ROOT / "runs" / "dialogsum-compare"), indent=2) + "\n"
-        )
+        (RESULTS / "demo.json").write_text(json.dumps(collect_demo(Path(args.collect_demo)), indent=2) + "\n")
     if args.collect_demo_lora:
         (RESULTS / "demo_lora.json").write_text(json.dumps(collect_demo_lora(ROOT / "runs"), indent=2) + "\n")
     text = README.read_text(encoding="utf-8")

@@ -62,3 +62,50 @@ def test_finetune_records_phase_memory_and_leaves_no_model_alive(tiny_llama_dir,
     assert list(phases) == ["load", "evaluate_before", "train", "evaluate_after"]
     # each phase's high-water mark covers at least what was resident before the run (in bytes, not kB)
     assert all(p["peak_rss_bytes"] >= 0.9 * resident_before for p in phases.values()), (resident_before, phases)
+
+
+def _smollm2_shaped(trainable: bool):
+    """SmolLM2-135M's shape on the meta device (no weights allocated)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(
+        vocab_size=49152,
+        hidden_size=576,
+        intermediate_size=1536,
+        num_hidden_layers=30,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        tie_word_embeddings=True,
+    )
+    with torch.device("meta"):
+        model = LlamaForCausalLM(cfg)
+    model.requires_grad_(trainable)
+    return model
+
+
+@pytest.mark.parametrize("trainable", [False, True], ids=["peft-like", "full"])
+def test_auto_checkpointing_turns_on_where_activations_dominate(trainable):
+    from tunelab.training.memory import checkpointing_pays, estimated_activation_bytes, training_state_bytes
+
+    model = _smollm2_shaped(trainable)
+    demo_batch = 8 * 424  # the demo's micro-batch: activations ~3.7 GB against a training state of 0.5-2.2 GB
+    assert estimated_activation_bytes(model, demo_batch) > training_state_bytes(model)
+    assert checkpointing_pays(model, demo_batch)
+    assert not checkpointing_pays(model, 1 * 64)  # a few tokens: not worth recomputing
+    state = training_state_bytes(model)
+    assert state == pytest.approx((134.5e6 * 4) * (4 if trainable else 1), rel=0.01)
+
+
+def test_auto_checkpointing_is_applied_recorded_and_undone(tiny_llama_dir, dialogue_files, tmp_path, monkeypatch):
+    import tunelab.training.loop as loop
+    from tunelab import build_config, finetune
+
+    seen = []
+    monkeypatch.setattr(loop, "checkpointing_pays", lambda model, tokens: seen.append(tokens) or True)
+    tree = experiment(tiny_llama_dir, dialogue_files, tmp_path, training={"max_steps": 2, "batch_size": 4})
+    result = finetune(build_config(tree), show_progress=False, echo=None)
+    assert result.metrics["training"]["gradient_checkpointing"] is True and seen and seen[0] > 0
+    tree["training"]["gradient_checkpointing"] = False  # an explicit choice is never overridden
+    tree["name"] = "explicit"
+    again = finetune(build_config(tree), show_progress=False, echo=None)
+    assert again.metrics["training"]["gradient_checkpointing"] is False and len(seen) == 1

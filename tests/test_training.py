@@ -149,8 +149,18 @@ def test_completion_only_logits_give_the_standard_loss(method, tiny_llama_chat_d
     assert ours.item() == pytest.approx(reference.item(), rel=1e-5)
 
 
-@pytest.mark.parametrize("method", [{"name": "full"}, {"name": "lora", "r": 4, "dropout": 0.0}])
+@pytest.mark.parametrize(
+    "method",
+    [
+        {"name": "full"},
+        {"name": "lora", "r": 4, "dropout": 0.0},
+        {"name": "prompt_tuning", "num_virtual_tokens": 4, "init": "random"},
+        {"name": "ia3"},
+    ],
+    ids=lambda m: m["name"],
+)
 def test_gradient_checkpointing_gives_the_same_training(method, tiny_llama_dir):
+    """`gradient_checkpointing: auto` turns it on for every method at real batch sizes: same losses each way."""
     runs = []
     for gc in (False, True):
         cfg, loaded, model, train, _ = _setup(
@@ -175,6 +185,24 @@ def test_gradient_checkpointing_gives_the_same_training(method, tiny_llama_dir):
             else not model.is_gradient_checkpointing
         )
     assert [x for _, x in runs[0]] == pytest.approx([x for _, x in runs[1]], rel=1e-5)
+
+
+def test_prefix_tuning_never_recomputes_activations(tiny_llama_dir, monkeypatch):
+    """Checkpointing drops the key/value cache that carries the prefix: `auto` leaves it off even where it
+    would pay, and asking for it is a clear error instead of a shape mismatch deep in attention."""
+    import tunelab.training.loop as loop
+    from tunelab.errors import TrainingError
+
+    monkeypatch.setattr(loop, "checkpointing_pays", lambda model, tokens: True)
+    prefix = {"name": "prefix_tuning", "num_virtual_tokens": 4}
+    cfg, loaded, model, train, _ = _setup(tiny_llama_dir, prefix, {"max_steps": 2, "gradient_checkpointing": "auto"})
+    result = train_model(model, loaded.tokenizer, loaded.arch, train, None, cfg.training, seed=0,
+                         device=torch.device("cpu"), show_progress=False)  # fmt: skip
+    assert result.gradient_checkpointing is False
+    cfg, loaded, model, train, _ = _setup(tiny_llama_dir, prefix, {"max_steps": 2, "gradient_checkpointing": True})
+    with pytest.raises(TrainingError, match="does not work with prefix_tuning"):
+        train_model(model, loaded.tokenizer, loaded.arch, train, None, cfg.training, seed=0,
+                    device=torch.device("cpu"), show_progress=False)  # fmt: skip
 
 
 def test_attention_implementation_is_chosen_by_config_and_computes_the_same_loss(tiny_llama_dir):

@@ -155,8 +155,10 @@ class TrainingConfig(Strict):
     save_every: int = Field(0, ge=0)
     """Checkpoint every N optimizer steps (0: only the final artefact)."""
     log_every: int = Field(10, gt=0)
-    gradient_checkpointing: bool = False
-    """Recompute activations in the backward pass: much less activation memory for ~30% more compute."""
+    gradient_checkpointing: bool | Literal["auto"] = "auto"
+    """Recompute activations in the backward pass: much less activation memory for ~30% more compute. `auto`
+    turns it on when a micro-batch's activations would outweigh the training state (weights, gradients,
+    optimizer) and exceed 512 MiB (training/memory.py: `checkpointing_pays`); metrics.json records the choice."""
     group_by_length: bool = True
     """Batch examples of similar length together (less padding), in seeded random batch order."""
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"

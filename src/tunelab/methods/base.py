@@ -43,6 +43,9 @@ class Method:
     # How a causal model with this method's adapter generates, where PEFT's `generate` cannot be used:
     # (model, batch, generation kwargs) -> new token ids. None: `model.generate`.
     causal_generate: Callable[[Any, dict[str, Any], dict[str, Any]], Any] | None = None
+    # False where recomputing activations breaks the method (prefix tuning: transformers drops the key/value
+    # cache that carries the prefix when checkpointing); `gradient_checkpointing: auto` then stays off.
+    supports_gradient_checkpointing: bool = True
 
 
 def peft_task_type(arch: Arch):

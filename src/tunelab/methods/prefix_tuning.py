@@ -61,4 +61,5 @@ METHOD = Method(
     is_peft=True,
     peft_type="PREFIX_TUNING",
     causal_generate=generate_recomputing,
+    supports_gradient_checkpointing=False,
 )

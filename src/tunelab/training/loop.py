@@ -27,6 +27,7 @@ from tunelab.config.schema import TrainingConfig
 from tunelab.data.collate import LengthGroupedBatches, TrainCollator, as_dataset
 from tunelab.data.encoding import IGNORE_INDEX, Encoded
 from tunelab.errors import TrainingError
+from tunelab.methods import method_of
 from tunelab.modeling import Arch, base_model
 from tunelab.models.precision import resolve_precision
 from tunelab.testing import fault_point
@@ -51,7 +52,7 @@ from tunelab.training.distributed import (
     whole_trainable_state,
 )
 from tunelab.training.loss import completion_loss
-from tunelab.training.memory import PeakMemory
+from tunelab.training.memory import PeakMemory, checkpointing_pays
 
 
 @dataclass
@@ -68,6 +69,7 @@ class TrainResult:
     eval_generation: list[tuple[int, dict[str, float]]] = field(default_factory=list)  # (step, ROUGE F1s)
     selected: dict[str, Any] | None = None  # select_by: the metric, the step whose weights were kept, its value
     stopped_early_at: int | None = None
+    gradient_checkpointing: bool = False  # as configured, or as `auto` chose
 
     @property
     def tokens_per_second(self) -> float:
@@ -201,6 +203,24 @@ def train_model(
     return _finish(state)
 
 
+def _decide_checkpointing(
+    model: torch.nn.Module, cfg: TrainingConfig, train_set: Sequence[Encoded], processes: int
+) -> bool:
+    """`training.gradient_checkpointing`: as configured, or for `auto` when it pays (training/memory.py), never for
+    a method that recomputing would break."""
+    method = method_of(model)
+    supported = method is None or method.supports_gradient_checkpointing
+    if cfg.gradient_checkpointing == "auto":
+        micro_batch_tokens = cfg.batch_size * max(e.length for e in train_set) // max(processes, 1)
+        return supported and checkpointing_pays(model, micro_batch_tokens)
+    if cfg.gradient_checkpointing and not supported:
+        raise TrainingError(
+            f"training.gradient_checkpointing does not work with {method.name if method else 'this method'}: "
+            "recomputing drops the key/value cache that carries the prefix; set it to false (or auto)"
+        )
+    return cfg.gradient_checkpointing
+
+
 def _set_up(
     model: torch.nn.Module,
     tokenizer,
@@ -238,7 +258,8 @@ def _set_up(
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise TrainingError("the model has no trainable parameters")
-    if cfg.gradient_checkpointing:
+    checkpointing = _decide_checkpointing(model, cfg, train_set, accelerator.num_processes)
+    if checkpointing:
         enable_gradient_checkpointing(model)
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = get_scheduler(
@@ -251,7 +272,13 @@ def _set_up(
     params = [p for p in model.parameters() if p.requires_grad]  # FSDP replaces them with sharded ones
     if eval_loader is not None:
         eval_loader = accelerator.prepare(eval_loader)
-    result = TrainResult(steps=0, epochs=0.0, seconds=0.0, precision=resolve_precision(cfg.precision, device))
+    result = TrainResult(
+        steps=0,
+        epochs=0.0,
+        seconds=0.0,
+        precision=resolve_precision(cfg.precision, device),
+        gradient_checkpointing=checkpointing,
+    )
     return LoopState(
         cfg,
         arch,
@@ -496,7 +523,7 @@ def _finish(state: LoopState) -> TrainResult:
     state.accelerator.wait_for_everyone()
     # accelerate patched forward() with autocast for mixed precision; restore the caller's model as it was.
     model = state.accelerator.unwrap_model(state.model, keep_fp32_wrapper=False)
-    if state.cfg.gradient_checkpointing:
+    if result.gradient_checkpointing:
         disable_gradient_checkpointing(model)
     if state.cfg.select_by != "last" and state.best is not None:
         # in memory, or on disk when there is a checkpoint folder (`_consider`)

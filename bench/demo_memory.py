@@ -1,0 +1,152 @@
+"""The demo's memory and wall time, side by side: `tunelab compare configs/compare_dialogsum.yaml` run twice in
+one invocation, once with the memory settings off (as tunelab trained before they existed) and once with the
+defaults, each in its own process so that each process's peak RSS is its own.
+
+    python bench/demo_memory.py [--config configs/compare_dialogsum.yaml] [--only before|after]
+
+Per configuration it records the process's peak RSS (the kernel's high-water mark, from wait4), the wall time,
+and per arm the peak of each phase (metrics.json -> memory_phases), the training time and the scores with their
+95% CIs; it prints the ratios after/before and writes bench/results/demo_memory.json (+ .md). Finished arms are
+reused by `tunelab compare`, so an interrupted measurement continues; delete runs/bench-demo-memory-* to start
+again (the wall time is only comparable when both configurations ran from scratch in the same invocation).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+sys.path.insert(0, str(ROOT / "src"))
+
+# "before": training as tunelab did before `training.gradient_checkpointing: auto`; "after": the defaults.
+CONFIGURATIONS: dict[str, list[str]] = {
+    "before": ["training.gradient_checkpointing=false"],
+    "after": [],
+}
+
+
+def run_configuration(label: str, config: Path) -> dict:
+    tree = yaml.safe_load(config.read_text())
+    tree["name"] = f"bench-demo-memory-{label}"
+    tree["output_dir"] = str(ROOT / "runs")
+    derived = ROOT / "runs" / f"bench-demo-memory-{label}.yaml"
+    derived.parent.mkdir(parents=True, exist_ok=True)
+    derived.write_text(yaml.safe_dump(tree, sort_keys=False))
+    cmd = [sys.executable, "-m", "tunelab.cli.main", "compare", "-q", str(derived)]
+    for override in CONFIGURATIONS[label]:
+        cmd += ["--set", override]
+    env = {**os.environ, "TQDM_DISABLE": "1"}
+    log = ROOT / "runs" / f"bench-demo-memory-{label}.log"
+    t0 = time.perf_counter()
+    with log.open("w") as err:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=err)
+        _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"{label}: tunelab compare failed\n{log.read_text()[-3000:]}")
+    return {
+        "overrides": CONFIGURATIONS[label],
+        "process_peak_rss_bytes": usage.ru_maxrss * 1024,
+        "wall_seconds": wall,
+        "arms": collect_arms(ROOT / "runs" / tree["name"]),
+    }
+
+
+def collect_arms(directory: Path) -> dict:
+    arms = {}
+    for metrics_file in sorted(directory.glob("*/metrics.json")):
+        m = json.loads(metrics_file.read_text())
+        phases = m.get("memory_phases") or {}
+        after = m.get("after") or {}
+        rouge = (after.get("rouge") or {}).get("rougeL") or {}
+        arms[metrics_file.parent.name] = {
+            "peak_rss_bytes": max((p["peak_rss_bytes"] for p in phases.values()), default=None),
+            "phases": {k: p["peak_rss_bytes"] for k, p in phases.items()},
+            "train_seconds": (m.get("training") or {}).get("seconds"),
+            "rougeL": rouge.get("f1"),
+            "rougeL_ci95": [rouge.get("ci95_low"), rouge.get("ci95_high")],
+        }
+    return arms
+
+
+def report(result: dict) -> str:
+    before, after = result["configurations"]["before"], result["configurations"]["after"]
+    gib = 2**30
+    lines = [
+        f"# bench/demo_memory.py, {result['date']}, {result['machine']}",
+        "",
+        "`make demo`'s comparison run twice in one invocation, each in its own process: *before* = "
+        + ", ".join(f"`{o}`" for o in before["overrides"])
+        + " (as tunelab trained before); *after* = tunelab's defaults.",
+        "",
+        "| | before | after | after / before |",
+        "|---|---|---|---|",
+        f"| whole process, peak RSS | {before['process_peak_rss_bytes'] / gib:.2f} GiB | "
+        f"{after['process_peak_rss_bytes'] / gib:.2f} GiB | "
+        f"{after['process_peak_rss_bytes'] / before['process_peak_rss_bytes']:.2f} |",
+        f"| wall time | {before['wall_seconds']:.0f} s | {after['wall_seconds']:.0f} s | "
+        f"{after['wall_seconds'] / before['wall_seconds']:.2f} |",
+    ]
+    for arm, a in after["arms"].items():
+        b = before["arms"].get(arm)
+        if not b or not a["peak_rss_bytes"] or not b["peak_rss_bytes"]:
+            continue
+        lines.append(
+            f"| {arm}: peak RSS (largest phase) | {b['peak_rss_bytes'] / gib:.2f} GiB | "
+            f"{a['peak_rss_bytes'] / gib:.2f} GiB | {a['peak_rss_bytes'] / b['peak_rss_bytes']:.2f} |"
+        )
+        if a["train_seconds"] and b["train_seconds"]:
+            lines.append(
+                f"| {arm}: training time | {b['train_seconds']:.0f} s | {a['train_seconds']:.0f} s | "
+                f"{a['train_seconds'] / b['train_seconds']:.2f} |"
+            )
+        if a["rougeL"] is not None and b["rougeL"] is not None:
+            lines.append(
+                f"| {arm}: ROUGE-L (95% CI) | {b['rougeL']:.2f} [{b['rougeL_ci95'][0]:.2f}, {b['rougeL_ci95'][1]:.2f}]"
+                f" | {a['rougeL']:.2f} [{a['rougeL_ci95'][0]:.2f}, {a['rougeL_ci95'][1]:.2f}] | "
+                f"{a['rougeL'] - b['rougeL']:+.2f} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--config", default=str(ROOT / "configs" / "compare_dialogsum.yaml"))
+    ap.add_argument("--only", choices=sorted(CONFIGURATIONS), help="measure one configuration (kept with the other)")
+    ap.add_argument("--out", default=str(RESULTS / "demo_memory.json"))
+    args = ap.parse_args()
+    import torch
+
+    from tunelab.environment import describe_environment
+
+    out = Path(args.out)
+    result = json.loads(out.read_text()) if out.is_file() else {"configurations": {}}
+    for label in [args.only] if args.only else list(CONFIGURATIONS):
+        print(f"measuring {label} ...", file=sys.stderr)
+        result["configurations"][label] = run_configuration(label, Path(args.config))
+    env = describe_environment(torch.device("cpu"))
+    cpu = env.get("cpu") or {}
+    result.update(
+        date=time.strftime("%Y-%m-%d"),
+        machine=f"{cpu.get('model', 'unknown CPU')}, {env.get('torch_threads')} threads",
+        environment=env,
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    if set(result["configurations"]) == set(CONFIGURATIONS):
+        text = report(result)
+        out.with_suffix(".md").write_text(text)
+        print(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,129 @@
+"""Each memory lever of issue #15 on its own: peak RSS, step time and the losses of a few steps, one process per row.
+
+SmolLM2-135M-Instruct on the demo's batch (8 DialogSum training dialogues, inputs cut at 320 tokens), bf16 autocast.
+Levers (comma-separated after the method, e.g. `lora:ckpt,bf16frozen`):
+
+    ckpt        gradient checkpointing
+    fused       fused AdamW (one kernel per step)          loop   AdamW without foreach
+    bf16frozen  frozen Linear weights stored in bf16 (autocast casts them to bf16 anyway)
+    mallopt     glibc: fixed mmap and trim thresholds of 64 KiB (freed memory goes back to the OS)
+    mmap1m      the same at 1 MiB
+
+    python bench/memory_levers.py [lora: lora:ckpt full: ...]   # writes bench/results/memory_levers.jsonl
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_GRID = [
+    "lora:", "lora:fused", "lora:bf16frozen", "lora:mallopt", "lora:mmap1m", "lora:ckpt", "lora:ckpt,bf16frozen",
+    "full:", "full:fused", "full:loop", "full:ckpt", "full:ckpt,fused", "full:mallopt,fused", "prompt_tuning:",
+]  # fmt: skip
+METHODS = {
+    "full": {"name": "full"},
+    "lora": {"name": "lora", "r": 16, "alpha": 32, "dropout": 0.0, "target_modules": "all-linear"},
+    "prompt_tuning": {"name": "prompt_tuning", "num_virtual_tokens": 20, "init": "text"},
+}
+
+
+def _mallopt(threshold: int) -> None:
+    libc = ctypes.CDLL("libc.so.6")
+    libc.mallopt(-3, threshold)  # M_MMAP_THRESHOLD (fixed: no dynamic growth)
+    libc.mallopt(-1, threshold)  # M_TRIM_THRESHOLD
+
+
+def worker(method: str, levers: set[str], steps: int) -> dict:
+    if "mallopt" in levers:
+        _mallopt(64 * 1024)
+    if "mmap1m" in levers:
+        _mallopt(1 << 20)
+    import torch
+
+    import tunelab
+    from tunelab.data import PromptEncoder, TemplateSet, TrainCollator
+    from tunelab.data.sources import load_split
+    from tunelab.methods import ModelContext, get_method
+    from tunelab.models import load_model, pick_device
+    from tunelab.models.precision import autocast
+    from tunelab.training.loop import enable_gradient_checkpointing
+    from tunelab.training.loss import completion_loss
+
+    cfg = tunelab.build_config({"method": METHODS[method]})
+    device = pick_device()
+    m = get_method(method)
+    loaded = load_model(cfg.model, device=device, extra_kwargs=m.load_kwargs(cfg.method))
+    templates = TemplateSet("dialogue_summarization")
+    enc = PromptEncoder(loaded.tokenizer, "causal", loaded.use_chat_template, 320, 64)
+    examples = load_split(cfg.data, "train")[:8]
+    batch = TrainCollator(loaded.tokenizer.pad_token_id, "causal")(
+        [enc.encode_for_training(templates.eval, ex) for ex in examples]
+    )
+    torch.manual_seed(0)
+    model = m.prepare(loaded.model, cfg.method, ModelContext("causal", loaded.source.path, templates.eval.instruction))
+    model.train()
+    if "bf16frozen" in levers:
+        tied = {id(mod.weight) for mod in model.modules() if isinstance(mod, torch.nn.Embedding)}
+        for mod in model.modules():
+            if type(mod) is torch.nn.Linear and not mod.weight.requires_grad and id(mod.weight) not in tied:
+                mod.weight.data = mod.weight.data.to(torch.bfloat16)
+    if "ckpt" in levers:
+        enable_gradient_checkpointing(model)
+    params = [p for p in model.parameters() if p.requires_grad]
+    kind = {"fused": {"fused": True}, "loop": {"foreach": False}}
+    options = next((kind[k] for k in kind if k in levers), {})
+    opt = torch.optim.AdamW(params, lr=1e-5, **options)
+    times, losses = [], []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        with autocast(device, "bf16"):
+            loss = completion_loss(model, batch, "causal")
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(float(loss))
+        times.append(time.perf_counter() - t0)
+    timed = sorted(times[1:])
+    return {
+        "method": method,
+        "levers": sorted(levers),
+        "batch_shape": list(batch["input_ids"].shape),
+        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "step_seconds": timed[len(timed) // 2],
+        "step_seconds_all": times,
+        "losses": losses,
+    }
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--worker":
+        method, levers = sys.argv[2].split(":")
+        print(json.dumps(worker(method, {x for x in levers.split(",") if x}, int(sys.argv[3]))))
+        return
+    out = ROOT / "bench" / "results" / "memory_levers.jsonl"
+    with out.open("w") as f:
+        for spec in sys.argv[1:] or DEFAULT_GRID:
+            proc = subprocess.run(
+                [sys.executable, __file__, "--worker", spec, "4"],
+                capture_output=True,
+                text=True,
+                env={**os.environ, "TQDM_DISABLE": "1"},
+            )
+            if proc.returncode != 0:
+                print(f"{spec}: failed\n{proc.stderr[-2000:]}", file=sys.stderr)
+                continue
+            row = json.loads(proc.stdout.strip().splitlines()[-1])
+            f.write(json.dumps(row) + "\n")
+            print(f"{spec}: {row['peak_rss_bytes'] / 2**30:.2f} GiB, {row['step_seconds']:.1f} s/step", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
