@@ -3,6 +3,7 @@
 import json
 import shutil
 import subprocess
+from pathlib import Path
 from html.parser import HTMLParser
 
 import pytest
@@ -200,3 +201,96 @@ def test_scatter_ticks_include_zero_and_labels_stay_inside():
         end = float(x) + (7 * len(name) if anchor == "start" else 0)
         start = float(x) - (7 * len(name) if anchor == "end" else 0)
         assert start >= 60 and end <= 760 - 30, (name, start, end)
+
+
+def _two_reference_files(folder, dialogue_files):
+    """The dialogue files with a second reference per example (summary2), as DialogSum's test split has three."""
+    files = {}
+    for split, path in dialogue_files.items():
+        rows = [json.loads(line) for line in open(path)]
+        out = folder / f"{split}.jsonl"
+        out.write_text("".join(json.dumps({**r, "summary2": "they talk. " + r["summary"]}) + "\n" for r in rows))
+        files[split] = str(out)
+    return files
+
+
+def test_study_features_sweep_claims_single_reference_and_wall_time(
+    tiny_llama_chat_dir, dialogue_files, tmp_path, sst2_available
+):
+    """An arm's learning rate chosen on validation before it trains; claims judged with paired CIs recomputed from
+    the arms' predictions; both ROUGE protocols; the wall time recorded; a rerun reuses everything."""
+    import numpy as np
+    from rouge_score import rouge_scorer
+
+    from tunelab.evaluation.metrics import sentence_per_line
+
+    files = _two_reference_files(tmp_path, dialogue_files)
+    base = experiment(
+        tiny_llama_chat_dir,
+        files,
+        tmp_path,
+        data={"target_columns": ["summary", "summary2"]},
+        training={"max_steps": 4},
+        evaluation={"before": False, "max_samples": 5, "bootstrap_samples": 50},
+        benchmarks={"tasks": ["sst2"], "limit": 6, "bootstrap_samples": 20},
+    )
+    arms = [
+        {"name": "zero-shot", "kind": "prompting"},
+        {"name": "lora", "method": {"name": "lora", "r": 8, "dropout": 0.0}, "sweep": {"training.lr": [1e-3, 2e-2]}},
+        {"name": "full", "method": {"name": "full"}, "training": {"lr": 5e-3}},
+    ]
+    claims = [
+        {"claim": "LoRA beats zero-shot", "arm": "lora", "versus": "zero-shot", "metric": "rouge1"},
+        {"claim": "never 100 below", "arm": "lora", "versus": "full", "metric": "single_reference:rougeL",
+         "at_least": -100},
+        {"claim": "impossible", "arm": "lora", "versus": "full", "metric": "rouge1", "at_least": 100},
+        {"claim": "forgets at most 100", "arm": "lora", "versus": "base", "metric": "benchmark:sst2",
+         "at_least": -100},
+    ]  # fmt: skip
+    path = tmp_path / "study.yaml"
+    tree = {"name": "study", "output_dir": str(tmp_path / "runs"), "experiment": base, "arms": arms, "claims": claims}
+    path.write_text(yaml.safe_dump(tree))
+    tunelab.compare(path, show_progress=False, echo=None)
+    directory = tmp_path / "runs" / "study"
+
+    sweep = json.loads((directory / "lora-sweep" / "sweep.json").read_text())
+    assert sweep["split"] == "validation" and len(sweep["trials"]) == 2
+    for trial in sweep["trials"]:  # trials never look at the test split
+        trial_metrics = json.loads((directory / "lora-sweep" / Path(trial["run"]).name / "metrics.json").read_text())
+        assert trial_metrics["evaluation_split"] == "validation"
+    best = min(sweep["trials"], key=lambda t: t["eval_loss"])["overrides"]["training.lr"]
+    lora = json.loads((directory / "lora" / "metrics.json").read_text())
+    assert lora["sweep"]["chosen"] == {"training.lr": best}
+    assert yaml.safe_load((directory / "lora" / "config.yaml").read_text())["training"]["lr"] == best
+
+    single = lora["after"]["rouge_single_reference"]
+    assert single["rouge1"]["pairs"] == 10 and single["rouge1"]["f1"] <= lora["after"]["rouge"]["rouge1"]["f1"]
+
+    scorer = rouge_scorer.RougeScorer(["rouge1"], use_stemmer=True)
+
+    def rouge1(arm):  # per example, best of the references, from rouge-score directly
+        rows = [json.loads(x) for x in (directory / arm / "predictions.jsonl").read_text().splitlines()]
+        return {
+            r["id"]: 100 * scorer.score_multi([sentence_per_line(x) for x in r["references"]],
+                                              sentence_per_line(r["prediction"]))["rouge1"].fmeasure
+            for r in rows
+        }  # fmt: skip
+
+    mine, theirs = rouge1("lora"), rouge1("zero-shot")
+    expected = float(np.mean([mine[i] - theirs[i] for i in mine]))
+    from tunelab.reporting.claims import judge_claims
+    from tunelab.reporting.html import load_arms
+
+    judged = judge_claims(directory, load_arms(directory))
+    assert judged[0]["delta"] == pytest.approx(expected) and judged[0]["n"] == 5
+    assert judged[0]["ci95_low"] <= judged[0]["delta"] <= judged[0]["ci95_high"]
+    assert [c["verdict"] for c in judged[1:]] == ["reproduced", "not reproduced", "reproduced"]
+    assert judged[3]["n"] == 6
+    report = (directory / "report.md").read_text()
+    assert "### Claims" in report and "### Single-reference protocol" in report and "Wall time:" in report
+    timing = json.loads((directory / "timing.json").read_text())
+    assert set(timing) == {"zero-shot", "lora", "full"} and all(t["seconds"] > 0 for t in timing.values())
+
+    again = tunelab.compare(path, show_progress=False, echo=None)
+    assert again.reused == ["zero-shot", "lora", "full"]
+    assert json.loads((directory / "timing.json").read_text()) == timing

@@ -69,10 +69,44 @@ def test_shipped_configs_validate():
 
     from tunelab.config.compare import load_compare_config
 
+    import yaml
+
     configs = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
     assert configs
     for path in configs:
-        if path.name.startswith("compare_"):
+        if "arms" in yaml.safe_load(path.read_text()):  # a comparison (the demo, the study)
             assert len(load_compare_config(path).arms) >= 4
         else:
             load_config(path)
+
+
+def test_comparison_claims_and_sweeps_are_validated(tmp_path):
+    import yaml
+
+    from tunelab.config.compare import load_compare_config
+
+    def load(**extra):
+        tree = {"name": "c", "arms": [{"name": "zero", "kind": "prompting"}, {"name": "lora"}], **extra}
+        path = tmp_path / "c.yaml"
+        path.write_text(yaml.safe_dump(tree))
+        return load_compare_config(path)
+
+    cfg = load(claims=[{"claim": "x", "arm": "lora", "versus": "zero"}])
+    assert cfg.claims[0].at_least == 0.0 and cfg.claims[0].metric == "rouge1"
+    bad = [
+        ({"claims": [{"claim": "x", "arm": "lora", "versus": "fulll"}]}, r"claims\[0\]: versus 'fulll' is not an arm"),
+        ({"claims": [{"claim": "x", "arm": "lora", "versus": "zero", "metric": "bleu"}]}, "metric 'bleu'"),
+        ({"claims": [{"claim": "x", "arm": "lora", "versus": "base"}]}, "versus: base goes with a benchmark"),
+        ({"claims": [{"claim": "x", "arm": "lora", "versus": "zero", "at_least": 1, "at_most": 2}]}, "not both"),
+        ({"claims": [{"arm": "lora", "versus": "zero"}]}, r"claims\[0\]: claim: Field required"),
+    ]
+    for extra, message in bad:
+        with pytest.raises(ConfigError, match=message):
+            load(**extra)
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({"name": "s", "arms": [{"name": "lora", "sweep": {"training.lr": 1e-4}}]}))
+    with pytest.raises(ConfigError, match="sweep must map config keys to lists"):
+        load_compare_config(path)
+    path.write_text(yaml.safe_dump({"name": "s", "arms": [{"name": "z", "kind": "prompting", "sweep": {"a": [1]}}]}))
+    with pytest.raises(ConfigError, match="a sweep needs a fine-tuning arm"):
+        load_compare_config(path)

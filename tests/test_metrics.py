@@ -3,6 +3,7 @@ from rouge_score import rouge_scorer
 from sacrebleu.metrics import BLEU
 
 from tunelab.evaluation import bleu, rouge, rouge_per_example, sentence_per_line
+from tunelab.evaluation.metrics import rouge_single_reference
 
 PREDS = [
     "The customer lost his card. The bank will block it.",
@@ -36,6 +37,21 @@ def test_rouge_equals_rouge_score_called_directly_with_multiple_references():
         assert corpus[k]["f1"] == pytest.approx(sum(100 * e[k].fmeasure for e in expected) / len(expected))
         lo, hi = corpus[k]["f1_ci95"]
         assert lo <= corpus[k]["f1"] <= hi
+
+
+def test_single_reference_protocol_is_the_mean_over_every_reference_scored_alone():
+    """As a test set scored one reference row at a time: every (prediction, reference) pair, averaged."""
+    scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL", "rougeLsum"], use_stemmer=True)
+    pairs = [scorer.score(sentence_per_line(r), sentence_per_line(p)) for p, refs in zip(PREDS, REFS) for r in refs]
+    ours = rouge_single_reference(PREDS, REFS, bootstrap_samples=200)
+    best = rouge(PREDS, REFS, bootstrap_samples=0)
+    for k in ("rouge1", "rouge2", "rougeL", "rougeLsum"):
+        assert ours[k]["pairs"] == 9
+        for field, attr in (("precision", "precision"), ("recall", "recall"), ("f1", "fmeasure")):
+            assert ours[k][field] == pytest.approx(sum(100 * getattr(x[k], attr) for x in pairs) / 9)
+        assert ours[k]["f1"] <= best[k]["f1"]  # the best of three references can only score higher
+        lo, hi = ours[k]["f1_ci95"]
+        assert lo <= ours[k]["f1"] <= hi
 
 
 def test_single_reference_rouge1_recall_is_matched_over_reference_unigrams():

@@ -9,9 +9,10 @@ from typing import Any
 import numpy as np
 
 from tunelab.benchmarks.runner import translation_scores
+from tunelab.evaluation.metrics import paired_difference_ci
 
 
-def _per_example(result: Mapping[str, Any]) -> np.ndarray:
+def main_metric_per_example(result: Mapping[str, Any]) -> np.ndarray:
     """Scores whose mean is the task's main metric (accuracy x100 or ROUGE-L)."""
     per = result["per_example"]
     if result["main_metric"] == "accuracy":
@@ -31,36 +32,27 @@ def paired_bootstrap_delta(
     if after["n"] != n:
         raise ValueError(f"task {before['task']}: {n} examples before but {after['n']} after")
     delta = after["score"] - before["score"]
-    rng = np.random.default_rng(seed)
-    if before["main_metric"] == "bleu":
-        if samples <= 0 or n < 2:
-            return {"delta": delta, "ci95_low": delta, "ci95_high": delta}
+    if before["main_metric"] != "bleu":
+        low, high = paired_difference_ci(main_metric_per_example(before), main_metric_per_example(after), samples, seed)
+        return {"delta": delta, "ci95_low": low, "ci95_high": high}
+    if samples <= 0 or n < 2:
+        return {"delta": delta, "ci95_low": delta, "ci95_high": delta}
 
-        def bleu_delta(idx: np.ndarray) -> float:
-            def corpus(r: Mapping[str, Any]) -> float:
-                per = r["per_example"]
-                return translation_scores([per["predictions"][i] for i in idx], [per["references"][i] for i in idx])[
-                    "bleu"
-                ]
+    def bleu_delta(idx: np.ndarray) -> float:
+        def corpus(r: Mapping[str, Any]) -> float:
+            per = r["per_example"]
+            return translation_scores([per["predictions"][i] for i in idx], [per["references"][i] for i in idx])["bleu"]
 
-            return corpus(after) - corpus(before)
+        return corpus(after) - corpus(before)
 
-        ci = bootstrap(
-            (np.arange(n),), bleu_delta, n_resamples=min(samples, 200), method="percentile", vectorized=False, rng=rng
-        ).confidence_interval
-    else:
-        b, a = _per_example(before), _per_example(after)
-        differences = a - b
-        if samples <= 0 or n < 2 or np.all(differences == differences[0]):
-            return {"delta": delta, "ci95_low": delta, "ci95_high": delta}
-        ci = bootstrap(
-            (b, a),
-            lambda x, y, axis=-1: y.mean(axis=axis) - x.mean(axis=axis),
-            paired=True,
-            n_resamples=samples,
-            method="BCa",
-            rng=rng,
-        ).confidence_interval
+    ci = bootstrap(
+        (np.arange(n),),
+        bleu_delta,
+        n_resamples=min(samples, 200),
+        method="percentile",
+        vectorized=False,
+        rng=np.random.default_rng(seed),
+    ).confidence_interval
     return {"delta": delta, "ci95_low": float(ci.low), "ci95_high": float(ci.high)}
 
 

@@ -1,5 +1,9 @@
 """The comparison config: one base experiment and a list of arms, each a partial experiment that is
-deep-merged into the base (so an arm states only what differs: its method, learning rate, mixture...)."""
+deep-merged into the base (so an arm states only what differs: its method, learning rate, mixture...).
+
+An arm may also name a `sweep` (config keys and the values to try, e.g. `{training.lr: [1e-4, 3e-4]}`): its
+values are chosen on the validation split before the arm is trained (recipes/sweep.py). `claims` state what
+the comparison is meant to show, each judged with a paired 95% CI (reporting/claims.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from tunelab.config.loader import apply_overrides, build_config, config_to_dict, read_yaml_mapping
 from tunelab.config.schema import ExperimentConfig
@@ -16,16 +20,61 @@ from tunelab.errors import ConfigError
 _SLUG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
+SWEEP_METRICS = ("eval_loss", "rouge1", "rouge2", "rougeL", "rougeLsum")  # as recipes/sweep.py scores trials
+CLAIM_METRIC = re.compile(
+    r"^(rouge1|rouge2|rougeL|rougeLsum|single_reference:(rouge1|rouge2|rougeL|rougeLsum)|benchmark:\w+)$"
+)
+
+
 class Arm(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str
     kind: Literal["finetune", "prompting"]
     shots: int = 0
     experiment: ExperimentConfig
+    sweep: dict[str, list[Any]] | None = None
+    """Config keys and the values to try on the validation split before training (the best is used)."""
+    sweep_metric: Literal["eval_loss", "rouge1", "rouge2", "rougeL", "rougeLsum"] = "eval_loss"
+    sweep_budget: dict[str, Any] = Field(default_factory=dict)
+    """Settings for the sweep's trials only, e.g. a shorter budget {training.max_steps: 60}."""
 
     def signature(self) -> dict[str, Any]:
         """What decides whether a finished arm can be reused."""
-        return {"kind": self.kind, "shots": self.shots, "experiment": config_to_dict(self.experiment)}
+        return {
+            "kind": self.kind,
+            "shots": self.shots,
+            "experiment": config_to_dict(self.experiment),
+            **(
+                {"sweep": self.sweep, "sweep_metric": self.sweep_metric, "sweep_budget": self.sweep_budget}
+                if self.sweep
+                else {}
+            ),
+        }
+
+
+class Claim(BaseModel):
+    """`arm` minus `versus` on `metric` is claimed to be at least `at_least` (or at most `at_most`): reproduced
+    when the paired 95% CI of the difference lies on the claimed side of the threshold, not reproduced when it
+    lies on the other side, inconclusive when it contains it."""
+
+    model_config = ConfigDict(extra="forbid")
+    claim: str
+    arm: str
+    versus: str
+    """Another arm, or `base` for a benchmark metric: the base model's score before training (forgetting)."""
+    metric: str = "rouge1"
+    """rouge1/rouge2/rougeL/rougeLsum (best of the references), single_reference:<rouge type> (the mean over
+    single references), or benchmark:<task> (a benchmark of the suite, after training)."""
+    at_least: float | None = None
+    at_most: float | None = None
+
+    @model_validator(mode="after")
+    def _one_threshold(self) -> Claim:
+        if self.at_least is not None and self.at_most is not None:
+            raise ValueError("give at_least or at_most, not both")
+        if self.at_least is None and self.at_most is None:
+            self.at_least = 0.0  # "arm is better than versus"
+        return self
 
 
 class CompareConfig(BaseModel):
@@ -33,6 +82,7 @@ class CompareConfig(BaseModel):
     name: str
     output_dir: str = "runs"
     arms: list[Arm] = Field(min_length=1)
+    claims: list[Claim] = Field(default_factory=list)
 
     @property
     def directory(self) -> Path:
@@ -54,9 +104,11 @@ def _deep_merge(base: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
 def load_compare_config(path: str | Path, overrides: tuple[str, ...] = ()) -> CompareConfig:
     path = Path(path)
     tree = read_yaml_mapping(path, "comparison config")
-    unknown = set(tree) - {"name", "output_dir", "experiment", "arms"}
+    unknown = set(tree) - {"name", "output_dir", "experiment", "arms", "claims"}
     if unknown:
-        raise ConfigError(f"{path}: unknown key(s) {sorted(unknown)}; expected name, output_dir, experiment, arms")
+        raise ConfigError(
+            f"{path}: unknown key(s) {sorted(unknown)}; expected name, output_dir, experiment, arms, claims"
+        )
     base = tree.get("experiment") or {}
     if isinstance(base, str):
         base = read_yaml_mapping(path.parent / base, f"base experiment of {path}")  # absolute paths stay absolute
@@ -71,6 +123,12 @@ def load_compare_config(path: str | Path, overrides: tuple[str, ...] = ()) -> Co
             raise ConfigError(f"{path}: arms[{i}] needs a name")
         raw = dict(raw)
         arm_name, kind, shots = raw.pop("name"), raw.pop("kind", "finetune"), raw.pop("shots", 0)
+        sweep, sweep_metric = _sweep_of(path, arm_name, raw.pop("sweep", None)), raw.pop("sweep_metric", "eval_loss")
+        sweep_budget = raw.pop("sweep_budget", None) or {}
+        if not isinstance(sweep_budget, dict):
+            raise ConfigError(f"{path}: arm {arm_name!r}: sweep_budget must map config keys to values")
+        if sweep and kind != "finetune":
+            raise ConfigError(f"{path}: arm {arm_name!r}: a sweep needs a fine-tuning arm")
         if not _SLUG.match(str(arm_name)):
             raise ConfigError(f"{path}: arm name {arm_name!r} must be letters, digits, '-', '_' or '.'")
         exp_tree = _deep_merge(base, raw)
@@ -79,8 +137,52 @@ def load_compare_config(path: str | Path, overrides: tuple[str, ...] = ()) -> Co
             experiment = build_config(exp_tree, source=f"{path} arm {arm_name!r}")
         except ConfigError as e:
             raise ConfigError(str(e)) from None
-        arms.append(Arm(name=arm_name, kind=kind, shots=shots, experiment=experiment))
+        if sweep_metric not in SWEEP_METRICS:
+            raise ConfigError(f"{path}: arm {arm_name!r}: sweep_metric must be one of {', '.join(SWEEP_METRICS)}")
+        arms.append(
+            Arm(
+                name=arm_name,
+                kind=kind,
+                shots=shots,
+                experiment=experiment,
+                sweep=sweep,
+                sweep_metric=sweep_metric,
+                sweep_budget=sweep_budget,
+            )
+        )
     names = [a.name for a in arms]
     if len(set(names)) != len(names):
         raise ConfigError(f"{path}: arm names must be unique, got {names}")
-    return CompareConfig(name=name, output_dir=output_dir, arms=arms)
+    return CompareConfig(name=name, output_dir=output_dir, arms=arms, claims=_claims_of(path, tree, names))
+
+
+def _sweep_of(path: Path, arm: str, raw: Any) -> dict[str, list[Any]] | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict) or not raw or not all(isinstance(v, list) and v for v in raw.values()):
+        raise ConfigError(
+            f"{path}: arm {arm!r}: sweep must map config keys to lists of values, e.g. training.lr: [1e-4]"
+        )
+    return {str(k): list(v) for k, v in raw.items()}
+
+
+def _claims_of(path: Path, tree: dict[str, Any], arm_names: list[str]) -> list[Claim]:
+    claims = []
+    for i, raw in enumerate(tree.get("claims") or []):
+        try:
+            claim = Claim.model_validate(raw)
+        except ValidationError as e:
+            bad = "; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors())
+            raise ConfigError(f"{path}: claims[{i}]: {bad}") from None
+        if not CLAIM_METRIC.match(claim.metric):
+            raise ConfigError(
+                f"{path}: claims[{i}]: metric {claim.metric!r}: use rouge1/rouge2/rougeL/rougeLsum, "
+                "single_reference:<rouge type> or benchmark:<task>"
+            )
+        for role, name in (("arm", claim.arm), ("versus", claim.versus)):
+            if name not in arm_names and not (role == "versus" and name == "base"):
+                raise ConfigError(f"{path}: claims[{i}]: {role} {name!r} is not an arm ({', '.join(arm_names)})")
+        if claim.versus == "base" and not claim.metric.startswith("benchmark:"):
+            raise ConfigError(f"{path}: claims[{i}]: versus: base goes with a benchmark:<task> metric")
+        claims.append(claim)
+    return claims

@@ -208,6 +208,8 @@ class BenchmarksConfig(Strict):
     """Score the first N documents of each task's evaluation set (as lm-evaluation-harness's --limit)."""
     sample: int | None = Field(None, gt=0)
     """Or a seeded sample of N documents per task (the task's own seed unless `seed` is set)."""
+    task_sample: dict[str, int] = Field(default_factory=dict)
+    """Per task, a seeded sample size replacing `limit`/`sample` for that task, e.g. {mmlu: 1000, samsum: 200}."""
     seed: int | None = None
     num_fewshot: int | None = Field(None, ge=0)
     batch_size: int = Field(8, gt=0)

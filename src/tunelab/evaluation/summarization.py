@@ -79,6 +79,8 @@ def score_prompts(
     per_example = metrics.rouge_per_example(preds, refs) if "rouge" in cfg.metrics else [{} for _ in preds]
     if "rouge" in cfg.metrics:
         result["rouge"] = metrics.aggregate_rouge(per_example, cfg.bootstrap_samples, seed)
+        if any(len(r) > 1 for r in refs):  # the other protocol, comparable with single-reference tables
+            result["rouge_single_reference"] = metrics.rouge_single_reference(preds, refs, cfg.bootstrap_samples, seed)
     if "bleu" in cfg.metrics:
         result["bleu"] = metrics.bleu(preds, refs)
     rows = [

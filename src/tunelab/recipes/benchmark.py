@@ -22,17 +22,19 @@ def with_subset(
     """The config with its benchmark subset replaced: the first `limit` documents or a seeded `sample`."""
     if not (limit or sample or seed is not None):
         return cfg
-    update: dict[str, Any] = {"limit": limit, "sample": sample} if (limit or sample) else {}
+    update: dict[str, Any] = {"limit": limit, "sample": sample, "task_sample": {}} if (limit or sample) else {}
     if seed is not None:
         update["seed"] = seed
     return cfg.model_copy(update={"benchmarks": cfg.benchmarks.model_copy(update=update)})
 
 
 def task_specs(bcfg: BenchmarksConfig, tasks: list[str] | None = None):
-    return [
-        get_task(t, limit=bcfg.limit, sample=bcfg.sample, seed=bcfg.seed, num_fewshot=bcfg.num_fewshot)
-        for t in (tasks or bcfg.tasks)
-    ]
+    def subset(task: str) -> dict[str, int | None]:
+        if task in bcfg.task_sample:
+            return {"limit": None, "sample": bcfg.task_sample[task]}
+        return {"limit": bcfg.limit, "sample": bcfg.sample}
+
+    return [get_task(t, **subset(t), seed=bcfg.seed, num_fewshot=bcfg.num_fewshot) for t in (tasks or bcfg.tasks)]
 
 
 def benchmark_session(session: Session, tasks: list[str] | None = None, show_progress: bool = True) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import random
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,8 @@ from typing import Any
 from accelerate.utils import set_seed
 
 from tunelab.config.compare import Arm, CompareConfig, load_compare_config
+from tunelab.config.loader import build_config, config_to_dict
+from tunelab.config.schema import ExperimentConfig
 from tunelab.data.sources import load_split
 from tunelab.environment import describe_environment
 from tunelab.evaluation.metrics import rouge_protocol
@@ -136,6 +139,32 @@ def base_suite_key(arm: Arm) -> str:
     )
 
 
+def swept_experiment(arm: Arm, show_progress: bool = True, echo=print) -> tuple[ExperimentConfig, dict | None]:
+    """The arm's experiment with its `sweep` values chosen on the validation split (trials in
+    `<comparison>/<arm>-sweep/`, reused when finished), and the record of the choice; unchanged without a sweep."""
+    if not arm.sweep:
+        return arm.experiment, None
+    from tunelab.recipes.sweep import sweep
+
+    # the trials' own settings (e.g. fewer training examples), then the grid on top
+    budget = [f"{k}={json.dumps(v)}" for k, v in arm.sweep_budget.items()]
+    trial_base = build_config(config_to_dict(arm.experiment), budget) if budget else arm.experiment
+    record = sweep(trial_base, arm.sweep, arm.sweep_metric, show_progress=show_progress, echo=None)
+    best = record["best"]["overrides"]
+    if echo:
+        echo(f"  {arm.name}: sweep chose {', '.join(f'{k}={v}' for k, v in best.items())} on {record['split']}")
+    experiment = build_config(config_to_dict(arm.experiment), [f"{k}={json.dumps(v)}" for k, v in best.items()])
+    chosen = {
+        "chosen": best,
+        "metric": record["metric"],
+        "split": record["split"],
+        "trials": [{"overrides": t["overrides"], record["metric"]: t[record["metric"]]} for t in record["trials"]],
+        "trial_settings": arm.sweep_budget,
+        "record": f"{arm.name}-sweep/sweep.json",
+    }
+    return experiment, chosen
+
+
 def run_arm(
     arm: Arm,
     directory: Path,
@@ -149,27 +178,42 @@ def run_arm(
         if arm.kind == "prompting":
             prompting_arm(arm, stage, show_progress)
         else:
+            experiment, chosen = swept_experiment(arm, show_progress, echo)
             key = base_suite_key(arm)
             shared = base_benchmarks.get(key) if base_benchmarks is not None else None
             result = finetune(
-                arm.experiment, run_path=stage, show_progress=show_progress, echo=None, base_benchmarks=shared
+                experiment, run_path=stage, show_progress=show_progress, echo=None, base_benchmarks=shared
             )
             if base_benchmarks is not None and shared is None and (stage / "benchmarks_before.json").is_file():
                 base_benchmarks[key] = json.loads((stage / "benchmarks_before.json").read_text())
+            if chosen is not None:  # the record says which values the validation split chose
+                RunDir(stage).write_metrics({**result.metrics, "sweep": chosen})
             del result
         atomic_write_json(stage / ARM_FILE, arm.signature())
     return final
 
 
+TIMING_FILE = "timing.json"  # wall seconds each arm took when it ran (kept across interrupted invocations)
+
+
+def _record_time(directory: Path, arm: str, seconds: float) -> None:
+    path = directory / TIMING_FILE
+    timing = json.loads(path.read_text()) if path.is_file() else {}
+    timing[arm] = {"seconds": seconds, "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    atomic_write_json(path, timing)
+
+
 def compare(
     config: str | Path | CompareConfig, overrides: tuple[str, ...] = (), show_progress: bool = True, echo=print
 ) -> Comparison:
+    from tunelab.reporting.claims import CLAIMS_FILE
     from tunelab.reporting.html import ARM_ORDER_FILE, write_report
 
     cfg = config if isinstance(config, CompareConfig) else load_compare_config(config, overrides)
     directory = cfg.directory
     directory.mkdir(parents=True, exist_ok=True)
     atomic_write_json(directory / ARM_ORDER_FILE, [arm.name for arm in cfg.arms])
+    atomic_write_json(directory / CLAIMS_FILE, [claim.model_dump() for claim in cfg.claims])
     arms, reused = {}, []
     base_benchmarks: dict[str, dict[str, Any]] = {}
     for i, arm in enumerate(cfg.arms, 1):
@@ -184,7 +228,9 @@ def compare(
                     f"[{i}/{len(cfg.arms)}] {arm.name}: running ({arm.kind}"
                     f"{', ' + arm.experiment.method.name if arm.kind == 'finetune' else f', {arm.shots} shots'})"
                 )
+            t0 = time.perf_counter()
             run_arm(arm, directory, show_progress, echo, base_benchmarks)
+            _record_time(directory, arm.name, time.perf_counter() - t0)
         arms[arm.name] = arm_dir
     report = write_report(directory, list(arms))
     if echo:

@@ -16,6 +16,7 @@ from typing import Any
 from tunelab.errors import RunDirError
 from tunelab.io import atomic_write_text
 from tunelab.reporting import svg
+from tunelab.reporting.claims import CLAIM_HEADERS, claim_rows, judge_claims
 from tunelab.reporting.tables import human_bytes, markdown_table
 
 ROUGE_KEYS = ("rouge1", "rouge2", "rougeL", "rougeLsum")
@@ -184,10 +185,36 @@ def later_evaluations(arms: Sequence[ArmSummary]) -> list[list[str]]:
     return rows
 
 
+def wall_time_note(directory: Path, arms: Sequence[ArmSummary]) -> str:
+    """The comparison's recorded wall time (recipes/compare.py timing.json), summed over the arms shown."""
+    path = directory / "timing.json"
+    timing = json.loads(path.read_text()) if path.is_file() else {}
+    seconds = [timing[a.name]["seconds"] for a in arms if a.name in timing]
+    if not seconds:
+        return ""
+    return f"Wall time: {sum(seconds) / 3600:.2f} h over {len(seconds)} arm(s) as they ran (timing.json)."
+
+
+SINGLE_REFERENCE_HEADERS = ["arm", "ROUGE-1", "ROUGE-2", "ROUGE-L", "ROUGE-Lsum", "pairs"]
+
+
+def single_reference_rows(arms: Sequence[ArmSummary]) -> list[list[str]]:
+    rows = []
+    for a in arms:
+        single = a.after.get("rouge_single_reference")
+        if not single:
+            continue
+        cells = [
+            f"{single[k]['f1']:.2f} [{single[k]['f1_ci95'][0]:.2f}, {single[k]['f1_ci95'][1]:.2f}]" for k in ROUGE_KEYS
+        ]
+        rows.append([a.name, *cells, str(single["rouge1"].get("pairs", "-"))])
+    return rows
+
+
 LATER_HEADERS = ["arm", "folder", "kind", "result"]
 
 
-def markdown_report(arms: Sequence[ArmSummary]) -> str:
+def markdown_report(arms: Sequence[ArmSummary], claims: Sequence[dict[str, Any]] = ()) -> str:
     first = arms[0].metrics
     lines = [
         f"## Comparison: {first.get('model')} on {first.get('dataset')} "
@@ -199,6 +226,8 @@ def markdown_report(arms: Sequence[ArmSummary]) -> str:
         "(or the arm's own base); benchmark change is the mean change on the benchmark suite, after - before "
         "(negative = forgetting; - = no weights changed).",
     ]
+    if note := wall_time_note(arms[0].path.parent, arms):
+        lines += ["", note]
     for a in arms:
         ctx = a.after.get("context")
         if ctx and ctx.get("prompts_over_window"):
@@ -206,6 +235,27 @@ def markdown_report(arms: Sequence[ArmSummary]) -> str:
                 f"\n{a.name}: {ctx['prompts_over_window']} prompts longer than the model's "
                 f"{ctx['window']}-token window were cut (mean prompt {ctx['mean_prompt_tokens']:.0f} tokens)."
             )
+    if single := single_reference_rows(arms):
+        lines += [
+            "",
+            "### Single-reference protocol",
+            "",
+            "The same predictions scored against each reference alone and averaged over all (prediction, reference)",
+            "pairs, as tables that score a multi-reference test set one reference row at a time (F1 x100, 95% CI):",
+            "",
+            markdown_table(SINGLE_REFERENCE_HEADERS, single),
+        ]
+    if claims:
+        lines += [
+            "",
+            "### Claims",
+            "",
+            "Each claim's difference is taken example by example on the same examples, with a paired 95% BCa "
+            "bootstrap CI: reproduced when the CI lies above the threshold, not reproduced when below, "
+            "inconclusive when it contains it.",
+            "",
+            markdown_table(CLAIM_HEADERS, claim_rows(claims)),
+        ]
     if later := later_evaluations(arms):
         lines += [
             "",
@@ -241,7 +291,19 @@ document.body.dataset.charts=JSON.stringify(s);document.body.dataset.errors=JSON
 """
 
 
-def html_report(arms: Sequence[ArmSummary], title: str, n_examples: int = 5) -> str:
+def _html_table(table_id: str, headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    return (
+        f"<table id='{table_id}'><tr>"
+        + "".join(f"<th>{escape(h)}</th>" for h in headers)
+        + "</tr>"
+        + "".join("<tr>" + "".join(f"<td>{escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
+        + "</table>"
+    )
+
+
+def html_report(
+    arms: Sequence[ArmSummary], title: str, n_examples: int = 5, claims: Sequence[dict[str, Any]] = ()
+) -> str:
     names = [a.name for a in arms]
     base = baseline_scores(arms)
     rouge_chart = svg.grouped_bars(
@@ -347,16 +409,32 @@ def html_report(arms: Sequence[ArmSummary], title: str, n_examples: int = 5) -> 
             + "</table>"
         )
     )
+    single = single_reference_rows(arms)
+    single_html = (
+        "<h2>Single-reference protocol</h2><p class='note'>The same predictions scored against each reference alone, "
+        "averaged over all (prediction, reference) pairs (F1 x100, 95% CI).</p>"
+        + _html_table("single-reference", SINGLE_REFERENCE_HEADERS, single)
+        if single
+        else ""
+    )
+    claims_html = (
+        "<h2>Claims</h2><p class='note'>Differences taken example by example, paired 95% BCa bootstrap CI: "
+        "reproduced when the CI lies above the threshold, not reproduced when below, inconclusive otherwise.</p>"
+        + _html_table("claims", CLAIM_HEADERS, claim_rows(claims))
+        if claims
+        else ""
+    )
     first = arms[0].metrics
     return f"""<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>
 <style>{_CSS}</style></head><body>{_SELF_CHECK}
 <h1>{escape(title)}</h1>
 <p class="note">{escape(str(first.get("model")))} · {escape(str(first.get("dataset")))} ·
 {arms[0].after.get("examples")} {escape(str(first.get("evaluation_split")))} examples · same data, evaluation and seed for every arm</p>
-<h2>Summary</h2>{table}
+<h2>Summary</h2>{table}{claims_html}
 <p class="note">ROUGE: F1 x100 ({escape(first.get("protocol", {}).get("rouge", ""))}). Gain: against the zero-shot arm.
-Forgetting: mean change over the benchmark suite, after minus before (0 for prompting: weights unchanged).</p>
-<h2>Task quality</h2>{rouge_chart}
+Forgetting: mean change over the benchmark suite, after minus before (0 for prompting: weights unchanged).
+{escape(wall_time_note(arms[0].path.parent, arms))}</p>
+<h2>Task quality</h2>{rouge_chart}{single_html}
 <h2>Gain vs forgetting</h2>{scatter}{forgetting_html}
 <h2>Cost</h2><div class="cost">{"".join(cost)}</div>
 {later_html}
@@ -370,5 +448,8 @@ def write_report(directory: str | Path, names: Sequence[str] | None = None) -> P
     """Write report.html and report.md into a comparison directory; returns the HTML path."""
     directory = Path(directory)
     arms = load_arms(directory, names)
-    atomic_write_text(directory / "report.md", markdown_report(arms))
-    return atomic_write_text(directory / "report.html", html_report(arms, f"tunelab comparison: {directory.name}"))
+    claims = judge_claims(directory, arms)
+    atomic_write_text(directory / "report.md", markdown_report(arms, claims))
+    return atomic_write_text(
+        directory / "report.html", html_report(arms, f"tunelab comparison: {directory.name}", claims=claims)
+    )

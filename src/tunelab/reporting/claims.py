@@ -1,0 +1,136 @@
+"""Claims of a comparison, judged on its finished arms with paired 95% confidence intervals.
+
+A claim (config/compare.py `Claim`) says that `arm` minus `versus` on a metric is at least `at_least` (or at
+most `at_most`). The difference is taken example by example on the same test examples (or benchmark documents),
+and its BCa bootstrap CI decides: **reproduced** when the whole CI lies on the claimed side of the threshold,
+**not reproduced** when it lies on the other side, **inconclusive** when it contains it; **pending** while an
+arm has not finished.
+
+Task metrics are recomputed from each arm's predictions.jsonl (predictions and references), so a claim needs
+no state beyond what a finished arm keeps: `rouge1`... is the best-of-references protocol, `single_reference:
+rouge1`... the mean over single references; `benchmark:<task>` compares the suite's per-document scores after
+training (`versus: base` takes the arm's own scores before training, i.e. its forgetting on that task).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from tunelab.reporting.html import ArmSummary
+
+CLAIMS_FILE = "claims.json"  # the comparison config's claims, so `tunelab report DIR` can judge them again
+VERDICTS = ("reproduced", "not reproduced", "inconclusive", "pending")
+
+
+def _task_scores(arm: ArmSummary, metric: str) -> dict[str, float]:
+    """Per test example id: the arm's score on a ROUGE metric (recomputed from its predictions)."""
+    from tunelab.evaluation.metrics import rouge_per_example, rouge_per_reference
+
+    ids = [p["id"] for p in arm.predictions]
+    preds = [p["prediction"] for p in arm.predictions]
+    refs = [list(p["references"]) for p in arm.predictions]
+    if metric.startswith("single_reference:"):
+        key = metric.split(":", 1)[1]
+        per_ref = rouge_per_reference(preds, refs)
+        return {i: float(np.mean([r[key]["f1"] for r in rs])) for i, rs in zip(ids, per_ref, strict=True)}
+    return {i: s[metric]["f1"] for i, s in zip(ids, rouge_per_example(preds, refs), strict=True)}
+
+
+def _benchmark_results(arm: ArmSummary, when: str, arms: Sequence[ArmSummary]) -> dict[str, Any] | None:
+    """benchmarks_after.json (or _before) of an arm; a prompting arm's weights are the base's, so its scores are
+    the base's before training, found in any fine-tuning arm."""
+    if arm.is_prompting:
+        when = "before"
+        sources = [a for a in arms if not a.is_prompting]
+    else:
+        sources = [arm]
+    for source in sources:
+        path = source.path / f"benchmarks_{when}.json"
+        if path.is_file():
+            return json.loads(path.read_text())
+    return None
+
+
+def _benchmark_scores(results: Mapping[str, Any], task: str) -> dict[str, float]:
+    from tunelab.benchmarks.forgetting import main_metric_per_example
+
+    result = results[task]
+    return {str(i): float(v) for i, v in enumerate(main_metric_per_example(result))}
+
+
+def _paired(claim: Mapping[str, Any], arm: ArmSummary, versus: ArmSummary | None, arms: Sequence[ArmSummary]):
+    metric = claim["metric"]
+    if metric.startswith("benchmark:"):
+        task = metric.split(":", 1)[1]
+        mine = _benchmark_results(arm, "after", arms)
+        theirs = (
+            _benchmark_results(arm, "before", arms) if versus is None else _benchmark_results(versus, "after", arms)
+        )
+        if mine is None or theirs is None or task not in mine or task not in theirs:
+            raise KeyError(f"benchmark {task} was not run on both sides")
+        return _benchmark_scores(mine, task), _benchmark_scores(theirs, task)
+    assert versus is not None
+    return _task_scores(arm, metric), _task_scores(versus, metric)
+
+
+def judge(claim: Mapping[str, Any], arms: Sequence[ArmSummary], samples: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """One claim's difference, its paired CI over the shared examples and the verdict."""
+    from tunelab.evaluation.metrics import paired_difference_ci
+
+    by_name = {a.name: a for a in arms}
+    arm, versus = by_name.get(claim["arm"]), by_name.get(claim["versus"])
+    if arm is None or (versus is None and claim["versus"] != "base"):
+        return {**claim, "verdict": "pending", "note": "an arm has not finished"}
+    try:
+        mine, theirs = _paired(claim, arm, versus, arms)
+    except KeyError as e:
+        return {**claim, "verdict": "pending", "note": str(e).strip("'\"")}
+    shared = [i for i in mine if i in theirs]
+    if len(shared) != len(mine) or len(shared) != len(theirs):
+        return {**claim, "verdict": "pending", "note": "the two sides were scored on different examples"}
+    a, b = [mine[i] for i in shared], [theirs[i] for i in shared]
+    delta = float(np.mean(a) - np.mean(b))
+    low, high = paired_difference_ci(b, a, samples, seed)
+    if claim.get("at_most") is not None:
+        threshold = float(claim["at_most"])
+        verdict = "reproduced" if high < threshold else "not reproduced" if low > threshold else "inconclusive"
+    else:
+        threshold = float(claim["at_least"])
+        verdict = "reproduced" if low > threshold else "not reproduced" if high < threshold else "inconclusive"
+    return {**claim, "delta": delta, "ci95_low": low, "ci95_high": high, "n": len(shared), "verdict": verdict}
+
+
+def judge_claims(directory: Path, arms: Sequence[ArmSummary]) -> list[dict[str, Any]]:
+    path = Path(directory) / CLAIMS_FILE
+    if not path.is_file():
+        return []
+    return [judge(c, arms) for c in json.loads(path.read_text())]
+
+
+CLAIM_HEADERS = ["claim", "arm - versus", "metric", "difference (95% CI)", "needs", "n", "verdict"]
+
+
+def claim_rows(judged: Sequence[Mapping[str, Any]]) -> list[list[str]]:
+    rows = []
+    for c in judged:
+        measured = (
+            f"{c['delta']:+.2f} [{c['ci95_low']:+.2f}, {c['ci95_high']:+.2f}]" if "delta" in c else c.get("note", "-")
+        )
+        rows.append(
+            [
+                c["claim"],
+                f"{c['arm']} - {c['versus']}",
+                c["metric"],
+                measured,
+                f"<= {c['at_most']:+.2f}" if c.get("at_most") is not None else f">= {c['at_least']:+.2f}",
+                str(c.get("n", "-")),
+                c["verdict"],
+            ]
+        )
+    return rows
