@@ -27,11 +27,13 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 sys.path.insert(0, str(ROOT / "src"))
 
-# "before": training as tunelab did before `training.gradient_checkpointing: auto`; "after": the defaults.
+# "before": as tunelab ran before `training.gradient_checkpointing: auto` and before freed memory was handed back
+# between phases (training/memory.py `release_freed_memory`); "after": the defaults.
 CONFIGURATIONS: dict[str, list[str]] = {
     "before": ["training.gradient_checkpointing=false"],
     "after": [],
 }
+ENVIRONMENT: dict[str, dict[str, str]] = {"before": {"TUNELAB_MALLOC_TRIM": "0"}, "after": {}}
 
 
 def run_configuration(label: str, config: Path) -> dict:
@@ -44,7 +46,7 @@ def run_configuration(label: str, config: Path) -> dict:
     cmd = [sys.executable, "-m", "tunelab.cli.main", "compare", "-q", str(derived)]
     for override in CONFIGURATIONS[label]:
         cmd += ["--set", override]
-    env = {**os.environ, "TQDM_DISABLE": "1"}
+    env = {**os.environ, "TQDM_DISABLE": "1", **ENVIRONMENT[label]}
     log = ROOT / "runs" / f"bench-demo-memory-{label}.log"
     t0 = time.perf_counter()
     with log.open("w") as err:
@@ -55,6 +57,7 @@ def run_configuration(label: str, config: Path) -> dict:
         raise SystemExit(f"{label}: tunelab compare failed\n{log.read_text()[-3000:]}")
     return {
         "overrides": CONFIGURATIONS[label],
+        "environment": ENVIRONMENT[label],
         "process_peak_rss_bytes": usage.ru_maxrss * 1024,
         "wall_seconds": wall,
         "arms": collect_arms(ROOT / "runs" / tree["name"]),
@@ -86,7 +89,8 @@ def report(result: dict) -> str:
         "",
         "`make demo`'s comparison run twice in one invocation, each in its own process: *before* = "
         + ", ".join(f"`{o}`" for o in before["overrides"])
-        + " (as tunelab trained before); *after* = tunelab's defaults.",
+        + " and no freed memory handed back between phases (`TUNELAB_MALLOC_TRIM=0`), as tunelab ran before; "
+        "*after* = tunelab's defaults.",
         "",
         "| | before | after | after / before |",
         "|---|---|---|---|",
@@ -133,6 +137,8 @@ def main() -> None:
     for label in [args.only] if args.only else list(CONFIGURATIONS):
         print(f"measuring {label} ...", file=sys.stderr)
         result["configurations"][label] = run_configuration(label, Path(args.config))
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2) + "\n")  # kept if the next configuration is interrupted
     env = describe_environment(torch.device("cpu"))
     cpu = env.get("cpu") or {}
     result.update(

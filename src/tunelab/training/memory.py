@@ -4,6 +4,8 @@ mark (VmHWM), which catches every peak, reset at the start of each measured span
 
 from __future__ import annotations
 
+import ctypes
+import os
 from pathlib import Path
 
 import psutil
@@ -33,8 +35,27 @@ def reset_high_water_mark() -> bool:
     return high_water_mark() is not None
 
 
+def release_freed_memory() -> bool:
+    """Hand memory that glibc keeps after objects are freed back to the OS (gc, then `malloc_trim(0)`), so that
+    the next phase, or the next arm of a comparison, starts from live memory instead of an earlier phase's
+    leftovers. glibc keeps freed blocks for reuse; returning them inside a training step costs time (every
+    block comes back as fresh zeroed pages, bench/results/memory_levers.md), between phases nothing that
+    matters. A no-op where libc has no malloc_trim, or with TUNELAB_MALLOC_TRIM=0 (for side-by-side benches)."""
+    import gc
+
+    gc.collect()
+    if os.environ.get("TUNELAB_MALLOC_TRIM", "1") == "0":
+        return False
+    try:
+        trim = ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return False
+    return bool(trim(0))
+
+
 class PeakMemory:
-    """Peak memory from construction (or `reset`) to `as_dict`/`peak_rss`."""
+    """Peak memory from construction (or `reset`) to `as_dict`/`peak_rss`; each span starts by returning freed
+    memory to the OS (`release_freed_memory`)."""
 
     def __init__(self, device: torch.device):
         self.device = device
@@ -42,6 +63,7 @@ class PeakMemory:
         self.reset()
 
     def reset(self) -> None:
+        release_freed_memory()
         self.exact = reset_high_water_mark()
         self.start_rss = self._proc.memory_info().rss
         self._sampled = self.start_rss
