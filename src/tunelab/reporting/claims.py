@@ -58,6 +58,8 @@ def _benchmark_results(arm: ArmSummary, when: str, arms: Sequence[ArmSummary]) -
 
 
 def _benchmark_scores(results: Mapping[str, Any], task: str) -> dict[str, float]:
+    """Per document position: arms of one comparison share the benchmarks config, so they score the same documents
+    in the same order (a different count leaves the claim pending)."""
     from tunelab.benchmarks.forgetting import main_metric_per_example
 
     result = results[task]
