@@ -129,9 +129,19 @@ def test_saved_lora_adapter_reloads_with_plain_peft_to_identical_logits(arch, ti
         assert torch.equal(model(**batch).logits, reloaded(**batch).logits)
 
 
-@pytest.mark.parametrize("method", [{"name": "full"}, {"name": "lora", "r": 4, "dropout": 0.0}])
-def test_completion_only_logits_give_the_standard_loss(method, tiny_llama_chat_dir):
-    """Left-padded batches with logits for completion positions only == HF's loss on right-padded batches."""
+@pytest.mark.parametrize(
+    "method",
+    [
+        {"name": "full"},
+        {"name": "lora", "r": 4, "dropout": 0.0},
+        {"name": "prompt_tuning", "num_virtual_tokens": 4, "init": "random"},
+        {"name": "prefix_tuning", "num_virtual_tokens": 4},
+    ],
+    ids=lambda m: m["name"],
+)
+def test_mask_free_completion_loss_equals_the_masked_full_logits_loss(method, tiny_llama_chat_dir):
+    """tunelab's causal batches (right-padded, no attention mask, logits for completion positions only) give
+    the loss and the gradients of HF's own loss on a padded batch with its attention mask."""
     from tunelab.data.collate import pad_sequences, padding_mask
     from tunelab.training.loss import completion_loss
 
@@ -139,14 +149,21 @@ def test_completion_only_logits_give_the_standard_loss(method, tiny_llama_chat_d
     model.eval()
     batch = train[:8]
     assert len({len(e.input_ids) for e in batch}) > 1  # padding really happens
-    ours = completion_loss(model, TrainCollator(loaded.tokenizer.pad_token_id, "causal")(batch), "causal")
+    ours_batch = TrainCollator(loaded.tokenizer.pad_token_id, "causal")(batch)
+    assert "attention_mask" not in ours_batch
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    ours = completion_loss(model, ours_batch, "causal")
+    ours_grads = torch.autograd.grad(ours, trainable)
     ids = [e.input_ids for e in batch]
     reference = model(
         input_ids=pad_sequences(ids, loaded.tokenizer.pad_token_id),
         attention_mask=padding_mask(ids),
         labels=pad_sequences([e.labels for e in batch], -100),
     ).loss
+    reference_grads = torch.autograd.grad(reference, trainable)
     assert ours.item() == pytest.approx(reference.item(), rel=1e-5)
+    for a, b in zip(ours_grads, reference_grads):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.parametrize(

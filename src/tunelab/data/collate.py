@@ -29,11 +29,14 @@ def position_ids_from_mask(mask: torch.Tensor) -> torch.Tensor:
 
 
 class TrainCollator:
-    """Pads input ids (pad id), attention mask (0) and labels (-100).
+    """Pads input ids (pad id) and labels (-100) to the batch's longest sequence.
 
-    Causal batches are left-padded with explicit position ids: every completion then ends at the last
-    column, which lets the loss compute logits for the completion positions only (training/loss.py).
-    Seq2seq batches are right-padded.
+    Causal batches are right-padded and carry no attention mask. Under causal attention a real token only
+    sees positions before it, all real under right padding, so no mask is needed: the loss and gradients are
+    those of a masked batch (tested), and the attention kernel takes its causal path, which skips the
+    blocks above the diagonal, instead of applying a padding mask over every block (bench/throughput.py).
+    Positions then count from 0 in every row without explicit position ids.
+    Seq2seq batches are right-padded with an attention mask (the encoder attends both ways).
     """
 
     def __init__(self, pad_token_id: int, arch: Arch):
@@ -41,15 +44,13 @@ class TrainCollator:
         self.arch = arch
 
     def __call__(self, batch: Sequence[Encoded]) -> dict[str, torch.Tensor]:
-        left = self.arch == "causal"
         ids = [e.input_ids for e in batch]
         out = {
-            "input_ids": pad_sequences(ids, self.pad, left),
-            "attention_mask": padding_mask(ids, left),
-            "labels": pad_sequences([e.labels for e in batch], IGNORE_INDEX, left),
+            "input_ids": pad_sequences(ids, self.pad),
+            "labels": pad_sequences([e.labels for e in batch], IGNORE_INDEX),
         }
-        if left:
-            out["position_ids"] = position_ids_from_mask(out["attention_mask"])
+        if self.arch == "seq2seq":
+            out["attention_mask"] = padding_mask(ids)
         return out
 
 

@@ -2,9 +2,10 @@
 
 For causal models the vocabulary projection is the largest single matmul of a small model and its
 output (batch x positions x vocab floats) dominates activation memory, yet the loss needs it only at
-completion positions. Training batches are left-padded, so every row's completion ends at the last
-column; `logits_to_keep` then asks the model for logits of the last K positions only, K being the
-longest completion (+1 for the shift). Same loss as the full computation (tested), less time and memory.
+completion positions. Completions end their rows, and length-grouped batches hold rows of similar length,
+so `logits_to_keep` asks the model for logits of the last K columns only, from the earliest completion
+start in the batch to the end (+1 for the shift). Same loss as the full computation (tested), less time
+and memory.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import torch
 import torch.nn.functional as F
 
 from tunelab.data.encoding import IGNORE_INDEX
-from tunelab.methods import is_prompt_learning
 from tunelab.modeling import Arch, forward_accepts
 
 
@@ -23,12 +23,10 @@ def completion_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], arch
         return model(**batch).loss  # decoder logits cover only the target already
     labels = batch["labels"]
     inputs = {k: v for k, v in batch.items() if k != "labels"}
-    if is_prompt_learning(model):
-        inputs.pop("position_ids", None)  # PEFT places virtual tokens itself and ignores position ids
     if not forward_accepts(model, "logits_to_keep"):
         return model(**inputs, labels=labels).loss
     has_label = (labels != IGNORE_INDEX).any(dim=0)
-    first = int(has_label.nonzero()[0]) if has_label.any() else labels.shape[1] - 1
+    first = max(int(has_label.nonzero()[0]), 1) if has_label.any() else labels.shape[1] - 1  # column 0: no prediction
     keep = labels.shape[1] - first + 1  # positions first-1 .. end predict labels first .. end
     logits = model(**inputs, logits_to_keep=keep).logits
     shift_logits = logits[:, :-1, :].float()
