@@ -10,12 +10,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from tunelab.data.records import Example
 from tunelab.data.templates import Template
 from tunelab.errors import DataError
 from tunelab.modeling import Arch
+
+if TYPE_CHECKING:
+    from tunelab.config.schema import ExperimentConfig
 
 IGNORE_INDEX = -100
 
@@ -82,6 +85,18 @@ class PromptEncoder:
         self.max_target_tokens = max_target_tokens
         self.train_on = train_on
         self.stats = TruncationStats()
+
+    @classmethod
+    def from_config(cls, cfg: ExperimentConfig, tokenizer, arch: Arch, use_chat_template: bool) -> PromptEncoder:
+        """The encoder a config's `template:` lengths and `data.train_on` describe, for this tokenizer."""
+        return cls(
+            tokenizer,
+            arch,
+            use_chat_template,
+            cfg.template.max_input_tokens,
+            cfg.template.max_target_tokens,
+            cfg.data.train_on,
+        )
 
     # ---- text -------------------------------------------------------------------------------------
     def truncate_input(self, text: str, keep_end: bool = False) -> tuple[str, bool]:

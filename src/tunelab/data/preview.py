@@ -78,18 +78,9 @@ def preview_data(cfg: ExperimentConfig, n: int = 5, marks: tuple[str, str] = PLA
     from tunelab.modeling import chat_template_in_use
 
     tokenizer, arch = _light_tokenizer(cfg) or _transformers_tokenizer(cfg)
-    encoder = PromptEncoder(
-        tokenizer,
-        arch,
-        chat_template_in_use(tokenizer, arch, cfg.model),
-        cfg.template.max_input_tokens,
-        cfg.template.max_target_tokens,
-        cfg.data.train_on,
-    )
+    encoder = PromptEncoder.from_config(cfg, tokenizer, arch, chat_template_in_use(tokenizer, arch, cfg.model))
     examples = seeded_sample(load_split(cfg.data, cfg.data.train_split), cfg.data.max_train_samples, cfg.seed)
-    templates = TemplateSet(
-        cfg.template.task, cfg.template.train_phrasings, cfg.template.eval_phrasing, cfg.template.custom
-    ).for_training(len(examples), cfg.seed)
+    templates = TemplateSet.from_config(cfg.template).for_training(len(examples), cfg.seed)
     shown, lengths, trained_counts = [], [], []
     for i, (ex, template) in enumerate(zip(examples, templates)):
         enc = encoder.encode_for_training(template, ex)

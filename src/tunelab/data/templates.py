@@ -10,8 +10,12 @@ import random
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from tunelab.errors import ConfigError, DataError
+
+if TYPE_CHECKING:
+    from tunelab.config.schema import TemplateConfig
 
 
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -102,6 +106,11 @@ class TemplateSet:
         self.phrasings = phrasings
         self.train = [phrasings[i] for i in idx]
         self.eval = phrasings[eval_phrasing]
+
+    @classmethod
+    def from_config(cls, template: TemplateConfig) -> TemplateSet:
+        """The template set a config's `template:` section names."""
+        return cls(template.task, template.train_phrasings, template.eval_phrasing, template.custom)
 
     def for_training(self, n_examples: int, seed: int) -> list[Template]:
         rng = random.Random(seed)

@@ -51,17 +51,8 @@ def open_session(cfg: ExperimentConfig, quantize_for_method: bool = True) -> Ses
     device = pick_device(cfg.training.device)
     extra = method.load_kwargs(cfg.method) if quantize_for_method else {}
     loaded = load_model(cfg.model, device=device, extra_kwargs=extra)
-    templates = TemplateSet(
-        cfg.template.task, cfg.template.train_phrasings, cfg.template.eval_phrasing, cfg.template.custom
-    )
-    encoder = PromptEncoder(
-        loaded.tokenizer,
-        loaded.arch,
-        loaded.use_chat_template,
-        cfg.template.max_input_tokens,
-        cfg.template.max_target_tokens,
-        cfg.data.train_on,
-    )
+    templates = TemplateSet.from_config(cfg.template)
+    encoder = PromptEncoder.from_config(cfg, loaded.tokenizer, loaded.arch, loaded.use_chat_template)
     return Session(cfg=cfg, method=method, loaded=loaded, templates=templates, encoder=encoder, device=device)
 
 

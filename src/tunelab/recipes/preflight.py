@@ -85,17 +85,8 @@ def check_experiment(cfg: ExperimentConfig, run_path: str | Path | None = None) 
     arch = resolve_arch(hf_config, cfg.model)
     tokenizer = load_tokenizer(source, cfg.model)
     examples = {split: load_split(cfg.data, split) for split in _splits(cfg)}
-    templates = TemplateSet(
-        cfg.template.task, cfg.template.train_phrasings, cfg.template.eval_phrasing, cfg.template.custom
-    )
-    encoder = PromptEncoder(
-        tokenizer,
-        arch,
-        chat_template_in_use(tokenizer, arch, cfg.model),
-        cfg.template.max_input_tokens,
-        cfg.template.max_target_tokens,
-        cfg.data.train_on,
-    )
+    templates = TemplateSet.from_config(cfg.template)
+    encoder = PromptEncoder.from_config(cfg, tokenizer, arch, chat_template_in_use(tokenizer, arch, cfg.model))
     first = examples[cfg.data.train_split][0]
     for template in {*templates.train, templates.eval}:
         encoder.encode_for_training(template, first)

@@ -57,10 +57,8 @@ def _task_prompt(run_dir: Path | None, meta: dict[str, Any], tokenizer, arch: Ar
         cfg = load_config(run_dir / "config.yaml")
     else:  # an adapter folder outside a run: its task's default phrasing
         cfg = build_config({"template": {"task": meta.get("task", "dialogue_summarization")}})
-    t = cfg.template
-    templates = TemplateSet(t.task, t.train_phrasings, t.eval_phrasing, t.custom)
-    encoder = PromptEncoder(tokenizer, arch, use_chat, t.max_input_tokens, t.max_target_tokens)
-    return TaskPrompt(encoder, templates.eval, cfg.evaluation.max_new_tokens)
+    encoder = PromptEncoder.from_config(cfg, tokenizer, arch, use_chat)
+    return TaskPrompt(encoder, TemplateSet.from_config(cfg.template).eval, cfg.evaluation.max_new_tokens)
 
 
 def _window(model) -> int:
