@@ -71,6 +71,11 @@ def test_compare_runs_every_arm_reuses_finished_ones_and_reports(compare_config,
         assert json.loads((directory / arm["name"] / "arm.json").read_text())["kind"] in ("prompting", "finetune")
     two_shot = json.loads((directory / "two-shot" / "metrics.json").read_text())
     assert two_shot["after"]["context"]["shots"] == 2
+    soft = json.loads((directory / "prompt-tuning" / "metrics.json").read_text())["soft_prompt"]
+    assert len(soft["neighbours"]) == 4 and all(len(row) == soft["k"] == 5 for row in soft["neighbours"])
+    assert soft["task_word_share"] == sum(soft["task_word"]) / 4 and 0 <= soft["chance_share"] <= 1
+    assert len(soft["cosine_to_initial"]) == 4 and all(c < 0.9999 for c in soft["cosine_to_initial"])  # trained
+    assert "soft_prompt" not in json.loads((directory / "lora" / "metrics.json").read_text())
     assert (
         two_shot["after"]["context"]["mean_prompt_tokens"]
         > json.loads((directory / "zero-shot" / "metrics.json").read_text())["after"]["context"]["mean_prompt_tokens"]
@@ -86,12 +91,13 @@ def test_compare_runs_every_arm_reuses_finished_ones_and_reports(compare_config,
         "chart-memory",
         "chart-time",
     } <= {s.get("id") for s in page.svgs}
-    assert {"summary", "forgetting", "predictions"} <= set(page.tables)
+    assert {"summary", "forgetting", "predictions", "soft-prompts"} <= set(page.tables)
     text = " ".join(page.text)
     for arm in ARMS:
         assert arm["name"] in text
     md = (directory / "report.md").read_text()
     assert all(f"| {arm['name']}" in md for arm in ARMS)
+    assert f"| prompt-tuning | {sum(soft['task_word'])}/4 (" in md.split("### Soft prompts")[1]
     # the benchmark column says what it is, and arms that changed no weights show "-" there
     table = [[c.strip() for c in line.split("|")[1:-1]] for line in md.splitlines() if line.startswith("| ")]
     column = table[0].index("benchmark change")

@@ -93,12 +93,19 @@ def test_comparison_claims_and_sweeps_are_validated(tmp_path):
 
     cfg = load(claims=[{"claim": "x", "arm": "lora", "versus": "zero"}])
     assert cfg.claims[0].at_least == 0.0 and cfg.claims[0].metric == "rouge1"
+    soft = {"claim": "x", "arm": "lora", "versus": "chance", "metric": "soft_prompt:task_words"}
+    assert load(claims=[soft]).claims[0].versus == "chance"
     bad = [
         ({"claims": [{"claim": "x", "arm": "lora", "versus": "fulll"}]}, r"claims\[0\]: versus 'fulll' is not an arm"),
         ({"claims": [{"claim": "x", "arm": "lora", "versus": "zero", "metric": "bleu"}]}, "metric 'bleu'"),
         ({"claims": [{"claim": "x", "arm": "lora", "versus": "base"}]}, "versus: base goes with a benchmark"),
         ({"claims": [{"claim": "x", "arm": "lora", "versus": "zero", "at_least": 1, "at_most": 2}]}, "not both"),
         ({"claims": [{"arm": "lora", "versus": "zero"}]}, r"claims\[0\]: claim: Field required"),
+        ({"claims": [{"claim": "x", "arm": "lora", "versus": "chance"}]}, "soft_prompt:task_words goes with"),
+        (
+            {"claims": [{"claim": "x", "arm": "lora", "versus": "zero", "metric": "soft_prompt:task_words"}]},
+            "soft_prompt:task_words goes with versus: chance",
+        ),
     ]
     for extra, message in bad:
         with pytest.raises(ConfigError, match=message):

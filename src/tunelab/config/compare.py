@@ -22,7 +22,8 @@ _SLUG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 SWEEP_METRICS = ("eval_loss", "rouge1", "rouge2", "rougeL", "rougeLsum")  # as recipes/sweep.py scores trials
 CLAIM_METRIC = re.compile(
-    r"^(rouge1|rouge2|rougeL|rougeLsum|single_reference:(rouge1|rouge2|rougeL|rougeLsum)|benchmark:\w+)$"
+    r"^(rouge1|rouge2|rougeL|rougeLsum|single_reference:(rouge1|rouge2|rougeL|rougeLsum)|benchmark:\w+"
+    r"|soft_prompt:task_words)$"
 )
 
 
@@ -61,10 +62,13 @@ class Claim(BaseModel):
     claim: str
     arm: str
     versus: str
-    """Another arm, or `base` for a benchmark metric: the base model's score before training (forgetting)."""
+    """Another arm, `base` for a benchmark metric (the base model's score before training: forgetting), or
+    `chance` for soft_prompt:task_words (random vocabulary tokens)."""
     metric: str = "rouge1"
     """rouge1/rouge2/rougeL/rougeLsum (best of the references), single_reference:<rouge type> (the mean over
-    single references), or benchmark:<task> (a benchmark of the suite, after training)."""
+    single references), benchmark:<task> (a benchmark of the suite, after training), or soft_prompt:task_words
+    (the share of a prompt-tuning arm's virtual tokens with a task word among their nearest vocabulary tokens;
+    evaluation/soft_prompt.py)."""
     at_least: float | None = None
     at_most: float | None = None
 
@@ -177,12 +181,14 @@ def _claims_of(path: Path, tree: dict[str, Any], arm_names: list[str]) -> list[C
         if not CLAIM_METRIC.match(claim.metric):
             raise ConfigError(
                 f"{path}: claims[{i}]: metric {claim.metric!r}: use rouge1/rouge2/rougeL/rougeLsum, "
-                "single_reference:<rouge type> or benchmark:<task>"
+                "single_reference:<rouge type>, benchmark:<task> or soft_prompt:task_words"
             )
         for role, name in (("arm", claim.arm), ("versus", claim.versus)):
-            if name not in arm_names and not (role == "versus" and name == "base"):
+            if name not in arm_names and not (role == "versus" and name in ("base", "chance")):
                 raise ConfigError(f"{path}: claims[{i}]: {role} {name!r} is not an arm ({', '.join(arm_names)})")
         if claim.versus == "base" and not claim.metric.startswith("benchmark:"):
             raise ConfigError(f"{path}: claims[{i}]: versus: base goes with a benchmark:<task> metric")
+        if (claim.versus == "chance") != claim.metric.startswith("soft_prompt:"):
+            raise ConfigError(f"{path}: claims[{i}]: soft_prompt:task_words goes with versus: chance, and only it")
         claims.append(claim)
     return claims

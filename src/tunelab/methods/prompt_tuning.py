@@ -73,6 +73,14 @@ METHOD = Method(
 )
 
 
+def learned_prompt(model) -> torch.Tensor | None:
+    """A prompt-tuned model's virtual token embeddings (a copy), or None for any other model."""
+    cfg = getattr(model, "active_peft_config", None)
+    if cfg is None or cfg.peft_type.value != "PROMPT_TUNING":
+        return None
+    return model.get_prompt_embedding_to_save(adapter_name=model.active_adapter).detach().clone()
+
+
 def nearest_tokens(
     prompt_embeddings: torch.Tensor, vocab_embeddings: torch.Tensor, tokenizer, k: int = 5
 ) -> list[list[tuple[str, float]]]:

@@ -7,7 +7,7 @@ from pathlib import Path
 from tunelab.errors import ModelError, RunDirError
 from tunelab.io import staged_dir
 from tunelab.inference.adapters import attach_adapter, merge_adapter
-from tunelab.methods.prompt_tuning import nearest_tokens
+from tunelab.methods.prompt_tuning import learned_prompt, nearest_tokens
 from tunelab.recipes.components import open_session
 from tunelab.recipes.components import open_run
 from tunelab.runs import RunDir
@@ -39,9 +39,8 @@ def soft_prompt_neighbours(run_path: str | Path, k: int = 5) -> list[list[tuple[
     """For a prompt-tuning run: the k nearest vocabulary tokens (cosine) of each learned virtual token."""
     session = open_run(run_path)
     model = session.model
-    cfg = getattr(model, "active_peft_config", None)
-    if cfg is None or cfg.peft_type.value != "PROMPT_TUNING":
+    prompts = learned_prompt(model)
+    if prompts is None:
         raise ModelError(f"{run_path} is not a prompt-tuning run")
-    prompts = model.get_prompt_embedding_to_save(adapter_name=model.active_adapter)
     vocab = model.get_base_model().get_input_embeddings().weight
     return nearest_tokens(prompts, vocab, session.loaded.tokenizer, k)

@@ -10,7 +10,7 @@ import shutil
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from accelerate import PartialState
 from accelerate.utils import broadcast_object_list, set_seed
@@ -25,6 +25,7 @@ from tunelab.evaluation.costs import full_checkpoint_bytes, parameter_counts, we
 from tunelab.evaluation.metrics import rouge_protocol
 from tunelab.evaluation.summarization import evaluate_summaries, score_prompts
 from tunelab.inference.adapters import base_fingerprint
+from tunelab.methods.prompt_tuning import learned_prompt
 from tunelab.models.loading import pick_device
 from tunelab.recipes.benchmark import benchmark_session, target_gain, task_specs, write_forgetting
 from tunelab.recipes.components import (
@@ -38,6 +39,9 @@ from tunelab.recipes.components import (
 from tunelab.recipes.preflight import check_experiment
 from tunelab.reporting.tables import before_after_table, cost_table
 from tunelab.runs import RunDir
+
+if TYPE_CHECKING:
+    import torch
 from tunelab.training.checkpoint import latest_checkpoint, list_checkpoints, remove_incomplete
 from tunelab.training.distributed import is_sharded, whole_model_state, whole_trainable_state
 from tunelab.training.loop import train_model
@@ -103,6 +107,7 @@ class RunState:
     bench_before: dict[str, Any] | None = None
     train_truncation: dict[str, int] = field(default_factory=dict)
     mixture_stats: dict[str, Any] | None = None  # multi-task mixtures: what each component contributed
+    train_targets: list[str] = field(default_factory=list)  # the training completions (soft-prompt analysis)
     model: Any = None  # the model being trained (the method's wrapper around the base)
 
     @property
@@ -220,6 +225,7 @@ def _training_data(state: RunState) -> tuple[list[Encoded], list[Encoded] | None
     """Encoded training (and validation-loss) examples; the leakage record against the evaluation sets."""
     cfg, session = state.cfg, state.session
     train_examples, train_templates, state.mixture_stats = training_examples(session)
+    state.train_targets = [e.target for e in train_examples]
     state.metrics["leakage"] = leakage_report(
         train_examples, task_specs(cfg.benchmarks), f"{cfg.data.source}:{cfg.evaluation.split}", state.eval_examples
     )
@@ -241,6 +247,7 @@ def _train(state: RunState, train_set: list[Encoded], eval_set: list[Encoded] | 
     model = session.method.prepare(session.model, cfg.method, session.context)
     session.loaded.model = state.model = model
     counts = parameter_counts(model)
+    initial_prompt = learned_prompt(model)  # prompt tuning: where the virtual tokens start
     training = train_model(
         model,
         session.loaded.tokenizer,
@@ -272,6 +279,8 @@ def _train(state: RunState, train_set: list[Encoded], eval_set: list[Encoded] | 
             base_fingerprint=fingerprint,
         )
     state.dist.wait_for_everyone()
+    if initial_prompt is not None:
+        state.metrics["soft_prompt"] = _soft_prompt_analysis(state, model, initial_prompt)
     state.memory.end("train")
     state.metrics["training"] = {
         **training.as_dict(),
@@ -345,6 +354,17 @@ def _benchmarks_after(state: RunState) -> None:
     }
     metrics["forgetting_mean_delta"] = report["mean_delta"]
     state.memory.end("benchmarks_after")
+
+
+def _soft_prompt_analysis(state: RunState, model, initial: torch.Tensor) -> dict[str, Any]:
+    """Nearest vocabulary tokens of the learned virtual tokens against the task's words, and against chance."""
+    from tunelab.evaluation.soft_prompt import soft_prompt_record, task_words
+
+    learned = learned_prompt(model)
+    assert learned is not None
+    words = task_words(state.session.templates.eval.instruction, state.train_targets)
+    vocab = model.get_base_model().get_input_embeddings().weight.detach()
+    return soft_prompt_record(learned, initial, vocab, state.session.loaded.tokenizer, words, seed=state.cfg.seed)
 
 
 def _finish(state: RunState) -> None:

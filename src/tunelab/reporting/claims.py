@@ -10,6 +10,9 @@ Task metrics are recomputed from each arm's predictions.jsonl (predictions and r
 no state beyond what a finished arm keeps: `rouge1`... is the best-of-references protocol, `single_reference:
 rouge1`... the mean over single references; `benchmark:<task>` compares the suite's per-document scores after
 training (`versus: base` takes the arm's own scores before training, i.e. its forgetting on that task).
+`soft_prompt:task_words` against `chance` compares the share of a prompt-tuning arm's virtual tokens with a
+task word among their nearest vocabulary tokens with the share for random vocabulary tokens (a fixed rate
+measured on 2,000 tokens); the CI is the bootstrap over the virtual tokens.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ if TYPE_CHECKING:
     from tunelab.reporting.html import ArmSummary
 
 CLAIMS_FILE = "claims.json"  # the comparison config's claims, so `tunelab report DIR` can judge them again
-VERDICTS = ("reproduced", "not reproduced", "inconclusive", "pending")
+VERDICTS = ("reproduced", "not reproduced", "inconclusive", "pending", "not applicable")
 
 
 def _task_scores(arm: ArmSummary, metric: str) -> dict[str, float]:
@@ -87,25 +90,45 @@ def judge(claim: Mapping[str, Any], arms: Sequence[ArmSummary], samples: int = 1
 
     by_name = {a.name: a for a in arms}
     arm, versus = by_name.get(claim["arm"]), by_name.get(claim["versus"])
-    if arm is None or (versus is None and claim["versus"] != "base"):
+    if arm is None or (versus is None and claim["versus"] not in ("base", "chance")):
         return {**claim, "verdict": "pending", "note": "an arm has not finished"}
-    try:
-        mine, theirs = _paired(claim, arm, versus, arms)
-    except KeyError as e:
-        return {**claim, "verdict": "pending", "note": str(e).strip("'\"")}
-    shared = [i for i in mine if i in theirs]
-    if len(shared) != len(mine) or len(shared) != len(theirs):
-        return {**claim, "verdict": "pending", "note": "the two sides were scored on different examples"}
-    a, b = [mine[i] for i in shared], [theirs[i] for i in shared]
-    delta = float(np.mean(a) - np.mean(b))
+    if claim["metric"].startswith("soft_prompt:"):
+        record = arm.metrics.get("soft_prompt")
+        if record is None:
+            return {**claim, "verdict": "not applicable", "note": f"{arm.name} is not a prompt-tuning arm"}
+        hits, chance = record["task_word"], record["chance_share"]
+        share = sum(hits) / len(hits)
+        low, high = (bound - chance for bound in wilson_interval(sum(hits), len(hits)))
+        return {**claim, **_verdict(claim, share - chance, low, high), "n": len(hits)}
+    else:
+        try:
+            mine, theirs = _paired(claim, arm, versus, arms)
+        except KeyError as e:
+            return {**claim, "verdict": "pending", "note": str(e).strip("'\"")}
+        shared = [i for i in mine if i in theirs]
+        if len(shared) != len(mine) or len(shared) != len(theirs):
+            return {**claim, "verdict": "pending", "note": "the two sides were scored on different examples"}
+        a, b = [mine[i] for i in shared], [theirs[i] for i in shared]
     low, high = paired_difference_ci(b, a, samples, seed)
+    return {**claim, **_verdict(claim, float(np.mean(a) - np.mean(b)), low, high), "n": len(a)}
+
+
+def _verdict(claim: Mapping[str, Any], delta: float, low: float, high: float) -> dict[str, Any]:
     if claim.get("at_most") is not None:
         threshold = float(claim["at_most"])
         verdict = "reproduced" if high < threshold else "not reproduced" if low > threshold else "inconclusive"
     else:
         threshold = float(claim["at_least"])
         verdict = "reproduced" if low > threshold else "not reproduced" if high < threshold else "inconclusive"
-    return {**claim, "delta": delta, "ci95_low": low, "ci95_high": high, "n": len(shared), "verdict": verdict}
+    return {"delta": delta, "ci95_low": low, "ci95_high": high, "verdict": verdict}
+
+
+def wilson_interval(successes: int, n: int) -> tuple[float, float]:
+    """95% Wilson score interval of a proportion (sound at 0 or n successes, where a bootstrap collapses)."""
+    from scipy.stats import binomtest
+
+    ci = binomtest(successes, n).proportion_ci(confidence_level=0.95, method="wilson")
+    return float(ci.low), float(ci.high)
 
 
 def judge_claims(directory: Path, arms: Sequence[ArmSummary]) -> list[dict[str, Any]]:

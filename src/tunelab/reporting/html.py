@@ -213,6 +213,40 @@ def single_reference_rows(arms: Sequence[ArmSummary]) -> list[list[str]]:
 
 LATER_HEADERS = ["arm", "folder", "kind", "result"]
 
+SOFT_PROMPT_HEADERS = ["arm", "virtual tokens with a task word nearby", "chance", "cosine to initial (mean)", "nearest"]
+
+
+def soft_prompt_rows(arms: Sequence[ArmSummary], shown: int = 3) -> list[list[str]]:
+    """Prompt-tuning arms: how many virtual tokens have a task word among their nearest vocabulary tokens, the
+    rate for random vocabulary tokens, how far training moved them, and the first tokens' neighbours."""
+    rows = []
+    for a in arms:
+        soft = a.metrics.get("soft_prompt")
+        if not soft:
+            continue
+        moved = soft.get("cosine_to_initial")
+        nearest = " / ".join(
+            ", ".join(repr(token.strip() or token) for token, _ in row[:3]) for row in soft["neighbours"][:shown]
+        )
+        rows.append(
+            [
+                a.name,
+                f"{sum(soft['task_word'])}/{len(soft['task_word'])} ({soft['task_word_share']:.0%})",
+                f"{soft['chance_share']:.0%}",
+                f"{sum(moved) / len(moved):.3f}" if moved else "-",
+                nearest,
+            ]
+        )
+    return rows
+
+
+SOFT_PROMPT_NOTE = (
+    "Nearest vocabulary tokens (cosine of input embeddings) of each learned virtual token; a task word is a word of "
+    "the instruction or one of the 200 most frequent words of the training targets; chance is the same rate for "
+    "random vocabulary tokens. A prompt initialised from the instruction's text starts next to task words: the "
+    "cosine to the initial embedding shows how far training moved it."
+)
+
 
 def markdown_report(arms: Sequence[ArmSummary], claims: Sequence[dict[str, Any]] = ()) -> str:
     first = arms[0].metrics
@@ -245,6 +279,8 @@ def markdown_report(arms: Sequence[ArmSummary], claims: Sequence[dict[str, Any]]
             "",
             markdown_table(SINGLE_REFERENCE_HEADERS, single),
         ]
+    if soft := soft_prompt_rows(arms):
+        lines += ["", "### Soft prompts", "", SOFT_PROMPT_NOTE, "", markdown_table(SOFT_PROMPT_HEADERS, soft)]
     if claims:
         lines += [
             "",
@@ -417,6 +453,13 @@ def html_report(
         if single
         else ""
     )
+    soft = soft_prompt_rows(arms)
+    soft_html = (
+        f"<h2>Soft prompts</h2><p class='note'>{escape(SOFT_PROMPT_NOTE)}</p>"
+        + _html_table("soft-prompts", SOFT_PROMPT_HEADERS, soft)
+        if soft
+        else ""
+    )
     claims_html = (
         "<h2>Claims</h2><p class='note'>Differences taken example by example, paired 95% BCa bootstrap CI: "
         "reproduced when the CI lies above the threshold, not reproduced when below, inconclusive otherwise.</p>"
@@ -434,7 +477,7 @@ def html_report(
 <p class="note">ROUGE: F1 x100 ({escape(first.get("protocol", {}).get("rouge", ""))}). Gain: against the zero-shot arm.
 Forgetting: mean change over the benchmark suite, after minus before (0 for prompting: weights unchanged).
 {escape(wall_time_note(arms[0].path.parent, arms))}</p>
-<h2>Task quality</h2>{rouge_chart}{single_html}
+<h2>Task quality</h2>{rouge_chart}{single_html}{soft_html}
 <h2>Gain vs forgetting</h2>{scatter}{forgetting_html}
 <h2>Cost</h2><div class="cost">{"".join(cost)}</div>
 {later_html}
