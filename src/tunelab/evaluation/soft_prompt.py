@@ -53,7 +53,11 @@ def soft_prompt_record(
     neighbours = nearest_tokens(learned, vocab, tokenizer, k)
     hits = has_task_word(neighbours, words)
     sample = random.Random(seed).sample(range(vocab.shape[0]), min(chance_tokens, vocab.shape[0]))
-    chance = has_task_word(nearest_tokens(vocab[sample], vocab, tokenizer, k), words)
+    chance = [  # in slices: a (slice x vocabulary) similarity matrix at a time
+        hit
+        for start in range(0, len(sample), 250)
+        for hit in has_task_word(nearest_tokens(vocab[sample[start : start + 250]], vocab, tokenizer, k), words)
+    ]
     record: dict[str, Any] = {
         "k": k,
         "neighbours": [[[t, round(s, 4)] for t, s in row] for row in neighbours],

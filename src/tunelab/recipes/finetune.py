@@ -39,13 +39,13 @@ from tunelab.recipes.components import (
 from tunelab.recipes.preflight import check_experiment
 from tunelab.reporting.tables import before_after_table, cost_table
 from tunelab.runs import RunDir
-
-if TYPE_CHECKING:
-    import torch
 from tunelab.training.checkpoint import latest_checkpoint, list_checkpoints, remove_incomplete
 from tunelab.training.distributed import is_sharded, whole_model_state, whole_trainable_state
 from tunelab.training.loop import train_model
 from tunelab.training.memory import PhaseMemory
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass
