@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 RUN_ID := $(shell date +%Y%m%d-%H%M%S)
 
-.PHONY: setup demo demo-lora study test test-fast test-llamacpp llamacpp readme-numbers bench clean
+.PHONY: setup demo demo-lora study test test-fast test-llamacpp llamacpp readme-numbers throughput clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -80,7 +80,7 @@ test-llamacpp: llamacpp
 ## reused; remove runs/dialogsum-compare first for new numbers), a single LoRA run, start-up, serving, lm-eval
 ## agreement, export checked by llama.cpp, methods and the demo's memory side by side (~2.5 h on 2 cores); then
 ## bench/readme_numbers.py rewrites README.md's generated regions from bench/results/.
-readme-numbers: demo demo-lora llamacpp
+readme-numbers: demo demo-lora llamacpp throughput
 	$(BIN)/python bench/startup.py
 	$(BIN)/python bench/serve.py
 	$(BIN)/python bench/lm_eval_agreement.py
@@ -88,6 +88,13 @@ readme-numbers: demo demo-lora llamacpp
 	$(BIN)/python bench/methods.py
 	$(BIN)/python bench/demo_memory.py
 	$(BIN)/python bench/readme_numbers.py --collect-demo --collect-demo-lora
+
+## Training speed against the course recipe and TRL's SFTTrainer, generation speed against the per-example loop,
+## MFU (~45 min on 2 cores; installs TRL, a bench-only dependency); then the README's speed tables.
+throughput: setup
+	$(BIN)/pip install --quiet -e ".[bench]"
+	$(BIN)/python bench/throughput.py
+	$(BIN)/python bench/readme_numbers.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -240,25 +240,35 @@ TRAIN_LABELS = {"causal": "SmolLM2-135M (causal)", "seq2seq": "T5, flan-t5-small
 
 def render_throughput() -> str:
     data = json.loads((RESULTS / "throughput.json").read_text())
-    speed = {(r["arch"], r["method"], r["side"]): r["completion_tokens_per_s"] for r in data["train"]}
+    rows = {(r["arch"], r["method"], r["side"]): r for r in data["train"]}
     lines = [
-        "| model | method | tunelab fp32 / reference fp32 | tunelab bf16 / reference bf16 | "
-        "tunelab default (auto = bf16 here) / reference default (fp32) |",
-        "|---|---|---|---|---|",
+        "| model | method | vs course recipe, fp32 | vs course recipe, bf16 | vs TRL SFTTrainer, fp32 | "
+        "vs TRL SFTTrainer, bf16 | defaults, bf16: tunelab vs TRL | largest spread |",
+        "|---|---|---|---|---|---|---|---|",
     ]
 
     def ratio(arch: str, method: str, ours: str, theirs: str) -> str:
-        return f"{speed[(arch, method, ours)] / speed[(arch, method, theirs)]:.2f}x"
+        a, b = rows.get((arch, method, ours)), rows.get((arch, method, theirs))
+        return f"{a['completion_tokens_per_s'] / b['completion_tokens_per_s']:.2f}x" if a and b else "—"
 
     for arch, method in dict.fromkeys((r["arch"], r["method"]) for r in data["train"]):
+        spread = max(r["spread"] for r in data["train"] if (r["arch"], r["method"]) == (arch, method))
         lines.append(
             f"| {TRAIN_LABELS[arch]} | {'LoRA' if method == 'lora' else method} | "
             f"{ratio(arch, method, 'tunelab fp32', 'reference fp32')} | "
-            f"{ratio(arch, method, 'tunelab auto', 'reference bf16')} | "
-            f"{ratio(arch, method, 'tunelab auto', 'reference fp32')} |"
+            f"{ratio(arch, method, 'tunelab bf16', 'reference bf16')} | "
+            f"{ratio(arch, method, 'tunelab fp32', 'trl fp32')} | "
+            f"{ratio(arch, method, 'tunelab bf16', 'trl bf16')} | "
+            f"{ratio(arch, method, 'tunelab bf16 default', 'trl bf16 default')} | {spread:.0%} |"
         )
-    where = machine_line(data["environment"]) if data.get("environment") else data["machine_note"]
-    lines += ["", f"(`python bench/throughput.py`, {data['date']}, {where}.)"]
+    setup = data["train_setup"]
+    lines += [
+        "",
+        f"(`make throughput`, {data['date']}, {machine_line(data['environment'])}, TRL {data.get('trl')}; "
+        f"{setup['examples']} DialogSum examples, batch {setup['batch_size']}, the second epoch "
+        f"({setup['timed_steps']} steps) timed, median of {setup['repeats']} interleaved repeats; spread = "
+        "(slowest - fastest) / median of a side's repeats.)",
+    ]
     return "\n".join(lines)
 
 

@@ -1,20 +1,27 @@
-"""tunelab vs the standard Hugging Face recipe, measured side by side in one run on this machine.
+"""tunelab vs the course recipe and TRL's SFTTrainer, measured side by side in one run on this machine.
 
-    python bench/throughput.py [--quick]
+    python bench/throughput.py [--quick] [--parts train,eval] [--repeats 3]     (needs: pip install trl)
 
 1. Training throughput, LoRA and full fine-tuning, on smollm2-135m-instruct (causal) and a random T5 of
-   flan-t5-small's shape (seq2seq; SmolLM2's tokenizer, as no T5 tokenizer is available offline).
-   Reference: `transformers.Trainer` with a PEFT model, as the course notebooks write it (causal:
-   DataCollatorForLanguageModeling, dynamic padding, loss on every token; seq2seq: inputs and labels
-   padded to max_length, default_data_collator). Both sides see the same examples, batch size, max length
-   and steps; the second epoch over the same examples is timed. tunelab runs fp32 (like for like) and
-   `precision: auto` (bf16 autocast where the CPU has native bf16); the reference fp32 and bf16.
+   flan-t5-small's shape (seq2seq; SmolLM2's tokenizer, as no T5 tokenizer is available offline). Sides:
+   - reference: `transformers.Trainer` with a PEFT model, as the course notebooks write it (causal:
+     DataCollatorForLanguageModeling, dynamic padding, loss on every token; seq2seq: inputs and labels
+     padded to max_length, default_data_collator);
+   - trl (causal): TRL's `SFTTrainer` on a conversational prompt-completion dataset (completion-only loss),
+     padding-free where TRL supports it on the device (FlashAttention; dynamic padding on a CPU);
+   - tunelab: `train_model`.
+   All sides see the same examples, batch size and steps, in fp32 and in bf16 (autocast), without gradient
+   checkpointing (like for like); then TRL's and tunelab's defaults in bf16 (TRL: checkpointing on;
+   tunelab: `auto`). The second epoch over the same examples is timed; every side runs `--repeats` times,
+   interleaved, and the median and the spread are kept.
 2. Evaluation: tunelab's batched generation vs the per-example `model.generate` loop of the course lab,
    greedy, on both models; fp32 on both sides with identical predictions asserted (bf16 shown too), and
    the fp32 bound: the prompts' forward passes alone, which any method with the loop's arithmetic must
    also compute. (The random T5 would emit EOS at once; both sides are held to 48 new tokens.)
-3. Hardware bound: a GEMM microbenchmark (fp32, bf16) and the model FLOPs of a training step (MFU).
-Prints ratios and writes bench/results/throughput.json.
+3. Hardware bound: a GEMM microbenchmark (fp32, bf16; best of three, before and after the training part)
+   and the model FLOPs of tunelab's causal training steps (MFU).
+The machine (CPU model, ISA flags such as AMX / AVX512-BF16, threads, library versions) is recorded beside the
+results. Prints ratios and writes bench/results/throughput.json.
 """
 
 from __future__ import annotations
@@ -23,8 +30,10 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 os.environ.setdefault("TQDM_DISABLE", "1")
@@ -89,9 +98,38 @@ def examples(n: int):
     return load_split(cfg.data, "train")[:n]
 
 
-def tunelab_train(arch: str, method: dict, exs, batch: int, max_input: int, precision: str) -> dict:
+@dataclass(frozen=True)
+class Side:
+    """One way of training, timed: `family` tunelab | reference (the course recipe) | trl (SFTTrainer)."""
+
+    family: str
+    precision: str  # fp32 | bf16
+    checkpointing: str = "off"  # off | default (tunelab: auto; TRL: its default, on)
+
+    @property
+    def name(self) -> str:
+        return f"{self.family} {self.precision}" + (" default" if self.checkpointing == "default" else "")
+
+
+def sides(arch: str) -> list[Side]:
+    """Like for like (no gradient checkpointing anywhere) in fp32 and bf16; then each library's defaults in bf16
+    (TRL's SFTConfig turns gradient checkpointing on, tunelab's `auto` decides by the activations' size)."""
+    families = ("reference", "trl", "tunelab") if arch == "causal" else ("reference", "tunelab")
+    out = [Side(f, p) for p in ("fp32", "bf16") for f in families]
+    if arch == "causal":
+        out += [Side("trl", "bf16", "default"), Side("tunelab", "bf16", "default")]
+    return out
+
+
+def completion_tokens(arch: str, exs, max_input: int) -> int:
+    enc = PromptEncoder(smol_tokenizer(), arch, arch == "causal", max_input, 64)
+    train = encode_training_set(enc, exs, [TemplateSet("dialogue_summarization").eval] * len(exs))
+    return sum(sum(1 for x in e.labels if x != -100) for e in train)
+
+
+def tunelab_train(arch: str, method: dict, exs, batch: int, max_input: int, side: Side) -> dict:
+    """Seconds of the second epoch (the first warms up), and whether gradient checkpointing was on."""
     tok = smol_tokenizer()
-    chat = arch == "causal"
     model = make_model(arch)
     m = get_method(method["name"])
     cfg = tunelab.build_config(
@@ -103,14 +141,14 @@ def tunelab_train(arch: str, method: dict, exs, batch: int, max_input: int, prec
                 "lr": 1e-5,
                 "warmup_ratio": 0.0,
                 "log_every": 1,
-                "precision": precision,
+                "precision": "auto" if side.precision == "bf16" else "fp32",
+                "gradient_checkpointing": "auto" if side.checkpointing == "default" else False,
             },
         }
     )
     model = m.prepare(model, cfg.method, ModelContext(arch, "", ""))
-    enc = PromptEncoder(tok, arch, chat, max_input, 64)
-    ts = TemplateSet("dialogue_summarization")
-    train = encode_training_set(enc, exs, [ts.eval] * len(exs))
+    enc = PromptEncoder(tok, arch, arch == "causal", max_input, 64)
+    train = encode_training_set(enc, exs, [TemplateSet("dialogue_summarization").eval] * len(exs))
     times = []
 
     import tunelab.training.loop as loop
@@ -126,44 +164,54 @@ def tunelab_train(arch: str, method: dict, exs, batch: int, max_input: int, prec
         r = train_model(model, tok, arch, train, None, cfg.training, seed=0, device=CPU, show_progress=False)
     finally:
         loop.completion_loss = real
-    steps = len(exs) // batch
+    assert r.precision == side.precision, f"tunelab trained in {r.precision}, the side asks for {side.precision}"
     end = times[0] + r.seconds  # training ended r.seconds after it started (~ first stamp)
-    epoch2 = end - times[steps]
-    completion = sum(sum(1 for x in e.labels if x != -100) for e in train)
-    return {
-        "side": f"tunelab {precision}",
-        "epoch_seconds": epoch2,
-        "completion_tokens_per_s": completion / epoch2,
-        "padded_tokens_per_s": r.padded_tokens / 2 / epoch2,
-        "precision": r.precision,
-    }
+    return {"epoch_seconds": end - times[len(exs) // batch], "gradient_checkpointing": r.gradient_checkpointing}
 
 
-def reference_train(arch: str, method: dict, exs, batch: int, max_input: int, bf16: bool) -> dict:
+class _Stamps:
+    """A TrainerCallback (built lazily: transformers is imported inside) recording each step's start."""
+
+    def __init__(self):
+        from transformers import TrainerCallback
+
+        stamps = self.stamps = []
+
+        class Stamp(TrainerCallback):
+            def on_step_begin(self, args, state, control, **kw):
+                stamps.append(time.perf_counter())
+
+            def on_train_end(self, args, state, control, **kw):
+                stamps.append(time.perf_counter())
+
+        self.callback = Stamp()
+
+    def second_epoch(self, steps_per_epoch: int) -> float:
+        return self.stamps[-1] - self.stamps[steps_per_epoch]
+
+
+def _lora_config(arch: str):
+    from peft import LoraConfig
+
+    return LoraConfig(
+        task_type="CAUSAL_LM" if arch == "causal" else "SEQ_2_SEQ_LM",
+        r=LORA["r"],
+        lora_alpha=LORA["alpha"],
+        lora_dropout=0.0,
+        target_modules="all-linear",
+    )
+
+
+def reference_train(arch: str, method: dict, exs, batch: int, max_input: int, side: Side) -> dict:
     """The recipe of the course notebooks: Trainer + PEFT model + the default collators."""
     from datasets import Dataset
-    from peft import LoraConfig, get_peft_model
-    from transformers import (
-        DataCollatorForLanguageModeling,
-        Trainer,
-        TrainerCallback,
-        TrainingArguments,
-        default_data_collator,
-    )
+    from peft import get_peft_model
+    from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments, default_data_collator
 
     tok = smol_tokenizer()
     model = make_model(arch)
     if method["name"] == "lora":
-        model = get_peft_model(
-            model,
-            LoraConfig(
-                task_type="CAUSAL_LM" if arch == "causal" else "SEQ_2_SEQ_LM",
-                r=16,
-                lora_alpha=32,
-                lora_dropout=0.0,
-                target_modules="all-linear",
-            ),
-        )
+        model = get_peft_model(model, _lora_config(arch))
     ts = TemplateSet("dialogue_summarization")
     prompts = [ts.eval.render(e.input) for e in exs]
     if arch == "causal":
@@ -181,15 +229,7 @@ def reference_train(arch: str, method: dict, exs, batch: int, max_input: int, bf
         labels = [[x if x != tok.pad_token_id else -100 for x in row] for row in labels]
         ds = Dataset.from_dict({**inputs, "labels": labels})
         collator = default_data_collator
-    stamps = []
-
-    class Stamp(TrainerCallback):
-        def on_step_begin(self, args, state, control, **kw):
-            stamps.append(time.perf_counter())
-
-        def on_train_end(self, args, state, control, **kw):
-            stamps.append(time.perf_counter())
-
+    stamps = _Stamps()
     with tempfile.TemporaryDirectory() as out:
         args = TrainingArguments(
             output_dir=out,
@@ -199,23 +239,120 @@ def reference_train(arch: str, method: dict, exs, batch: int, max_input: int, bf
             save_strategy="no",
             report_to=[],
             use_cpu=True,
-            bf16=bf16,
+            bf16=side.precision == "bf16",
             logging_steps=1000,
             disable_tqdm=True,
             seed=0,
         )
-        Trainer(model=model, args=args, train_dataset=ds, data_collator=collator, callbacks=[Stamp()]).train()
-    steps = len(exs) // batch
-    epoch2 = stamps[-1] - stamps[steps]
-    enc = PromptEncoder(tok, arch, arch == "causal", max_input, 64)
-    completion = sum(len(enc._completion_ids(e.target)) for e in exs)
-    padded = sum(len(r) for r in ds["input_ids"]) if arch == "seq2seq" else None
-    return {
-        "side": f"reference {'bf16' if bf16 else 'fp32'}",
-        "epoch_seconds": epoch2,
-        "completion_tokens_per_s": completion / epoch2,
-        "padded_tokens_per_s": (padded + 128 * len(exs)) / epoch2 if padded else None,
-    }
+        Trainer(model=model, args=args, train_dataset=ds, data_collator=collator, callbacks=[stamps.callback]).train()
+    return {"epoch_seconds": stamps.second_epoch(len(exs) // batch), "gradient_checkpointing": False}
+
+
+def trl_train(arch: str, method: dict, exs, batch: int, max_input: int, side: Side) -> dict:
+    """TRL's SFTTrainer as its documentation writes it: a conversational prompt-completion dataset (loss on the
+    completion only), the PEFT config passed in. Padding-free batches only where TRL supports them (a
+    FlashAttention kernel; not on a CPU), so dynamic padding otherwise."""
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    assert arch == "causal"
+    tok = smol_tokenizer()
+    model = make_model(arch)
+    ts = TemplateSet("dialogue_summarization")
+    ds = Dataset.from_list(
+        [
+            {
+                "prompt": [{"role": "user", "content": ts.eval.render(e.input)}],
+                "completion": [{"role": "assistant", "content": e.target}],
+            }
+            for e in exs
+        ]
+    )
+    stamps = _Stamps()
+    with tempfile.TemporaryDirectory() as out:
+        settings = {} if side.checkpointing == "default" else {"gradient_checkpointing": False}
+        args = SFTConfig(
+            output_dir=out,
+            per_device_train_batch_size=batch,
+            max_steps=2 * len(exs) // batch,
+            learning_rate=1e-5,
+            save_strategy="no",
+            report_to=[],
+            use_cpu=True,
+            bf16=side.precision == "bf16",
+            logging_steps=1000,
+            disable_tqdm=True,
+            seed=0,
+            max_length=max_input + 96,
+            completion_only_loss=True,
+            padding_free=_flash_attention_available(),
+            **settings,
+        )
+        trainer = SFTTrainer(
+            model=model,
+            args=args,
+            train_dataset=ds,
+            processing_class=tok,
+            peft_config=_lora_config(arch) if method["name"] == "lora" else None,
+            callbacks=[stamps.callback],
+        )
+        trainer.train()
+        checkpointing = bool(args.gradient_checkpointing)
+    return {"epoch_seconds": stamps.second_epoch(len(exs) // batch), "gradient_checkpointing": checkpointing}
+
+
+def _trl_version() -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("trl")
+    except PackageNotFoundError:
+        return None
+
+
+def _flash_attention_available() -> bool:
+    try:
+        import flash_attn  # noqa: F401
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+TRAINERS = {"tunelab": tunelab_train, "reference": reference_train, "trl": trl_train}
+
+
+def measure_training(arch: str, method: dict, exs, batch: int, max_input: int, repeats: int) -> list[dict]:
+    """Every side `repeats` times, interleaved (side A, B, C, A, B, C, ...) so that drifts of a noisy machine fall
+    on all sides alike; the median and the spread (min, max) of the second epoch's seconds."""
+    completion = completion_tokens(arch, exs, max_input)
+    runs: dict[Side, list[dict]] = {s: [] for s in sides(arch)}
+    for repeat in range(repeats):
+        for side in runs:
+            r = TRAINERS[side.family](arch, method, exs, batch, max_input, side)
+            runs[side].append(r)
+            print(
+                f"  {arch} {method['name']} {side.name} (repeat {repeat + 1}/{repeats}): {r['epoch_seconds']:.1f} s",
+                flush=True,
+            )
+    rows = []
+    for side, rs in runs.items():
+        seconds = sorted(r["epoch_seconds"] for r in rs)
+        rows.append(
+            {
+                "arch": arch,
+                "method": method["name"],
+                "side": side.name,
+                "family": side.family,
+                "precision": side.precision,
+                "checkpointing": side.checkpointing,
+                "gradient_checkpointing": rs[0]["gradient_checkpointing"],
+                "epoch_seconds": statistics.median(seconds),
+                "epoch_seconds_all": seconds,
+                "spread": (seconds[-1] - seconds[0]) / statistics.median(seconds),
+                "completion_tokens_per_s": completion / statistics.median(seconds),
+            }
+        )
+    return rows
 
 
 def eval_compare(arch: str, n: int, max_new: int, batch_sizes: tuple[int, ...]) -> dict:
@@ -281,32 +418,82 @@ def step_flops(model_params: int, head_params: int, tokens: int, kept: int, full
     return k * (model_params - head_params) * tokens + k * head_params * kept
 
 
+def gemm_peaks() -> dict[str, float]:
+    """The best of three GEMM measurements per dtype (a peak: the machine's noise only lowers it)."""
+    return {
+        "fp32": max(gemm_flops(torch.float32) for _ in range(3)),
+        "bf16": max(gemm_flops(torch.bfloat16) for _ in range(3)),
+    }
+
+
+def model_flop_utilisation(rows: list[dict], exs, max_input: int, peak: dict[str, float]) -> dict[str, dict]:
+    """Model FLOPs per second of tunelab's causal steps over the measured GEMM peak of the same precision."""
+    model = make_model("causal")
+    n_params = sum(p.numel() for p in model.parameters())
+    head = model.get_output_embeddings().weight.numel()
+    enc = PromptEncoder(smol_tokenizer(), "causal", True, max_input, 64)
+    train = encode_training_set(enc, exs, [TemplateSet("dialogue_summarization").eval] * len(exs))
+    tokens = sum(len(e.input_ids) for e in train)
+    kept = sum(sum(1 for x in e.labels if x != -100) for e in train)
+    mfu = {}
+    for r in rows:
+        if r["arch"] == "causal" and r["family"] == "tunelab":
+            flops = step_flops(n_params, head, tokens, kept, r["method"] == "full") / r["epoch_seconds"]
+            mfu[f"{r['method']} {r['precision']}" + (" default" if r["checkpointing"] == "default" else "")] = {
+                "model_tflops": flops / 1e12,
+                "peak_tflops": peak[r["precision"]] / 1e12,
+                "mfu": flops / peak[r["precision"]],
+            }
+    return mfu
+
+
+def print_ratios(rows: list[dict]) -> None:
+    speed = {(r["arch"], r["method"], r["side"]): r for r in rows}
+    for arch, method in dict.fromkeys((r["arch"], r["method"]) for r in rows):
+        cells = []
+        for ours, theirs in [
+            ("tunelab fp32", "reference fp32"),
+            ("tunelab bf16", "reference bf16"),
+            ("tunelab fp32", "trl fp32"),
+            ("tunelab bf16", "trl bf16"),
+            ("tunelab bf16 default", "trl bf16 default"),
+        ]:
+            a, b = speed.get((arch, method, ours)), speed.get((arch, method, theirs))
+            if a and b:
+                cells.append(f"{ours} / {theirs}: {a['completion_tokens_per_s'] / b['completion_tokens_per_s']:.2f}x")
+        print(f"{arch:8} {method:5} " + "   ".join(cells), flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--quick", action="store_true", help="fewer examples (a smoke run)")
+    ap.add_argument("--quick", action="store_true", help="fewer examples and one repeat (a smoke run)")
     ap.add_argument("--parts", default="train,eval", help="train, eval or both; a partial run updates the JSON")
+    ap.add_argument("--repeats", type=int, default=3, help="timed runs of every training side (median, spread)")
     args = ap.parse_args()
     parts = set(args.parts.split(","))
     n, batch, max_input = (8, 4, 192) if args.quick else (16, 4, 320)
+    repeats = 1 if args.quick else args.repeats
     exs = examples(n)
-    rows = []
-    for arch in ("causal", "seq2seq") if "train" in parts else ():
-        for method in (LORA, {"name": "full"}):
-            ref = reference_train(arch, method, exs, batch, max_input, bf16=False)
-            ref_bf16 = reference_train(arch, method, exs, batch, max_input, bf16=True)
-            ours = tunelab_train(arch, method, exs, batch, max_input, "fp32")
-            ours_auto = tunelab_train(arch, method, exs, batch, max_input, "auto")
-            for r in (ref, ref_bf16, ours, ours_auto):
-                rows.append({"arch": arch, "method": method["name"], **r})
-            print(
-                f"{arch:8} {method['name']:5} tunelab fp32 / reference fp32: "
-                f"{ours['completion_tokens_per_s'] / ref['completion_tokens_per_s']:.2f}x   "
-                f"tunelab auto({ours_auto['precision']}) / reference bf16: "
-                f"{ours_auto['completion_tokens_per_s'] / ref_bf16['completion_tokens_per_s']:.2f}x   "
-                f"tunelab auto / reference fp32: "
-                f"{ours_auto['completion_tokens_per_s'] / ref['completion_tokens_per_s']:.2f}x",
-                flush=True,
-            )
+    rows: list[dict] = []
+    fresh: dict = {}
+    if "train" in parts:
+        peak_before = gemm_peaks()
+        for arch in ("causal", "seq2seq"):
+            for method in (LORA, {"name": "full"}):
+                rows += measure_training(arch, method, exs, batch, max_input, repeats)
+        peak_after = gemm_peaks()
+        peak = {k: max(peak_before[k], peak_after[k]) for k in peak_before}
+        mfu = model_flop_utilisation(rows, exs, max_input, peak)
+        print_ratios(rows)
+        print(f"GEMM peak: fp32 {peak['fp32'] / 1e12:.3f} TFLOP/s, bf16 {peak['bf16'] / 1e12:.3f} TFLOP/s")
+        for k, v in mfu.items():
+            print(f"MFU causal {k}: {v['model_tflops']:.3f} TFLOP/s of {v['peak_tflops']:.3f} = {100 * v['mfu']:.0f}%")
+        fresh = {
+            "train": rows,
+            "train_setup": {"examples": n, "batch_size": batch, "timed_steps": n // batch, "repeats": repeats},
+            "gemm_peak": {"before": peak_before, "after": peak_after},
+            "mfu": mfu,
+        }
     n_eval = 8 if args.quick else 32
     evals = (
         [eval_compare(arch, n_eval, 48, (4, 8) if args.quick else (16, 32)) for arch in ("causal", "seq2seq")]
@@ -327,32 +514,9 @@ def main() -> None:
             f"{ev['fp32_bound']:.2f}x",
             flush=True,
         )
-    peak32, peak16 = gemm_flops(torch.float32), gemm_flops(torch.bfloat16)
-    model = make_model("causal")
-    n_params = sum(p.numel() for p in model.parameters())
-    head = model.get_output_embeddings().weight.numel()
-    tok = smol_tokenizer()
-    enc = PromptEncoder(tok, "causal", True, max_input, 64)
-    train = encode_training_set(enc, exs, [TemplateSet("dialogue_summarization").eval] * len(exs))
-    tokens = sum(len(e.input_ids) for e in train)
-    kept = sum(sum(1 for x in e.labels if x != -100) for e in train)
-    mfu = {}
-    for r in rows:
-        if r["arch"] == "causal" and r["side"].startswith("tunelab"):
-            flops = step_flops(n_params, head, tokens, kept, r["method"] == "full") / r["epoch_seconds"]
-            peak = peak16 if r["precision"] == "bf16" else peak32
-            mfu[f"{r['method']} {r['precision']}"] = {
-                "model_tflops": flops / 1e12,
-                "peak_tflops": peak / 1e12,
-                "mfu": flops / peak,
-            }
-    print(f"GEMM peak: fp32 {peak32 / 1e12:.3f} TFLOP/s, bf16 {peak16 / 1e12:.3f} TFLOP/s")
-    for k, v in mfu.items():
-        print(f"MFU causal {k}: {v['model_tflops']:.3f} TFLOP/s of {v['peak_tflops']:.3f} = {100 * v['mfu']:.0f}%")
     out = Path(__file__).parent / "results" / ("throughput_quick.json" if args.quick else "throughput.json")
     out.parent.mkdir(exist_ok=True)
     kept_results = json.loads(out.read_text()) if out.exists() else {}
-    fresh = {"train": rows, "mfu": mfu} if "train" in parts else {}
     if "eval" in parts:
         fresh["eval"] = evals
     from tunelab.environment import describe_environment
@@ -365,6 +529,7 @@ def main() -> None:
                 "machine": platform.platform(),
                 "cpus": os.cpu_count(),
                 "environment": describe_environment(torch.device("cpu")),
+                "trl": _trl_version(),
                 **fresh,
             },
             indent=2,

@@ -99,7 +99,8 @@ def test_compare_runs_every_arm_reuses_finished_ones_and_reports(compare_config,
     assert all(f"| {arm['name']}" in md for arm in ARMS)
     assert f"| prompt-tuning | {sum(soft['task_word'])}/4 (" in md.split("### Soft prompts")[1]
     # the benchmark column says what it is, and arms that changed no weights show "-" there
-    table = [[c.strip() for c in line.split("|")[1:-1]] for line in md.splitlines() if line.startswith("| ")]
+    summary = md.split("\n\n")[1]  # the first table
+    table = [[c.strip() for c in line.split("|")[1:-1]] for line in summary.splitlines() if line.startswith("| ")]
     column = table[0].index("benchmark change")
     by_arm = {row[0]: row[column] for row in table[1:]}
     assert by_arm["zero-shot"] == by_arm["two-shot"] == "-" and by_arm["lora"].startswith(("+", "-"))
