@@ -268,8 +268,9 @@ def test_sweep_scores_each_grid_point_on_validation_and_resumes(tiny_llama_dir, 
         tmp_path,
         name="lr",
         training={"max_steps": 3, "batch_size": 4, "warmup_ratio": 0.0},
-        evaluation={"max_samples": 2, "batch_size": 2, "max_new_tokens": 4},
+        evaluation={"max_samples": 50, "batch_size": 2, "max_new_tokens": 4},
     )
+    tree["data"]["max_eval_samples"] = 3  # trials generate for these validation examples only, not 50
     config = tmp_path / "sweep.yaml"
     config.write_text(yaml.safe_dump(tree))
     argv = ["sweep", str(config), "--set-grid", "training.lr=1e-4,1e-2", "--set-grid", "method.r=2,4"]
@@ -279,6 +280,7 @@ def test_sweep_scores_each_grid_point_on_validation_and_resumes(tiny_llama_dir, 
     assert record["best"] == min(record["trials"], key=lambda t: t["eval_loss"])
     trial = json.loads((tmp_path / "runs" / "lr-sweep" / "lr=1e-2_r=4" / "metrics.json").read_text())
     assert trial["evaluation_split"] == "validation" and "before" not in trial  # test split never touched
+    assert trial["after"]["examples"] == 3
     assert "best on the validation split" in capsys.readouterr().out
     stamp = (tmp_path / "runs" / "lr-sweep" / "lr=1e-2_r=4" / "metrics.json").stat().st_mtime_ns
     assert main(argv) == 0  # finished trials are reused

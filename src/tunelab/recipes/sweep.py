@@ -2,7 +2,7 @@
 training.lr=1e-4,3e-4,1e-3`), each scored on the validation split only, the best named.
 
 Trials evaluate on `data.eval_split` (never on test: the test split stays untouched until the chosen setting
-is run for real), skip the before-evaluation and the benchmark suite, and live in `<output_dir>/<name>-sweep/`
+is run for real), generate for at most `data.max_eval_samples` of its examples (those the validation loss uses), skip the before-evaluation and the benchmark suite, and live in `<output_dir>/<name>-sweep/`
 with `sweep.json` (every trial's overrides, run folder and validation score, and the best). Finished trials are
 reused, so an interrupted sweep continues where it stopped.
 """
@@ -54,6 +54,9 @@ def trial_config(base: ExperimentConfig, assignment: dict[str, Any], directory: 
     tree = config_to_dict(build_config(config_to_dict(base), overrides))
     tree.update(name=_trial_name(assignment), output_dir=str(directory))
     tree["evaluation"].update(split=base.data.eval_split, before=False)
+    if base.data.max_eval_samples:  # generation scores the validation subset that the loss uses, no more
+        limits = (tree["evaluation"]["max_samples"], base.data.max_eval_samples)
+        tree["evaluation"]["max_samples"] = min(n for n in limits if n)
     tree["benchmarks"]["tasks"] = []
     return build_config(tree, source=f"sweep trial {_trial_name(assignment)}")
 
