@@ -202,6 +202,23 @@ def _lora_config(arch: str):
     )
 
 
+def _trainer_settings(out: str, batch: int, examples: int, side: Side) -> dict:
+    """The TrainingArguments both Trainer-based sides share: two epochs, no saving or logging in the way."""
+    return {
+        "output_dir": out,
+        "per_device_train_batch_size": batch,
+        "max_steps": 2 * examples // batch,
+        "learning_rate": 1e-5,
+        "save_strategy": "no",
+        "report_to": [],
+        "use_cpu": True,
+        "bf16": side.precision == "bf16",
+        "logging_steps": 1000,
+        "disable_tqdm": True,
+        "seed": 0,
+    }
+
+
 def reference_train(arch: str, method: dict, exs, batch: int, max_input: int, side: Side) -> dict:
     """The recipe of the course notebooks: Trainer + PEFT model + the default collators."""
     from datasets import Dataset
@@ -231,19 +248,7 @@ def reference_train(arch: str, method: dict, exs, batch: int, max_input: int, si
         collator = default_data_collator
     stamps = _Stamps()
     with tempfile.TemporaryDirectory() as out:
-        args = TrainingArguments(
-            output_dir=out,
-            per_device_train_batch_size=batch,
-            max_steps=2 * len(exs) // batch,
-            learning_rate=1e-5,
-            save_strategy="no",
-            report_to=[],
-            use_cpu=True,
-            bf16=side.precision == "bf16",
-            logging_steps=1000,
-            disable_tqdm=True,
-            seed=0,
-        )
+        args = TrainingArguments(**_trainer_settings(out, batch, len(exs), side))
         Trainer(model=model, args=args, train_dataset=ds, data_collator=collator, callbacks=[stamps.callback]).train()
     return {"epoch_seconds": stamps.second_epoch(len(exs) // batch), "gradient_checkpointing": False}
 
@@ -272,17 +277,7 @@ def trl_train(arch: str, method: dict, exs, batch: int, max_input: int, side: Si
     with tempfile.TemporaryDirectory() as out:
         settings = {} if side.checkpointing == "default" else {"gradient_checkpointing": False}
         args = SFTConfig(
-            output_dir=out,
-            per_device_train_batch_size=batch,
-            max_steps=2 * len(exs) // batch,
-            learning_rate=1e-5,
-            save_strategy="no",
-            report_to=[],
-            use_cpu=True,
-            bf16=side.precision == "bf16",
-            logging_steps=1000,
-            disable_tqdm=True,
-            seed=0,
+            **_trainer_settings(out, batch, len(exs), side),
             max_length=max_input + 96,
             completion_only_loss=True,
             padding_free=_flash_attention_available(),
