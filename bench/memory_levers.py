@@ -8,8 +8,14 @@ Levers (comma-separated after the method, e.g. `lora:ckpt,bf16frozen`):
     bf16frozen  frozen Linear weights stored in bf16 (autocast casts them to bf16 anyway)
     mallopt     glibc: fixed mmap and trim thresholds of 64 KiB (freed memory goes back to the OS)
     mmap1m      the same at 1 MiB
+    vary        a different batch of 8 every step (the demo's dynamic padding: lengths change from step to step)
+    trim        hand freed memory back to the OS after every optimizer step (glibc `malloc_trim(0)`)
+    arena1      glibc: a single malloc arena (M_ARENA_MAX=1)
+    lastcols    logits for the last columns of the batch (from the earliest completion start), not only at the
+                positions that predict a completion token (tunelab's loss before the boolean position mask)
 
     python bench/memory_levers.py [lora: lora:ckpt full: ...]   # writes bench/results/memory_levers.jsonl
+    STEPS=12 OUT=memory_levers_vary.jsonl python bench/memory_levers.py lora:ckpt,vary lora:ckpt,vary,trim
 """
 
 from __future__ import annotations
@@ -42,6 +48,9 @@ def _mallopt(threshold: int) -> None:
 
 
 def worker(method: str, levers: set[str], steps: int) -> dict:
+    libc = ctypes.CDLL("libc.so.6")
+    if "arena1" in levers:
+        libc.mallopt(-8, 1)  # M_ARENA_MAX
     if "mallopt" in levers:
         _mallopt(64 * 1024)
     if "mmap1m" in levers:
@@ -55,7 +64,11 @@ def worker(method: str, levers: set[str], steps: int) -> dict:
     from tunelab.models import load_model, pick_device
     from tunelab.models.precision import autocast
     from tunelab.training.loop import enable_gradient_checkpointing
+    import tunelab.training.loss as loss_module
     from tunelab.training.loss import completion_loss
+
+    if "lastcols" in levers:
+        loss_module.takes_position_mask = lambda model: False
 
     cfg = tunelab.build_config({"method": METHODS[method]})
     device = pick_device()
@@ -63,10 +76,10 @@ def worker(method: str, levers: set[str], steps: int) -> dict:
     loaded = load_model(cfg.model, device=device, extra_kwargs=m.load_kwargs(cfg.method))
     templates = TemplateSet("dialogue_summarization")
     enc = PromptEncoder(loaded.tokenizer, "causal", loaded.use_chat_template, 320, 64)
-    examples = load_split(cfg.data, "train")[:8]
-    batch = TrainCollator(loaded.tokenizer.pad_token_id, "causal")(
-        [enc.encode_for_training(templates.eval, ex) for ex in examples]
-    )
+    examples = load_split(cfg.data, "train")[: 8 * steps if "vary" in levers else 8]
+    collate = TrainCollator(loaded.tokenizer.pad_token_id, "causal")
+    encoded = [enc.encode_for_training(templates.eval, ex) for ex in examples]
+    batches = [collate(encoded[i : i + 8]) for i in range(0, len(encoded), 8)]
     torch.manual_seed(0)
     model = m.prepare(loaded.model, cfg.method, ModelContext("causal", loaded.source.path, templates.eval.instruction))
     model.train()
@@ -81,8 +94,10 @@ def worker(method: str, levers: set[str], steps: int) -> dict:
     kind = {"fused": {"fused": True}, "loop": {"foreach": False}}
     options = next((kind[k] for k in kind if k in levers), {})
     opt = torch.optim.AdamW(params, lr=1e-5, **options)
-    times, losses = [], []
-    for _ in range(steps):
+    times, losses, trim_seconds = [], [], 0.0
+    faults_before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for step in range(steps):
+        batch = batches[step % len(batches)]
         t0 = time.perf_counter()
         with autocast(device, "bf16"):
             loss = completion_loss(model, batch, "causal")
@@ -90,12 +105,18 @@ def worker(method: str, levers: set[str], steps: int) -> dict:
         opt.step()
         opt.zero_grad(set_to_none=True)
         losses.append(float(loss))
+        if "trim" in levers:
+            t1 = time.perf_counter()
+            libc.malloc_trim(0)
+            trim_seconds += time.perf_counter() - t1
         times.append(time.perf_counter() - t0)
     timed = sorted(times[1:])
     return {
         "method": method,
         "levers": sorted(levers),
-        "batch_shape": list(batch["input_ids"].shape),
+        "batch_shapes": [list(b["input_ids"].shape) for b in batches],
+        "minor_page_faults": resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults_before,
+        "trim_seconds": trim_seconds,
         "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         "step_seconds": timed[len(timed) // 2],
         "step_seconds_all": times,
@@ -108,11 +129,11 @@ def main() -> None:
         method, levers = sys.argv[2].split(":")
         print(json.dumps(worker(method, {x for x in levers.split(",") if x}, int(sys.argv[3]))))
         return
-    out = ROOT / "bench" / "results" / "memory_levers.jsonl"
+    out = ROOT / "bench" / "results" / os.environ.get("OUT", "memory_levers.jsonl")
     with out.open("w") as f:
         for spec in sys.argv[1:] or DEFAULT_GRID:
             proc = subprocess.run(
-                [sys.executable, __file__, "--worker", spec, "4"],
+                [sys.executable, __file__, "--worker", spec, os.environ.get("STEPS", "4")],
                 capture_output=True,
                 text=True,
                 env={**os.environ, "TQDM_DISABLE": "1"},

@@ -139,13 +139,20 @@ def test_saved_lora_adapter_reloads_with_plain_peft_to_identical_logits(arch, ti
     ],
     ids=lambda m: m["name"],
 )
-def test_mask_free_completion_loss_equals_the_masked_full_logits_loss(method, tiny_llama_chat_dir):
+@pytest.mark.parametrize("logits_at", ["completion_positions", "last_columns"])
+def test_mask_free_completion_loss_equals_the_masked_full_logits_loss(method, logits_at, tiny_llama_chat_dir,
+                                                                      monkeypatch):  # fmt: skip
     """tunelab's causal batches (right-padded, no attention mask, logits for completion positions only) give
-    the loss and the gradients of HF's own loss on a padded batch with its attention mask."""
+    the loss and the gradients of HF's own loss on a padded batch with its attention mask; so does the
+    fallback for models whose forward takes no position mask (logits for the last columns)."""
+    import tunelab.training.loss as loss_module
     from tunelab.data.collate import pad_sequences, padding_mask
     from tunelab.training.loss import completion_loss
 
     cfg, loaded, model, train, _ = _setup(tiny_llama_chat_dir, method)
+    assert loss_module.takes_position_mask(model)  # this transformers' llama takes a boolean mask
+    if logits_at == "last_columns":
+        monkeypatch.setattr(loss_module, "takes_position_mask", lambda model: False)
     model.eval()
     batch = train[:8]
     assert len({len(e.input_ids) for e in batch}) > 1  # padding really happens
@@ -247,3 +254,19 @@ def test_attention_implementation_is_chosen_by_config_and_computes_the_same_loss
     except ImportError:
         with pytest.raises(ModelError, match="attn_implementation 'flash_attention_2'"):
             load_model(model_cfg("flash_attention_2"), device=torch.device("cpu"))
+
+
+def test_a_forward_that_cannot_slice_by_a_position_mask_is_detected():
+    """The loss asks for logits at completion positions only where the model's slicing helper takes a boolean
+    mask; a helper that slices columns only (older transformers) is detected, and the loss falls back."""
+    from tunelab.training.loss import _slices_by_mask
+
+    def columns_only(hidden, logits_to_keep):
+        kept = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+        return hidden[:, kept, :]
+
+    def by_mask(hidden, logits_to_keep):
+        return hidden[logits_to_keep] if logits_to_keep.dtype == torch.bool else columns_only(hidden, logits_to_keep)
+
+    assert not _slices_by_mask(columns_only)
+    assert _slices_by_mask(by_mask)
