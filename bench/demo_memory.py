@@ -1,8 +1,9 @@
 """The demo's memory and wall time, side by side: `tunelab compare configs/compare_dialogsum.yaml` run twice in
-one invocation, once with the memory settings off (as tunelab trained before they existed) and once with the
-defaults, each in its own process so that each process's peak RSS is its own.
+one invocation, once by tunelab as it was before the memory work of issue #15 (the source tree of a git revision,
+its own demo config and defaults) and once by the working tree, each in its own process so that each process's
+peak RSS is its own.
 
-    python bench/demo_memory.py [--config configs/compare_dialogsum.yaml] [--only before|after]
+    python bench/demo_memory.py [--before-revision REV] [--only before|after]
 
 Per configuration it records the process's peak RSS (the kernel's high-water mark, from wait4), the wall time,
 and per arm the peak of each phase (metrics.json -> memory_phases), the training time and the scores with their
@@ -14,10 +15,12 @@ again (the wall time is only comparable when both configurations ran from scratc
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 
@@ -27,26 +30,43 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 sys.path.insert(0, str(ROOT / "src"))
 
-# "before": as tunelab ran before `training.gradient_checkpointing: auto` and before freed memory was handed back
-# between phases (training/memory.py `release_freed_memory`); "after": the defaults.
-CONFIGURATIONS: dict[str, list[str]] = {
-    "before": ["training.gradient_checkpointing=false"],
-    "after": [],
-}
-ENVIRONMENT: dict[str, dict[str, str]] = {"before": {"TUNELAB_MALLOC_TRIM": "0"}, "after": {}}
+# The last commit before issue #15's memory work (gradient checkpointing `auto`, freed memory handed back between
+# phases, logits only at completion positions): tunelab as `make demo` ran when the issue was filed.
+BEFORE_REVISION = "5ae2530"
+CONFIGURATIONS = ("before", "after")
 
 
-def run_configuration(label: str, config: Path) -> dict:
-    tree = yaml.safe_load(config.read_text())
+def source_tree(label: str, revision: str) -> Path:
+    """The tree whose `src/` and `configs/` a configuration runs: the working tree, or `revision` unpacked."""
+    if label == "after":
+        return ROOT
+    tree = ROOT / "runs" / f"bench-demo-memory-source-{revision}"
+    if not (tree / "src").is_dir():
+        archive = subprocess.run(
+            ["git", "archive", revision, "src", "configs"], cwd=ROOT, capture_output=True, check=True
+        ).stdout
+        partial = tree.with_name(tree.name + ".tmp")
+        partial.mkdir(parents=True, exist_ok=True)
+        with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+            tar.extractall(partial, filter="data")
+        partial.rename(tree)
+    return tree
+
+
+def run_configuration(label: str, revision: str) -> dict:
+    tree_root = source_tree(label, revision)
+    tree = yaml.safe_load((tree_root / "configs" / "compare_dialogsum.yaml").read_text())
     tree["name"] = f"bench-demo-memory-{label}"
     tree["output_dir"] = str(ROOT / "runs")
     derived = ROOT / "runs" / f"bench-demo-memory-{label}.yaml"
     derived.parent.mkdir(parents=True, exist_ok=True)
     derived.write_text(yaml.safe_dump(tree, sort_keys=False))
     cmd = [sys.executable, "-m", "tunelab.cli.main", "compare", "-q", str(derived)]
-    for override in CONFIGURATIONS[label]:
-        cmd += ["--set", override]
-    env = {**os.environ, "TQDM_DISABLE": "1", **ENVIRONMENT[label]}
+    from tunelab.paths import data_root
+
+    env = {**os.environ, "TQDM_DISABLE": "1", "PYTHONPATH": str(tree_root / "src")}
+    if (data := data_root()) is not None:
+        env["TUNELAB_DATA_DIR"] = str(data.resolve())
     log = ROOT / "runs" / f"bench-demo-memory-{label}.log"
     t0 = time.perf_counter()
     with log.open("w") as err:
@@ -60,8 +80,7 @@ def run_configuration(label: str, config: Path) -> dict:
     # is the largest of its phases' peaks (they cover the whole run after start-up) and what wait4 reports
     phase_peaks = [p for a in arms.values() for p in a["phases"].values()]
     return {
-        "overrides": CONFIGURATIONS[label],
-        "environment": ENVIRONMENT[label],
+        "source": f"git revision {revision}" if label == "before" else "working tree",
         "process_peak_rss_bytes": max([usage.ru_maxrss * 1024, *phase_peaks]),
         "wall_seconds": wall,
         "arms": arms,
@@ -91,10 +110,9 @@ def report(result: dict) -> str:
     lines = [
         f"# bench/demo_memory.py, {result['date']}, {result['machine']}",
         "",
-        "`make demo`'s comparison run twice in one invocation, each in its own process: *before* = "
-        + ", ".join(f"`{o}`" for o in before["overrides"])
-        + " and no freed memory handed back between phases (`TUNELAB_MALLOC_TRIM=0`), as tunelab ran before; "
-        "*after* = tunelab's defaults.",
+        "`make demo`'s comparison run twice in one invocation, each in its own process and from scratch: *before* = "
+        f"tunelab at {before['source']} (before the memory work of issue #15) with its own demo config, *after* = "
+        f"the {after['source']}; both with their defaults.",
         "",
         "| | before | after | after / before |",
         "|---|---|---|---|",
@@ -141,7 +159,7 @@ def rewrite_report(out: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--config", default=str(ROOT / "configs" / "compare_dialogsum.yaml"))
+    ap.add_argument("--before-revision", default=BEFORE_REVISION, help="the git revision measured as *before*")
     ap.add_argument("--only", choices=sorted(CONFIGURATIONS), help="measure one configuration (kept with the other)")
     ap.add_argument("--out", default=str(RESULTS / "demo_memory.json"))
     ap.add_argument("--report", action="store_true", help="only re-read the run directories and rewrite the report")
@@ -157,7 +175,7 @@ def main() -> None:
     result = json.loads(out.read_text()) if out.is_file() else {"configurations": {}}
     for label in [args.only] if args.only else list(CONFIGURATIONS):
         print(f"measuring {label} ...", file=sys.stderr)
-        result["configurations"][label] = run_configuration(label, Path(args.config))
+        result["configurations"][label] = run_configuration(label, args.before_revision)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=2) + "\n")  # kept if the next configuration is interrupted
     env = describe_environment(torch.device("cpu"))

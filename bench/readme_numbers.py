@@ -230,7 +230,7 @@ def render_methods() -> str:
 
 
 def render_demo_memory() -> str:
-    """bench/demo_memory.py: the demo before/after `training.gradient_checkpointing: auto`, side by side."""
+    """bench/demo_memory.py: the demo as tunelab ran it before the memory work of issue #15 and now, side by side."""
     text = (RESULTS / "demo_memory.md").read_text()
     return text.split("\n", 2)[2].strip() + "\n\n(`python bench/demo_memory.py`; `bench/results/demo_memory.md`.)"
 

@@ -129,3 +129,29 @@ def test_auto_checkpointing_is_applied_recorded_and_undone(tiny_llama_dir, dialo
     tree["name"] = "explicit"
     again = finetune(build_config(tree), show_progress=False, echo=None)
     assert again.metrics["training"]["gradient_checkpointing"] is False and len(seen) == 1
+
+
+def test_training_hands_freed_memory_back_after_every_micro_batch_on_cpu(tiny_llama_dir, monkeypatch):
+    """Batches of changing length fragment glibc's heap step after step; each micro-batch's freed activations
+    go back to the OS before the next (without a gc pass per step)."""
+    import tunelab.training.loop as loop
+    from tunelab import build_config
+    from tunelab.data import Example, PromptEncoder, TemplateSet
+    from tunelab.data.encoding import encode_training_set
+    from tunelab.methods import ModelContext, get_method
+    from tunelab.models import load_model
+
+    calls: list[bool] = []
+    monkeypatch.setattr(loop, "release_freed_memory", lambda collect=True: calls.append(collect) or True)
+    cfg = build_config({"model": {"name": str(tiny_llama_dir)}, "method": {"name": "lora", "r": 4},
+                        "training": {"max_steps": 3, "batch_size": 2, "grad_accum": 2}})  # fmt: skip
+    loaded = load_model(cfg.model, device=torch.device("cpu"))
+    templates = TemplateSet("dialogue_summarization")
+    encoder = PromptEncoder(loaded.tokenizer, "causal", False, 48, 12)
+    dialogues = [Example(str(i), f"#Person1#: order {i} is {'very ' * i}late. #Person2#: sorry.", (f"order {i}",))
+                 for i in range(16)]  # fmt: skip
+    train = encode_training_set(encoder, dialogues, [templates.eval] * len(dialogues))
+    model = get_method("lora").prepare(loaded.model, cfg.method, ModelContext("causal", str(tiny_llama_dir), ""))
+    loop.train_model(model, loaded.tokenizer, "causal", train, None, cfg.training, seed=0,
+                     device=torch.device("cpu"), show_progress=False)  # fmt: skip
+    assert calls == [False] * 6  # 3 optimizer steps x 2 micro-batches

@@ -52,7 +52,7 @@ from tunelab.training.distributed import (
     whole_trainable_state,
 )
 from tunelab.training.loss import completion_loss
-from tunelab.training.memory import PeakMemory, checkpointing_pays
+from tunelab.training.memory import PeakMemory, checkpointing_pays, release_freed_memory
 
 
 @dataclass
@@ -377,6 +377,8 @@ def _micro_step(state: LoopState, batch: dict[str, torch.Tensor]) -> None:
         state.optimizer.zero_grad(set_to_none=True)
         if accelerator.sync_gradients and not all_finite(params, accelerator):
             raise TrainingError(stop_message("non-finite weights after the update", step + 1, state.checkpoint_dir))
+    if accelerator.device.type == "cpu":  # CUDA has its own caching allocator
+        release_freed_memory(collect=False)
     _count(state, batch, loss)
 
 

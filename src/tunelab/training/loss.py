@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from tunelab.data.encoding import IGNORE_INDEX
-from tunelab.modeling import Arch, base_model, forward_accepts
+from tunelab.modeling import Arch, base_model, forward_accepts, unwrap_parallel
 
 
 def completion_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], arch: Arch) -> torch.Tensor:
@@ -61,7 +61,7 @@ def _last_columns_loss(model: torch.nn.Module, inputs: dict[str, torch.Tensor], 
 def prepended_positions(model: torch.nn.Module) -> int:
     """Positions a PEFT prompt-learning method adds in front of the input (prompt tuning, p-tuning); prefix
     tuning adds its virtual tokens to the key/value cache instead, not to the positions."""
-    cfg = getattr(model, "active_peft_config", None)
+    cfg = getattr(unwrap_parallel(model), "active_peft_config", None)
     if cfg is None or cfg.peft_type.value not in {"PROMPT_TUNING", "P_TUNING"}:
         return 0
     return int(cfg.num_virtual_tokens)
@@ -70,9 +70,11 @@ def prepended_positions(model: torch.nn.Module) -> int:
 def takes_position_mask(model: torch.nn.Module) -> bool:
     """Whether the model's forward slices its hidden states with transformers' `slice_logits_to_keep` and that
     helper takes a boolean (batch, positions) mask (transformers 5.x since late 2026)."""
-    module = sys.modules.get(type(base_model(model)).__module__)
-    helper = getattr(module, "slice_logits_to_keep", None)
-    return helper is not None and _slices_by_mask(helper)
+    for cls in type(base_model(model)).__mro__:  # FSDP2 wraps the model's class in a subclass of its own
+        helper = getattr(sys.modules.get(cls.__module__), "slice_logits_to_keep", None)
+        if helper is not None:
+            return _slices_by_mask(helper)
+    return False
 
 
 @functools.cache

@@ -35,15 +35,16 @@ def reset_high_water_mark() -> bool:
     return high_water_mark() is not None
 
 
-def release_freed_memory() -> bool:
-    """Hand memory that glibc keeps after objects are freed back to the OS (gc, then `malloc_trim(0)`), so that
-    the next phase, or the next arm of a comparison, starts from live memory instead of an earlier phase's
-    leftovers. glibc keeps freed blocks for reuse; returning them inside a training step costs time (every
-    block comes back as fresh zeroed pages, bench/results/memory_levers.md), between phases nothing that
-    matters. A no-op where libc has no malloc_trim, or with TUNELAB_MALLOC_TRIM=0 (for side-by-side benches)."""
+def release_freed_memory(collect: bool = True) -> bool:
+    """Hand memory that glibc keeps after objects are freed back to the OS (`gc.collect()` unless `collect` is
+    False, then `malloc_trim(0)`), so that the next phase, the next arm of a comparison, or the next training step
+    starts from live memory instead of earlier leftovers. glibc keeps freed blocks for reuse, and batches of
+    changing length leave them fragmented: the heap grows step after step (bench/results/memory_levers.md). A
+    no-op where libc has no malloc_trim, or with TUNELAB_MALLOC_TRIM=0 (for side-by-side benches)."""
     import gc
 
-    gc.collect()
+    if collect:
+        gc.collect()
     if os.environ.get("TUNELAB_MALLOC_TRIM", "1") == "0":
         return False
     try:
