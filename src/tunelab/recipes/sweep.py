@@ -2,8 +2,9 @@
 training.lr=1e-4,3e-4,1e-3`), each scored on the validation split only, the best named.
 
 Trials evaluate on `data.eval_split` (never on test: the test split stays untouched until the chosen setting
-is run for real), generate for at most `data.max_eval_samples` of its examples (those the validation loss uses), skip the before-evaluation and the benchmark suite, and live in `<output_dir>/<name>-sweep/`
-with `sweep.json` (every trial's overrides, run folder and validation score, and the best). Finished trials are
+is run for real), generate for at most `data.max_eval_samples` of its examples (those the validation loss
+uses), skip the before-evaluation and the benchmark suite, and live in `<output_dir>/<name>-sweep/` with
+`sweep.json` (every trial's overrides, run folder and validation score, and the best). Finished trials are
 reused, so an interrupted sweep continues where it stopped.
 """
 
