@@ -11,6 +11,9 @@ Levers (comma-separated after the method, e.g. `lora:ckpt,bf16frozen`):
     vary        a different batch of 8 every step (the demo's dynamic padding: lengths change from step to step)
     trim        hand freed memory back to the OS after every optimizer step (glibc `malloc_trim(0)`)
     arena1      glibc: a single malloc arena (M_ARENA_MAX=1)
+    keepgrads   gradients kept between steps and zeroed in place (`zero_grad(set_to_none=False)`)
+    flatgrads   all gradients views of one contiguous buffer (allocated once, off glibc's heap), zeroed in place
+    flatstate   AdamW's moments views of two contiguous buffers, allocated before the first step
     lastcols    logits for the last columns of the batch (from the earliest completion start), not only at the
                 positions that predict a completion token (tunelab's loss before the boolean position mask)
 
@@ -94,6 +97,16 @@ def worker(method: str, levers: set[str], steps: int) -> dict:
     kind = {"fused": {"fused": True}, "loop": {"foreach": False}}
     options = next((kind[k] for k in kind if k in levers), {})
     opt = torch.optim.AdamW(params, lr=1e-5, **options)
+    if "flatgrads" in levers:
+        flat = torch.zeros(sum(p.numel() for p in params))
+        for p, view in zip(params, flat.split([p.numel() for p in params])):
+            p.grad = view.view_as(p)
+    if "flatstate" in levers:
+        sizes = [p.numel() for p in params]
+        moments = torch.zeros(2, sum(sizes))
+        for p, avg, avg_sq in zip(params, moments[0].split(sizes), moments[1].split(sizes)):
+            opt.state[p] = {"step": torch.tensor(0.0), "exp_avg": avg.view_as(p), "exp_avg_sq": avg_sq.view_as(p)}
+    keep_grads = bool({"keepgrads", "flatgrads"} & levers)
     times, losses, trim_seconds = [], [], 0.0
     faults_before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     for step in range(steps):
@@ -103,7 +116,7 @@ def worker(method: str, levers: set[str], steps: int) -> dict:
             loss = completion_loss(model, batch, "causal")
         loss.backward()
         opt.step()
-        opt.zero_grad(set_to_none=True)
+        opt.zero_grad(set_to_none=not keep_grads)
         losses.append(float(loss))
         if "trim" in levers:
             t1 = time.perf_counter()

@@ -1,5 +1,6 @@
 """`tunelab compare` over tiny models: every arm runs, finished arms are reused, the report is complete."""
 
+import importlib
 import json
 import shutil
 import subprocess
@@ -12,6 +13,7 @@ import yaml
 import tunelab
 from conftest import experiment
 from tunelab.cli.main import main
+from tunelab.errors import DataError
 
 ARMS = [
     {"name": "zero-shot", "kind": "prompting", "shots": 0},
@@ -145,11 +147,56 @@ def _chromium() -> str | None:
     return None
 
 
+def _in_one_process(path: Path) -> Path:
+    tree = yaml.safe_load(path.read_text())
+    path.write_text(yaml.safe_dump({**tree, "isolate_arms": False}))
+    return path
+
+
+def test_each_arm_runs_in_a_fresh_process_of_its_own(compare_config, tmp_path, monkeypatch):
+    """Nothing of this process reaches an arm: a change made here (standing in for a model, cache or allocator
+    state an earlier arm left behind) is not seen by the arm's process. In one process the arm sees it."""
+    compare_module = importlib.import_module("tunelab.recipes.compare")  # the module (the package exports the function)
+
+    def poisoned(*args, **kwargs):
+        raise AssertionError("the arm ran in the comparison's own process")
+
+    monkeypatch.setattr(compare_module, "prompting_arm", poisoned)
+    tree = yaml.safe_load(compare_config.read_text())
+    tree["arms"] = [ARMS[0]]
+    compare_config.write_text(yaml.safe_dump(tree))
+    messages: list[str] = []
+    result = tunelab.compare(compare_config, show_progress=False, echo=messages.append)
+    assert (result.arms["zero-shot"] / "COMPLETE").exists() and any("zero-shot: running" in m for m in messages)
+    with pytest.raises(AssertionError, match="comparison's own process"):
+        tunelab.compare(_in_one_process(compare_config), ("evaluation.max_samples=3",), False, None)
+
+
+def test_an_arms_error_is_raised_here_and_leaves_no_half_arm(compare_config, tmp_path):
+    """An error inside an arm's process comes back as the same error, with its message (file and line named),
+    and the arm's directory is not created; the arms before it stay finished."""
+    tree = yaml.safe_load(compare_config.read_text())
+    bad = tmp_path / "bad_train.jsonl"
+    bad.write_text('{"fname": "a", "dialogue": "x", "summary": "y"}\n{not json\n')
+    broken = {
+        **ARMS[3],
+        "name": "broken",
+        "data": {"files": {**tree["experiment"]["data"]["files"], "train": str(bad)}},
+    }
+    tree["arms"] = [ARMS[0], broken]
+    compare_config.write_text(yaml.safe_dump(tree))
+    with pytest.raises(DataError, match=r"bad_train\.jsonl:2: malformed JSON"):
+        tunelab.compare(compare_config, show_progress=False, echo=None)
+    directory = tmp_path / "runs" / "cmp"
+    assert (directory / "zero-shot" / "COMPLETE").exists()
+    assert not (directory / "broken").exists() and not list(directory.glob(".broken.*"))
+
+
 def test_report_renders_in_a_real_browser(compare_config, tmp_path, sst2_available):
     browser = _chromium()
     if browser is None:
         pytest.skip("Chromium is not installed (`make setup` installs Debian's 'chromium' where apt-get works)")
-    tunelab.compare(compare_config, show_progress=False, echo=None)
+    tunelab.compare(_in_one_process(compare_config), show_progress=False, echo=None)
     report = tmp_path / "runs" / "cmp" / "report.html"
     flags = [
         "--headless",
@@ -256,6 +303,7 @@ def test_study_features_sweep_claims_single_reference_and_wall_time(
     ]  # fmt: skip
     path = tmp_path / "study.yaml"
     tree = {"name": "study", "output_dir": str(tmp_path / "runs"), "experiment": base, "arms": arms, "claims": claims}
+    tree["isolate_arms"] = False  # the arms' own processes are tested above; here, the study's features
     path.write_text(yaml.safe_dump(tree))
     tunelab.compare(path, show_progress=False, echo=None)
     directory = tmp_path / "runs" / "study"

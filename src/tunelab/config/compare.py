@@ -87,6 +87,9 @@ class CompareConfig(BaseModel):
     output_dir: str = "runs"
     arms: list[Arm] = Field(min_length=1)
     claims: list[Claim] = Field(default_factory=list)
+    isolate_arms: bool = True
+    """Each arm in a fresh process of its own (nothing of an earlier arm stays in memory; each arm's peak is its
+    own); false runs them all in this process (faster to start, for tiny models)."""
 
     @property
     def directory(self) -> Path:
@@ -108,11 +111,15 @@ def _deep_merge(base: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
 def load_compare_config(path: str | Path, overrides: tuple[str, ...] = ()) -> CompareConfig:
     path = Path(path)
     tree = read_yaml_mapping(path, "comparison config")
-    unknown = set(tree) - {"name", "output_dir", "experiment", "arms", "claims"}
+    unknown = set(tree) - {"name", "output_dir", "experiment", "arms", "claims", "isolate_arms"}
     if unknown:
         raise ConfigError(
-            f"{path}: unknown key(s) {sorted(unknown)}; expected name, output_dir, experiment, arms, claims"
+            f"{path}: unknown key(s) {sorted(unknown)}; expected name, output_dir, experiment, arms, claims, "
+            "isolate_arms"
         )
+    isolate = tree.get("isolate_arms", True)
+    if not isinstance(isolate, bool):
+        raise ConfigError(f"{path}: isolate_arms must be true or false, got {isolate!r}")
     base = tree.get("experiment") or {}
     if isinstance(base, str):
         base = read_yaml_mapping(path.parent / base, f"base experiment of {path}")  # absolute paths stay absolute
@@ -157,7 +164,9 @@ def load_compare_config(path: str | Path, overrides: tuple[str, ...] = ()) -> Co
     names = [a.name for a in arms]
     if len(set(names)) != len(names):
         raise ConfigError(f"{path}: arm names must be unique, got {names}")
-    return CompareConfig(name=name, output_dir=output_dir, arms=arms, claims=_claims_of(path, tree, names))
+    return CompareConfig(
+        name=name, output_dir=output_dir, arms=arms, claims=_claims_of(path, tree, names), isolate_arms=isolate
+    )
 
 
 def _sweep_of(path: Path, arm: str, raw: Any) -> dict[str, list[Any]] | None:
