@@ -14,6 +14,8 @@ Levers (comma-separated after the method, e.g. `lora:ckpt,bf16frozen`):
     keepgrads   gradients kept between steps and zeroed in place (`zero_grad(set_to_none=False)`)
     flatgrads   all gradients views of one contiguous buffer (allocated once, off glibc's heap), zeroed in place
     flatstate   AdamW's moments views of two contiguous buffers, allocated before the first step
+    pad64       every batch padded to a multiple of 64 columns (few distinct shapes: freed blocks fit the next step)
+    noprimcache oneDNN's primitive cache off (ONEDNN_PRIMITIVE_CACHE_CAPACITY=0: nothing kept per shape)
     lastcols    logits for the last columns of the batch (from the earliest completion start), not only at the
                 positions that predict a completion token (tunelab's loss before the boolean position mask)
 
@@ -50,6 +52,19 @@ def _mallopt(threshold: int) -> None:
     libc.mallopt(-1, threshold)  # M_TRIM_THRESHOLD
 
 
+def _current_rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _pad_columns(batch: dict, multiple: int, pad_id: int) -> dict:
+    import torch
+
+    extra = -batch["input_ids"].shape[1] % multiple
+    fill = {"input_ids": pad_id, "attention_mask": 0, "labels": -100}
+    return {k: torch.nn.functional.pad(v, (0, extra), value=fill[k]) for k, v in batch.items()}
+
+
 def worker(method: str, levers: set[str], steps: int) -> dict:
     libc = ctypes.CDLL("libc.so.6")
     if "arena1" in levers:
@@ -58,6 +73,8 @@ def worker(method: str, levers: set[str], steps: int) -> dict:
         _mallopt(64 * 1024)
     if "mmap1m" in levers:
         _mallopt(1 << 20)
+    if "noprimcache" in levers:
+        os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] = "0"  # read when oneDNN starts, after this
     import torch
 
     import tunelab
@@ -83,6 +100,8 @@ def worker(method: str, levers: set[str], steps: int) -> dict:
     collate = TrainCollator(loaded.tokenizer.pad_token_id, "causal")
     encoded = [enc.encode_for_training(templates.eval, ex) for ex in examples]
     batches = [collate(encoded[i : i + 8]) for i in range(0, len(encoded), 8)]
+    if "pad64" in levers:
+        batches = [_pad_columns(b, 64, loaded.tokenizer.pad_token_id) for b in batches]
     torch.manual_seed(0)
     model = m.prepare(loaded.model, cfg.method, ModelContext("causal", loaded.source.path, templates.eval.instruction))
     model.train()
@@ -107,7 +126,7 @@ def worker(method: str, levers: set[str], steps: int) -> dict:
         for p, avg, avg_sq in zip(params, moments[0].split(sizes), moments[1].split(sizes)):
             opt.state[p] = {"step": torch.tensor(0.0), "exp_avg": avg.view_as(p), "exp_avg_sq": avg_sq.view_as(p)}
     keep_grads = bool({"keepgrads", "flatgrads"} & levers)
-    times, losses, trim_seconds = [], [], 0.0
+    times, losses, trim_seconds, rss_after_step = [], [], 0.0, []
     faults_before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     for step in range(steps):
         batch = batches[step % len(batches)]
@@ -123,6 +142,7 @@ def worker(method: str, levers: set[str], steps: int) -> dict:
             libc.malloc_trim(0)
             trim_seconds += time.perf_counter() - t1
         times.append(time.perf_counter() - t0)
+        rss_after_step.append(_current_rss())
     timed = sorted(times[1:])
     return {
         "method": method,
@@ -134,6 +154,7 @@ def worker(method: str, levers: set[str], steps: int) -> dict:
         "step_seconds": timed[len(timed) // 2],
         "step_seconds_all": times,
         "losses": losses,
+        "rss_after_step_bytes": rss_after_step,
     }
 
 

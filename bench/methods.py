@@ -2,7 +2,8 @@
 
 The demo's batch (8 DialogSum training dialogues, inputs cut at 320 tokens: 8 x 424 with the chat template and
 summary) for every method; each method runs in its own process (peak RSS is a per-process high-water mark), one
-warm-up step then timed steps. Each method is measured with tunelab's default `training.gradient_checkpointing:
+warm-up step then timed steps, each followed by what tunelab's training loop does after a micro-batch on the CPU
+(freed memory handed back: `malloc_trim`). Each method is measured with tunelab's default `training.gradient_checkpointing:
 auto` (which decides per model and batch, as training does) and with checkpointing off. Prints ratios to full
 fine-tuning and writes bench/results/methods.json.
 
@@ -62,7 +63,7 @@ def worker(
     from tunelab.models.precision import autocast, resolve_precision
     from tunelab.training.loop import enable_gradient_checkpointing
     from tunelab.training.loss import completion_loss
-    from tunelab.training.memory import checkpointing_pays
+    from tunelab.training.memory import checkpointing_pays, release_freed_memory
 
     cfg = tunelab.build_config({"method": METHOD_CONFIGS[method], "model": {"attn_implementation": attn}})
     device = pick_device()
@@ -96,6 +97,8 @@ def worker(
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
+        if device.type == "cpu":
+            release_freed_memory(collect=False)  # as tunelab's training loop does after every micro-batch
         if device.type == "cuda":
             torch.cuda.synchronize()
         if i:
