@@ -349,3 +349,29 @@ def test_study_features_sweep_claims_single_reference_and_wall_time(
     again = tunelab.compare(path, show_progress=False, echo=None)
     assert again.reused == ["zero-shot", "lora", "full"]
     assert json.loads((directory / "timing.json").read_text()) == timing
+
+
+def test_an_arms_error_crosses_the_process_boundary_with_what_explains_it():
+    """tunelab's errors come back as they are (their message says what to fix); other errors carry the arm
+    process's traceback; an error that cannot be pickled comes back as a RuntimeError with its message."""
+    from tunelab.recipes.compare import _transferable
+
+    def raised(error: BaseException) -> BaseException:
+        try:
+            raise error
+        except BaseException as e:  # noqa: BLE001
+            return e
+
+    bad_input = _transferable(raised(DataError("train.jsonl:2: malformed JSON")))
+    assert type(bad_input) is DataError and not getattr(bad_input, "__notes__", None)
+    bug = _transferable(raised(ValueError("shapes do not match")))
+    assert type(bug) is ValueError and "raised in the arm's process" in bug.__notes__[0]
+    assert "in raised\n    raise error" in bug.__notes__[0]  # the traceback names where it came from
+
+    class Unpicklable(Exception):
+        def __init__(self, message, handle):
+            super().__init__(message)
+            self.handle = handle
+
+    odd = _transferable(raised(Unpicklable("held a lock", __import__("threading").Lock())))
+    assert type(odd) is RuntimeError and str(odd).startswith("Unpicklable: held a lock")

@@ -28,9 +28,9 @@ from accelerate.utils import set_seed
 from tunelab.config.compare import Arm, CompareConfig, load_compare_config
 from tunelab.config.loader import build_config, config_to_dict
 from tunelab.config.schema import ExperimentConfig
-from tunelab.errors import TrainingError
 from tunelab.data.sources import load_split
 from tunelab.environment import describe_environment
+from tunelab.errors import TrainingError, TunelabError
 from tunelab.evaluation.metrics import rouge_protocol
 from tunelab.evaluation.summarization import score_prompts
 from tunelab.io import atomic_write_json, staged_dir
@@ -236,7 +236,9 @@ def run_arm_isolated(
                 outcome = (kind, payload)
         process.join()
     finally:
-        if process.is_alive():  # interrupted here: stop the arm too (its staging folder is removed)
+        if process.is_alive():  # interrupted: the arm's process had the same interrupt and removes its staging
+            process.join(timeout=30)  # folder; give it the time, then stop it
+        if process.is_alive():
             process.terminate()
             process.join()
     if outcome is None:
@@ -287,13 +289,16 @@ def _arm_process(
 
 
 def _transferable(error: BaseException) -> BaseException:
-    """The error itself where it survives pickling (tunelab's errors do), else a RuntimeError with its traceback."""
+    """The error itself where it survives pickling (tunelab's errors do), else a RuntimeError with its message.
+    Other than tunelab's errors (bad input, said in the message), it carries the arm process's traceback."""
+    text = "".join(traceback.format_exception(error))
+    if not isinstance(error, TunelabError | KeyboardInterrupt):
+        error.add_note(f"raised in the arm's process:\n{text}")
     try:
         pickle.loads(pickle.dumps(error))
         return error
     except Exception:  # noqa: BLE001 - any error type may fail to pickle
-        text = "".join(traceback.format_exception(error))
-        return RuntimeError(f"{type(error).__name__}: {error}\n{text}")
+        return RuntimeError(f"{type(error).__name__}: {error}\nraised in the arm's process:\n{text}")
 
 
 def arms_isolated(cfg: CompareConfig) -> bool:
