@@ -29,6 +29,9 @@ from pathlib import Path
 
 import yaml
 
+# The environment as the user gave it: importing tunelab (below) sets process-wide defaults (tunelab/native.py)
+# that the *before* revision did not have, so each configuration starts from this one.
+USER_ENVIRONMENT = dict(os.environ)
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 sys.path.insert(0, str(ROOT / "src"))
@@ -67,7 +70,7 @@ def run_configuration(label: str, revision: str) -> dict:
     cmd = [sys.executable, "-m", "tunelab.cli.main", "compare", "-q", str(derived)]
     from tunelab.paths import data_root
 
-    env = {**os.environ, "TQDM_DISABLE": "1", "PYTHONPATH": str(tree_root / "src")}
+    env = {**USER_ENVIRONMENT, "TQDM_DISABLE": "1", "PYTHONPATH": str(tree_root / "src")}
     if (data := data_root()) is not None:
         env["TUNELAB_DATA_DIR"] = str(data.resolve())
     log = ROOT / "runs" / f"bench-demo-memory-{label}.log"

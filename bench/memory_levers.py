@@ -7,7 +7,7 @@ Levers (comma-separated after the method, e.g. `lora:ckpt,bf16frozen`):
     fused       fused AdamW (one kernel per step)          loop   AdamW without foreach
     bf16frozen  frozen Linear weights stored in bf16 (autocast casts them to bf16 anyway)
     mallopt     glibc: fixed mmap and trim thresholds of 64 KiB (freed memory goes back to the OS)
-    mmap1m      the same at 1 MiB
+    mmap1m      the same at 1 MiB                           mmap4m  the same at 4 MiB
     vary        a different batch of 8 every step (the demo's dynamic padding: lengths change from step to step)
     trim        hand freed memory back to the OS after every optimizer step (glibc `malloc_trim(0)`)
     arena1      glibc: a single malloc arena (M_ARENA_MAX=1)
@@ -16,6 +16,9 @@ Levers (comma-separated after the method, e.g. `lora:ckpt,bf16frozen`):
     flatstate   AdamW's moments views of two contiguous buffers, allocated before the first step
     pad64       every batch padded to a multiple of 64 columns (few distinct shapes: freed blocks fit the next step)
     noprimcache oneDNN's primitive cache off (ONEDNN_PRIMITIVE_CACHE_CAPACITY=0: nothing kept per shape)
+    lruN        PyTorch's own cache of oneDNN computations (ideep's, LRU_CACHE_CAPACITY) and oneDNN's primitive
+                cache both bounded to N entries (e.g. lru64; tunelab sets 64 since tunelab/native.py; lru1024
+                is oneDNN's own default)
     lastcols    logits for the last columns of the batch (from the earliest completion start), not only at the
                 positions that predict a completion token (tunelab's loss before the boolean position mask)
 
@@ -73,8 +76,13 @@ def worker(method: str, levers: set[str], steps: int) -> dict:
         _mallopt(64 * 1024)
     if "mmap1m" in levers:
         _mallopt(1 << 20)
+    if "mmap4m" in levers:
+        _mallopt(4 << 20)
     if "noprimcache" in levers:
         os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] = "0"  # read when oneDNN starts, after this
+    for lever in levers:
+        if lever.startswith("lru") and lever[3:].isdigit():
+            os.environ["LRU_CACHE_CAPACITY"] = os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] = lever[3:]
     import torch
 
     import tunelab

@@ -155,3 +155,50 @@ def test_training_hands_freed_memory_back_after_every_micro_batch_on_cpu(tiny_ll
     loop.train_model(model, loaded.tokenizer, "causal", train, None, cfg.training, seed=0,
                      device=torch.device("cpu"), show_progress=False)  # fmt: skip
     assert calls == [False] * 6  # 3 optimizer steps x 2 micro-batches
+
+
+_KERNEL_CACHE_PROBE = """
+import ctypes, os, sys
+import torch
+import tunelab  # bounds oneDNN's kernel caches unless the environment already set them
+lin = torch.nn.Linear(256, 512)
+def shapes(start, stop):
+    for rows in range(start, stop):
+        x = torch.randn(rows, 256, requires_grad=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            lin(x).float().sum().backward()
+def rss():
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+shapes(100, 110)
+before = rss()
+shapes(110, 190)
+print(os.environ["LRU_CACHE_CAPACITY"], os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"], rss() - before)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/statm").is_file(), reason="Linux only")
+def test_kernels_for_new_matrix_shapes_stop_accumulating():
+    """Batches of changing length bring new GEMM shapes every step; oneDNN keeps a kernel per shape (1024 by
+    default). Importing tunelab bounds its caches (tunelab/native.py), so 80 new shapes leave far less behind,
+    and a user's own setting is kept."""
+    import os
+    import subprocess
+    import sys
+
+    from tunelab.native import KERNEL_CACHE_VARIABLES
+
+    def growth(extra_env: dict[str, str]) -> tuple[str, str, int]:
+        env = {k: v for k, v in os.environ.items() if k not in KERNEL_CACHE_VARIABLES}
+        out = subprocess.run(
+            [sys.executable, "-c", _KERNEL_CACHE_PROBE], env={**env, **extra_env}, capture_output=True, text=True
+        )
+        assert out.returncode == 0, out.stderr[-2000:]
+        ideep, onednn, grown = out.stdout.split()
+        return ideep, onednn, int(grown)
+
+    bounded = growth({})
+    unbounded = growth(dict.fromkeys(KERNEL_CACHE_VARIABLES, "1024"))
+    assert bounded[:2] == ("64", "64") and unbounded[:2] == ("1024", "1024")
+    assert unbounded[2] > 40 * MiB  # the kernels kept: several hundred KiB per shape
+    assert bounded[2] < unbounded[2] / 3

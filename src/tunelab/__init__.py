@@ -16,6 +16,10 @@ import logging as _logging
 # its own fallback kernel is used and the warning only adds noise to every command.
 _logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(_logging.ERROR)
 
+from tunelab.native import bound_kernel_caches as _bound_kernel_caches
+
+_bound_kernel_caches()  # before torch's first matrix product in this process (tunelab/native.py)
+
 from typing import TYPE_CHECKING as _TYPE_CHECKING
 
 from tunelab.errors import ConfigError, DataError, ModelError, RunDirError, TrainingError, TunelabError
