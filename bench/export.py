@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT / "src"))
 from tunelab.environment import describe_environment  # noqa: E402
 from tunelab.evaluation.metrics import rouge  # noqa: E402
 from tunelab.recipes.components import load_eval_examples  # noqa: E402
-from tunelab.recipes.evaluate import open_run  # noqa: E402
+from tunelab.recipes.evaluating import open_run  # noqa: E402
 from tunelab.recipes.export import export_run  # noqa: E402
 
 

@@ -156,12 +156,12 @@ def _in_one_process(path: Path) -> Path:
 def test_each_arm_runs_in_a_fresh_process_of_its_own(compare_config, tmp_path, monkeypatch):
     """Nothing of this process reaches an arm: a change made here (standing in for a model, cache or allocator
     state an earlier arm left behind) is not seen by the arm's process. In one process the arm sees it."""
-    compare_module = importlib.import_module("tunelab.recipes.compare")  # the module (the package exports the function)
+    arms_module = importlib.import_module("tunelab.recipes.arms")
 
     def poisoned(*args, **kwargs):
         raise AssertionError("the arm ran in the comparison's own process")
 
-    monkeypatch.setattr(compare_module, "prompting_arm", poisoned)
+    monkeypatch.setattr(arms_module, "prompting_arm", poisoned)
     tree = yaml.safe_load(compare_config.read_text())
     tree["arms"] = [ARMS[0]]
     compare_config.write_text(yaml.safe_dump(tree))
@@ -170,6 +170,25 @@ def test_each_arm_runs_in_a_fresh_process_of_its_own(compare_config, tmp_path, m
     assert (result.arms["zero-shot"] / "COMPLETE").exists() and any("zero-shot: running" in m for m in messages)
     with pytest.raises(AssertionError, match="comparison's own process"):
         tunelab.compare(_in_one_process(compare_config), ("evaluation.max_samples=3",), False, None)
+
+
+def test_the_comparisons_own_process_loads_no_torch(compare_config):
+    """Only the arms' processes hold a model: the comparison's process, alive for the whole run, orchestrates
+    without importing torch or transformers (in the demo that kept ~0.44 GiB resident beside every arm)."""
+    import sys
+
+    tree = yaml.safe_load(compare_config.read_text())
+    tree["arms"] = [ARMS[0], ARMS[3]]
+    tree["experiment"]["benchmarks"]["tasks"] = []
+    compare_config.write_text(yaml.safe_dump(tree))
+    heavy = ("torch", "transformers", "peft", "accelerate")
+    probe = (
+        "import sys, tunelab\nresult = tunelab.compare(sys.argv[1], show_progress=False, echo=None)\n"
+        f"print(sorted(result.arms), sorted(m for m in {heavy!r} if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", probe, str(compare_config)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().splitlines()[-1] == f"{sorted([ARMS[0]['name'], ARMS[3]['name']])} []"
 
 
 def test_an_arms_error_is_raised_here_and_leaves_no_half_arm(compare_config, tmp_path):
@@ -354,7 +373,7 @@ def test_study_features_sweep_claims_single_reference_and_wall_time(
 def test_an_arms_error_crosses_the_process_boundary_with_what_explains_it():
     """tunelab's errors come back as they are (their message says what to fix); other errors carry the arm
     process's traceback; an error that cannot be pickled comes back as a RuntimeError with its message."""
-    from tunelab.recipes.compare import _transferable
+    from tunelab.recipes.comparing import _transferable
 
     def raised(error: BaseException) -> BaseException:
         try:

@@ -215,7 +215,7 @@ def _train(bpe_llama_dir: Path, dialogue_files, tmp_path: Path, method: dict, na
 def test_export_recipe_on_a_lora_run_and_modelfile_reproduces_the_prompt(bpe_llama_dir, dialogue_files, tmp_path):
     from tunelab.cli.main import main
     from tunelab.recipes.components import load_eval_examples
-    from tunelab.recipes.evaluate import open_run
+    from tunelab.recipes.evaluating import open_run
     from tunelab.recipes.export import export_run
 
     run = _train(bpe_llama_dir, dialogue_files, tmp_path, {"name": "lora", "r": 4, "alpha": 8, "dropout": 0.0}, "lora")
@@ -261,7 +261,7 @@ def test_export_recipe_on_a_lora_run_and_modelfile_reproduces_the_prompt(bpe_lla
 
 
 def test_full_and_ia3_runs_export_merged_and_prompt_tuning_is_refused(bpe_llama_dir, dialogue_files, tmp_path):
-    from tunelab.recipes.evaluate import open_run
+    from tunelab.recipes.evaluating import open_run
     from tunelab.recipes.export import export_run
 
     full = _train(bpe_llama_dir, dialogue_files, tmp_path, {"name": "full"}, "full")

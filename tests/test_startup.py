@@ -56,7 +56,9 @@ def test_data_preview_imports_no_heavy_library(tiny_llama_chat_dir, dialogue_fil
     assert "trained" in out.stdout and out.stdout.strip().splitlines()[-1] == "[]", out.stdout[-800:]
 
 
-@pytest.mark.parametrize("package", ["tunelab", "tunelab.data", "tunelab.models", "tunelab.benchmarks"])
+@pytest.mark.parametrize(
+    "package", ["tunelab", "tunelab.data", "tunelab.models", "tunelab.benchmarks", "tunelab.recipes"]
+)
 def test_lazy_names_do_not_collide_with_submodules(package):
     """A lazily exported name equal to a submodule's name would become the submodule once that is imported."""
     import importlib

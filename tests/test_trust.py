@@ -325,7 +325,7 @@ def test_bad_input_fails_before_any_work_and_leaves_nothing(
 ):
     import tunelab
 
-    finetune_module = __import__("importlib").import_module("tunelab.recipes.finetune")
+    finetune_module = __import__("importlib").import_module("tunelab.recipes.finetuning")
     from tunelab.errors import TunelabError
 
     files = dict(dialogue_files)
@@ -368,7 +368,7 @@ def test_a_failure_before_any_checkpoint_leaves_no_directory_blocking_the_rerun(
 ):
     import tunelab
 
-    finetune_module = __import__("importlib").import_module("tunelab.recipes.finetune")
+    finetune_module = __import__("importlib").import_module("tunelab.recipes.finetuning")
     from tunelab.errors import TrainingError
 
     def fail(*a, **k):

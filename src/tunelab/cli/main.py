@@ -29,7 +29,7 @@ def _task_list(text: str | None) -> list[str]:
 def cmd_eval(args: argparse.Namespace) -> int:
     from tunelab.errors import ConfigError
     from tunelab.recipes import evaluate
-    from tunelab.recipes.evaluate import config_for_model
+    from tunelab.recipes.evaluating import config_for_model
     from tunelab.reporting import before_after_table
 
     if (args.target is None) == (args.model is None):
@@ -39,7 +39,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     target = args.target if args.model is None else config_for_model(args.model, args.data, args.name, tuple(args.set))
     overrides = tuple(args.set) if args.model is None else ()
     if args.tasks:
-        from tunelab.recipes.benchmark import benchmark, results_table
+        from tunelab.recipes.benchmarking import benchmark, results_table
 
         out, results = benchmark(
             target,
@@ -187,7 +187,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from tunelab.config import load_config
-    from tunelab.recipes.sweep import parse_grid, sweep
+    from tunelab.recipes.sweeping import parse_grid, sweep
 
     record = sweep(load_config(args.config, args.set), parse_grid(args.set_grid), args.metric)
     best = record["best"]

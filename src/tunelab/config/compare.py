@@ -2,7 +2,7 @@
 deep-merged into the base (so an arm states only what differs: its method, learning rate, mixture...).
 
 An arm may also name a `sweep` (config keys and the values to try, e.g. `{training.lr: [1e-4, 3e-4]}`): its
-values are chosen on the validation split before the arm is trained (recipes/sweep.py). `claims` state what
+values are chosen on the validation split before the arm is trained (recipes/sweeping.py). `claims` state what
 the comparison is meant to show, each judged with a paired 95% CI (reporting/claims.py)."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from tunelab.errors import ConfigError
 _SLUG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
-SWEEP_METRICS = ("eval_loss", "rouge1", "rouge2", "rougeL", "rougeLsum")  # as recipes/sweep.py scores trials
+SWEEP_METRICS = ("eval_loss", "rouge1", "rouge2", "rougeL", "rougeLsum")  # as recipes/sweeping.py scores trials
 CLAIM_METRIC = re.compile(
     r"^(rouge1|rouge2|rougeL|rougeLsum|single_reference:(rouge1|rouge2|rougeL|rougeLsum)|benchmark:\w+"
     r"|soft_prompt:task_words)$"

@@ -77,7 +77,7 @@ def check_experiment(cfg: ExperimentConfig, run_path: str | Path | None = None) 
         resolve_arch,
         resolve_source,
     )
-    from tunelab.recipes.benchmark import task_specs
+    from tunelab.recipes.benchmarking import task_specs
 
     check_writable(Path(run_path) if run_path else Path(cfg.output_dir) / cfg.name)
     source = resolve_source(cfg.model.name)

@@ -186,7 +186,7 @@ def later_evaluations(arms: Sequence[ArmSummary]) -> list[list[str]]:
 
 
 def wall_time_note(directory: Path, arms: Sequence[ArmSummary]) -> str:
-    """The comparison's recorded wall time (recipes/compare.py timing.json), summed over the arms shown."""
+    """The comparison's recorded wall time (recipes/comparing.py timing.json), summed over the arms shown."""
     path = directory / "timing.json"
     timing = json.loads(path.read_text()) if path.is_file() else {}
     seconds = [timing[a.name]["seconds"] for a in arms if a.name in timing]

@@ -7,6 +7,8 @@ folder and swapped in by rename, so an arm's directory is always one whole run.
 Each arm runs in a fresh process of its own (`isolate_arms`, on by default): nothing an arm allocated (model,
 optimizer, caches, the allocator's leftovers) reaches the next one, and each arm's peak memory is its own. In
 one process, ~0.8 GiB stayed resident after each trained arm of the demo and added to the next arm's peak.
+This module only orchestrates and imports no torch, so the comparison's own process stays small while its arms
+run; what an arm does is in recipes/arms.py.
 """
 
 from __future__ import annotations
@@ -16,27 +18,15 @@ import logging
 import multiprocessing
 import os
 import pickle
-import random
 import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from accelerate.utils import set_seed
-
 from tunelab.config.compare import Arm, CompareConfig, load_compare_config
-from tunelab.config.loader import build_config, config_to_dict
-from tunelab.config.schema import ExperimentConfig
-from tunelab.data.sources import load_split
-from tunelab.environment import describe_environment
 from tunelab.errors import TrainingError, TunelabError
-from tunelab.evaluation.metrics import rouge_protocol
-from tunelab.evaluation.summarization import score_prompts
-from tunelab.io import atomic_write_json, staged_dir
-from tunelab.recipes.components import load_eval_examples, open_session
-from tunelab.recipes.finetune import finetune
-from tunelab.runs import RunDir
+from tunelab.io import atomic_write_json
 
 ARM_FILE = "arm.json"
 
@@ -49,158 +39,11 @@ class Comparison:
     report: Path | None = None
 
 
-def prompting_arm(arm: Arm, run_path: Path, show_progress: bool = True) -> dict[str, Any]:
-    """Zero-/few-shot prompting of the base model: k solved training examples before each query."""
-    cfg = arm.experiment
-    run = RunDir.create(cfg, run_path)
-    set_seed(cfg.seed)
-    session = open_session(cfg, quantize_for_method=False)
-    examples = load_eval_examples(cfg)
-    shots = random.Random(cfg.seed).sample(load_split(cfg.data, cfg.data.train_split), arm.shots) if arm.shots else []
-    window = int(getattr(session.model.config, "max_position_embeddings", 0) or 0) or None
-    budget = window - cfg.evaluation.max_new_tokens if window else None
-    prompts, lengths = [], []
-    for ex in examples:
-        enc, full = session.encoder.encode_few_shot(session.templates.eval, shots, ex, budget)
-        prompts.append(enc)
-        lengths.append(full)
-    scored = score_prompts(
-        session.model,
-        session.loaded.tokenizer,
-        session.loaded.arch,
-        prompts,
-        examples,
-        cfg.evaluation,
-        cfg.seed,
-        arm.name,
-    )
-    after = {
-        **scored.metrics,
-        "context": {
-            "shots": arm.shots,
-            "window": window,
-            "mean_prompt_tokens": sum(lengths) / len(lengths),
-            "max_prompt_tokens": max(lengths),
-            "prompts_over_window": sum(budget is not None and n > budget for n in lengths),
-        },
-    }
-    n_params = sum(p.numel() for p in session.model.parameters())
-    metrics: dict[str, Any] = {
-        "name": arm.name,
-        "model": cfg.model.name,
-        "arch": session.loaded.arch,
-        "method": f"{arm.shots}-shot",
-        "dataset": cfg.data.source,
-        "evaluation_split": cfg.evaluation.split,
-        "after": after,
-        "cost": {
-            "trainable_parameters": 0,
-            "total_parameters": n_params,
-            "trainable_percent": 0.0,
-            "artefact": None,
-            "artefact_bytes": 0,
-            "full_checkpoint_bytes": 0,
-        },
-        "protocol": {"rouge": rouge_protocol(), "eval_template": session.templates.eval.prompt},
-        "environment": describe_environment(session.device, cfg.evaluation.precision),
-    }
-    if cfg.benchmarks.tasks:
-        metrics["forgetting"] = {
-            t: {
-                "metric": "-",
-                "before": None,
-                "after": None,
-                "delta": 0.0,
-                "ci95_low": 0.0,
-                "ci95_high": 0.0,
-                "significant": False,
-                "note": "weights unchanged",
-            }
-            for t in cfg.benchmarks.tasks
-        }
-        metrics["forgetting_mean_delta"] = 0.0
-    run.write_predictions(scored.predictions)
-    run.write_metrics(metrics)
-    run.mark_complete()
-    return metrics
-
-
 def _is_reusable(arm_dir: Path, arm: Arm) -> bool:
     marker = arm_dir / ARM_FILE
     if not (arm_dir / "COMPLETE").exists() or not marker.is_file():
         return False
     return json.loads(marker.read_text()) == json.loads(json.dumps(arm.signature()))
-
-
-def base_suite_key(arm: Arm) -> str:
-    """Arms whose base model is loaded the same way (same model, same quantization) share base scores."""
-    from tunelab.methods import get_method
-
-    exp = arm.experiment
-    quant = sorted(get_method(exp.method.name).load_kwargs(exp.method)) if arm.kind == "finetune" else []
-    return json.dumps(
-        {
-            "model": exp.model.model_dump(mode="json"),
-            "quant": quant,
-            "bench": exp.benchmarks.model_dump(mode="json"),
-            "eval": exp.evaluation.precision,
-        },
-        sort_keys=True,
-    )
-
-
-def swept_experiment(arm: Arm, show_progress: bool = True, echo=print) -> tuple[ExperimentConfig, dict | None]:
-    """The arm's experiment with its `sweep` values chosen on the validation split (trials in
-    `<comparison>/<arm>-sweep/`, reused when finished), and the record of the choice; unchanged without a sweep."""
-    if not arm.sweep:
-        return arm.experiment, None
-    from tunelab.recipes.sweep import sweep
-
-    # the trials' own settings (e.g. fewer training examples), then the grid on top
-    budget = [f"{k}={json.dumps(v)}" for k, v in arm.sweep_budget.items()]
-    trial_base = build_config(config_to_dict(arm.experiment), budget) if budget else arm.experiment
-    record = sweep(trial_base, arm.sweep, arm.sweep_metric, show_progress=show_progress, echo=None)
-    best = record["best"]["overrides"]
-    if echo:
-        echo(f"  {arm.name}: sweep chose {', '.join(f'{k}={v}' for k, v in best.items())} on {record['split']}")
-    experiment = build_config(config_to_dict(arm.experiment), [f"{k}={json.dumps(v)}" for k, v in best.items()])
-    chosen = {
-        "chosen": best,
-        "metric": record["metric"],
-        "split": record["split"],
-        "trials": [{"overrides": t["overrides"], record["metric"]: t[record["metric"]]} for t in record["trials"]],
-        "trial_settings": arm.sweep_budget,
-        "record": f"{arm.name}-sweep/sweep.json",
-    }
-    return experiment, chosen
-
-
-def run_arm(
-    arm: Arm,
-    directory: Path,
-    show_progress: bool = True,
-    echo=print,
-    base_benchmarks: dict[str, dict[str, Any]] | None = None,
-) -> Path:
-    final = directory / arm.name
-    with staged_dir(final, "comparison arm") as stage:
-        stage.rmdir()  # RunDir.create makes it
-        if arm.kind == "prompting":
-            prompting_arm(arm, stage, show_progress)
-        else:
-            experiment, chosen = swept_experiment(arm, show_progress, echo)
-            key = base_suite_key(arm)
-            shared = base_benchmarks.get(key) if base_benchmarks is not None else None
-            result = finetune(
-                experiment, run_path=stage, show_progress=show_progress, echo=None, base_benchmarks=shared
-            )
-            if base_benchmarks is not None and shared is None and (stage / "benchmarks_before.json").is_file():
-                base_benchmarks[key] = json.loads((stage / "benchmarks_before.json").read_text())
-            if chosen is not None:  # the record says which values the validation split chose
-                RunDir(stage).write_metrics({**result.metrics, "sweep": chosen})
-            del result
-        atomic_write_json(stage / ARM_FILE, arm.signature())
-    return final
 
 
 def run_arm_isolated(
@@ -276,6 +119,8 @@ def _arm_process(
         from tunelab.logs import configure_logging
 
         configure_logging(verbosity)
+    from tunelab.recipes.arms import run_arm
+
     shared = dict(base_benchmarks) if base_benchmarks is not None else None
     try:
         echo = (lambda message: sender.send(("echo", message))) if echoes else None
@@ -343,7 +188,10 @@ def compare(
                     f"{', ' + arm.experiment.method.name if arm.kind == 'finetune' else f', {arm.shots} shots'})"
                 )
             t0 = time.perf_counter()
-            runner = run_arm_isolated if arms_isolated(cfg) else run_arm
+            if arms_isolated(cfg):
+                runner = run_arm_isolated
+            else:
+                from tunelab.recipes.arms import run_arm as runner
             runner(arm, directory, show_progress, echo, base_benchmarks)
             _record_time(directory, arm.name, time.perf_counter() - t0)
         arms[arm.name] = arm_dir

@@ -12,7 +12,7 @@ from tunelab.errors import ConfigError
 from tunelab.io import atomic_write_json, atomic_write_text
 from tunelab.recipes.components import Session, open_session
 from tunelab.recipes.components import open_run
-from tunelab.recipes.evaluate import open_target
+from tunelab.recipes.evaluating import open_target
 from tunelab.runs import RunDir, unique_path
 
 

@@ -27,7 +27,7 @@ from tunelab.evaluation.summarization import evaluate_summaries, score_prompts
 from tunelab.inference.adapters import base_fingerprint
 from tunelab.methods.prompt_tuning import learned_prompt
 from tunelab.models.loading import pick_device
-from tunelab.recipes.benchmark import benchmark_session, target_gain, task_specs, write_forgetting
+from tunelab.recipes.benchmarking import benchmark_session, target_gain, task_specs, write_forgetting
 from tunelab.recipes.components import (
     Session,
     build_regularizer,

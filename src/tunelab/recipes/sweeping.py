@@ -79,7 +79,7 @@ def sweep(
     echo=print,
 ) -> dict[str, Any]:
     """Run every grid point (reusing finished ones) and return the sweep record (also in sweep.json)."""
-    from tunelab.recipes.finetune import finetune
+    from tunelab.recipes.finetuning import finetune
     from tunelab.runs import RunDir
 
     if metric not in METRICS:
