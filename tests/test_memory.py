@@ -200,5 +200,6 @@ def test_kernels_for_new_matrix_shapes_stop_accumulating():
     bounded = growth({})
     unbounded = growth(dict.fromkeys(KERNEL_CACHE_VARIABLES, "1024"))
     assert bounded[:2] == ("64", "64") and unbounded[:2] == ("1024", "1024")
-    assert unbounded[2] > 40 * MiB  # the kernels kept: several hundred KiB per shape
+    if unbounded[2] < 40 * MiB:  # x86 CPUs keep several hundred KiB per shape (133 MiB here on an AMD EPYC)
+        pytest.skip(f"this CPU's torch keeps no per-shape oneDNN kernels ({unbounded[2] / MiB:.0f} MiB)")
     assert bounded[2] < unbounded[2] / 3

@@ -119,10 +119,10 @@ def _arm_process(
         from tunelab.logs import configure_logging
 
         configure_logging(verbosity)
-    from tunelab.recipes.arms import run_arm
-
     shared = dict(base_benchmarks) if base_benchmarks is not None else None
     try:
+        from tunelab.recipes.arms import run_arm  # torch loads here, in the arm's process only
+
         echo = (lambda message: sender.send(("echo", message))) if echoes else None
         run_arm(arm, directory, show_progress, echo, shared)
         added = {k: v for k, v in (shared or {}).items() if base_benchmarks is None or k not in base_benchmarks}
