@@ -61,7 +61,7 @@ def worker(
     from tunelab.methods import ModelContext, get_method
     from tunelab.models import load_model, pick_device
     from tunelab.models.precision import autocast, resolve_precision
-    from tunelab.training.loop import enable_gradient_checkpointing
+    from tunelab.training.loop import build_optimizer, enable_gradient_checkpointing
     from tunelab.training.loss import completion_loss
     from tunelab.training.memory import checkpointing_pays, release_freed_memory
 
@@ -85,7 +85,7 @@ def worker(
         enable_gradient_checkpointing(model)
     amp = resolve_precision(precision, device)
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=1e-5)
+    opt = build_optimizer(params, cfg.training.model_copy(update={"lr": 1e-5}), device)  # tunelab's AdamW
     rss_ready = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()

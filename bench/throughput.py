@@ -9,10 +9,11 @@
      padded to max_length, default_data_collator);
    - trl (causal): TRL's `SFTTrainer` on a conversational prompt-completion dataset (completion-only loss),
      padding-free where TRL supports it on the device (FlashAttention; dynamic padding on a CPU);
-   - tunelab: `train_model`.
+   - tunelab: `train_model`, eager and with `training.compile` on (its compiled decoder blocks).
    All sides see the same examples, batch size and steps, in fp32 and in bf16 (autocast), without gradient
    checkpointing (like for like); then TRL's and tunelab's defaults in bf16 (TRL: checkpointing on;
-   tunelab: `auto`). The second epoch over the same examples is timed; every side runs `--repeats` times,
+   tunelab: checkpointing `auto` and compiled, as `training.compile: auto` trains any run of >= 20 steps: the
+   bench's own runs are shorter, so it sets compile on). The second epoch over the same examples is timed; every side runs `--repeats` times,
    interleaved, and the median and the spread are kept.
 2. Evaluation: tunelab's batched generation vs the per-example `model.generate` loop of the course lab,
    greedy, on both models; fp32 on both sides with identical predictions asserted (bf16 shown too), and
@@ -105,19 +106,24 @@ class Side:
     family: str
     precision: str  # fp32 | bf16
     checkpointing: str = "off"  # off | default (tunelab: auto; TRL: its default, on)
+    compiled: bool = False  # tunelab's training.compile
 
     @property
     def name(self) -> str:
-        return f"{self.family} {self.precision}" + (" default" if self.checkpointing == "default" else "")
+        if self.checkpointing == "default":
+            return f"{self.family} {self.precision} default"
+        return f"{self.family} {self.precision}" + (" compiled" if self.compiled else "")
 
 
 def sides(arch: str) -> list[Side]:
     """Like for like (no gradient checkpointing anywhere) in fp32 and bf16; then each library's defaults in bf16
     (TRL's SFTConfig turns gradient checkpointing on, tunelab's `auto` decides by the activations' size)."""
     families = ("reference", "trl", "tunelab") if arch == "causal" else ("reference", "tunelab")
-    out = [Side(f, p) for p in ("fp32", "bf16") for f in families]
+    out = [
+        side for p in ("fp32", "bf16") for side in [*(Side(f, p) for f in families), Side("tunelab", p, compiled=True)]
+    ]
     if arch == "causal":
-        out += [Side("trl", "bf16", "default"), Side("tunelab", "bf16", "default")]
+        out += [Side("trl", "bf16", "default"), Side("tunelab", "bf16", "default", compiled=True)]
     return out
 
 
@@ -143,6 +149,7 @@ def tunelab_train(arch: str, method: dict, exs, batch: int, max_input: int, side
                 "log_every": 1,
                 "precision": "auto" if side.precision == "bf16" else "fp32",
                 "gradient_checkpointing": "auto" if side.checkpointing == "default" else False,
+                "compile": side.compiled,
             },
         }
     )
@@ -165,8 +172,14 @@ def tunelab_train(arch: str, method: dict, exs, batch: int, max_input: int, side
     finally:
         loop.completion_loss = real
     assert r.precision == side.precision, f"tunelab trained in {r.precision}, the side asks for {side.precision}"
+    assert r.compiled == side.compiled, f"tunelab compiled: {r.compiled}, the side asks for {side.compiled}"
     end = times[0] + r.seconds  # training ended r.seconds after it started (~ first stamp)
-    return {"epoch_seconds": end - times[len(exs) // batch], "gradient_checkpointing": r.gradient_checkpointing}
+    second = times[len(exs) // batch]
+    return {
+        "epoch_seconds": end - second,
+        "first_epoch_seconds": second - times[0],  # with compilation, when compiled
+        "gradient_checkpointing": r.gradient_checkpointing,
+    }
 
 
 class _Stamps:
@@ -341,6 +354,12 @@ def measure_training(arch: str, method: dict, exs, batch: int, max_input: int, r
                 "precision": side.precision,
                 "checkpointing": side.checkpointing,
                 "gradient_checkpointing": rs[0]["gradient_checkpointing"],
+                "compiled": side.compiled,
+                **(
+                    {"first_epoch_seconds": statistics.median(r["first_epoch_seconds"] for r in rs)}
+                    if "first_epoch_seconds" in rs[0]
+                    else {}
+                ),
                 "epoch_seconds": statistics.median(seconds),
                 "epoch_seconds_all": seconds,
                 "spread": (seconds[-1] - seconds[0]) / statistics.median(seconds),
@@ -434,7 +453,7 @@ def model_flop_utilisation(rows: list[dict], exs, max_input: int, peak: dict[str
     for r in rows:
         if r["arch"] == "causal" and r["family"] == "tunelab":
             flops = step_flops(n_params, head, tokens, kept, r["method"] == "full") / r["epoch_seconds"]
-            mfu[f"{r['method']} {r['precision']}" + (" default" if r["checkpointing"] == "default" else "")] = {
+            mfu[r["method"] + r["side"].removeprefix("tunelab")] = {
                 "model_tflops": flops / 1e12,
                 "peak_tflops": peak[r["precision"]] / 1e12,
                 "mfu": flops / peak[r["precision"]],
@@ -449,8 +468,12 @@ def print_ratios(rows: list[dict]) -> None:
         for ours, theirs in [
             ("tunelab fp32", "reference fp32"),
             ("tunelab bf16", "reference bf16"),
+            ("tunelab fp32 compiled", "reference fp32"),
+            ("tunelab bf16 compiled", "reference bf16"),
             ("tunelab fp32", "trl fp32"),
             ("tunelab bf16", "trl bf16"),
+            ("tunelab fp32 compiled", "trl fp32"),
+            ("tunelab bf16 compiled", "trl bf16"),
             ("tunelab bf16 default", "trl bf16 default"),
         ]:
             a, b = speed.get((arch, method, ours)), speed.get((arch, method, theirs))

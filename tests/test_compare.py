@@ -113,8 +113,13 @@ def test_compare_runs_every_arm_reuses_finished_ones_and_reports(compare_config,
     assert sorted(again.reused) == sorted(a["name"] for a in ARMS)
     assert mtimes == {a["name"]: (directory / a["name"] / "metrics.json").stat().st_mtime_ns for a in ARMS}
 
-    # a changed arm reruns, the others stay
+    # a setting of how the computation runs, not what it computes, keeps every arm
     tree = yaml.safe_load(compare_config.read_text())
+    tree["experiment"].setdefault("training", {})["compile"] = False
+    compare_config.write_text(yaml.safe_dump(tree))
+    assert sorted(tunelab.compare(compare_config, show_progress=False, echo=None).reused) == sorted(again.reused)
+
+    # a changed arm reruns, the others stay
     tree["arms"][3]["method"]["r"] = 4
     compare_config.write_text(yaml.safe_dump(tree))
     third = tunelab.compare(compare_config, show_progress=False, echo=None)

@@ -66,17 +66,21 @@ def _live_models() -> int:
     return sum(isinstance(o, PreTrainedModel) for o in gc.get_objects())
 
 
-def test_finetune_records_phase_memory_and_leaves_no_model_alive(tiny_llama_dir, dialogue_files, tmp_path):
-    """A comparison runs its arms in one process: nothing of a finished arm may stay alive into the next."""
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+def test_finetune_records_phase_memory_and_leaves_no_model_alive(compiled, tiny_llama_dir, dialogue_files, tmp_path):
+    """A comparison runs its arms in one process: nothing of a finished arm may stay alive into the next (nor
+    held by the compiler's caches when training was compiled)."""
     from tunelab import build_config, finetune
 
     alive = _live_models()
     resident_before = psutil.Process().memory_info().rss
+    training = {"max_steps": 2, "batch_size": 4, "compile": compiled}
     result = finetune(
-        build_config(experiment(tiny_llama_dir, dialogue_files, tmp_path, training={"max_steps": 2, "batch_size": 4})),
+        build_config(experiment(tiny_llama_dir, dialogue_files, tmp_path, training=training)),
         show_progress=False,
         echo=None,
     )
+    assert result.metrics["training"]["compiled"] is compiled
     assert _live_models() == alive
     phases = result.metrics["memory_phases"]
     assert list(phases) == ["load", "evaluate_before", "train", "evaluate_after"]

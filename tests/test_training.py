@@ -1,5 +1,6 @@
 """Full fine-tuning and LoRA on tiny T5 and Llama models: the loss goes down, artefacts reload exactly."""
 
+import math
 import random
 
 import psutil
@@ -270,3 +271,57 @@ def test_a_forward_that_cannot_slice_by_a_position_mask_is_detected():
 
     assert not _slices_by_mask(columns_only)
     assert _slices_by_mask(by_mask)
+
+
+def _train_losses(model_dir, method, training, compile_setting):
+    cfg, loaded, model, train, held = _setup(
+        model_dir, method, {"max_steps": 4, "log_every": 1, "precision": "fp32", **training, "compile": compile_setting}
+    )
+    result = train_model(model, loaded.tokenizer, loaded.arch, train, None, cfg.training, seed=0,
+                         device=torch.device("cpu"), show_progress=False)  # fmt: skip
+    return result, model, loaded, held
+
+
+@pytest.mark.parametrize(
+    "arch_method",
+    [
+        ("llama", {"name": "full"}),
+        ("llama", {"name": "lora", "r": 4, "dropout": 0.0, "target_modules": "all-linear"}),
+        ("llama", {"name": "prompt_tuning", "num_virtual_tokens": 4, "init": "random"}),
+        ("t5", {"name": "lora", "r": 4, "dropout": 0.0, "target_modules": "all-linear"}),
+    ],
+    ids=lambda am: f"{am[0]}-{am[1]['name']}",
+)
+def test_compiled_training_gives_the_same_training_and_leaves_the_model_plain(arch_method, tiny_llama_dir, tiny_t5_dir):
+    """`training.compile: true` trains through compiled blocks: the same losses as eager (fp32, up to the fused
+    kernels' rounding), the record says so, and the model itself is left uncompiled for evaluation and saving."""
+    from accelerate.utils.other import has_compiled_regions
+
+    arch, method = arch_method
+    model_dir = tiny_llama_dir if arch == "llama" else tiny_t5_dir
+    eager, _, _, _ = _train_losses(model_dir, method, {}, False)
+    compiled, model, loaded, held = _train_losses(model_dir, method, {}, True)
+    assert eager.compiled is False and compiled.compiled is True
+    assert [x for _, x in compiled.train_loss] == pytest.approx([x for _, x in eager.train_loss], rel=1e-4)
+    assert not has_compiled_regions(model)
+    assert all("_orig_mod" not in k for k in model.state_dict())
+    assert math.isfinite(_held_loss(model, loaded, held))
+
+
+def test_compile_auto_is_off_for_small_models_and_a_clear_error_where_it_cannot_work(tiny_llama_dir, monkeypatch):
+    import tunelab.training.compiling as compiling
+    from tunelab.errors import TrainingError
+
+    lora = {"name": "lora", "r": 4, "dropout": 0.0}
+    result, _, _, _ = _train_losses(tiny_llama_dir, lora, {"max_steps": 2}, "auto")
+    assert result.compiled is False  # a tiny model: compiling would cost more than it saves
+    model = torch.nn.ModuleList([torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)])
+    assert compiling.decide_compile("auto", model, torch.device("cpu"), 100, 1) is False
+    monkeypatch.setattr(compiling, "AUTO_MIN_PARAMETERS", 1)
+    assert compiling.decide_compile("auto", model, torch.device("cpu"), 100, 1) is True
+    assert compiling.decide_compile("auto", model, torch.device("cpu"), 5, 1) is False  # too few steps to pay
+    assert compiling.decide_compile("auto", model, torch.device("cpu"), 100, 2) is False  # DDP/FSDP
+    monkeypatch.setattr(compiling, "cpp_compiler", lambda: None)
+    assert compiling.decide_compile("auto", model, torch.device("cpu"), 100, 1) is False
+    with pytest.raises(TrainingError, match=r"training.compile: .*C\+\+ compiler.*training.compile: false"):
+        compiling.decide_compile(True, model, torch.device("cpu"), 100, 1)

@@ -27,6 +27,17 @@ CLAIM_METRIC = re.compile(
 )
 
 
+# Settings that choose how the same computation runs, not what it computes (results differ only by rounding): a
+# finished arm is reused whatever they are.
+EXECUTION_SETTINGS = (("training", "compile"),)
+
+
+def _without_execution_settings(experiment: dict[str, Any]) -> dict[str, Any]:
+    for section, key in EXECUTION_SETTINGS:
+        experiment.get(section, {}).pop(key, None)
+    return experiment
+
+
 class Arm(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str
@@ -44,7 +55,7 @@ class Arm(BaseModel):
         return {
             "kind": self.kind,
             "shots": self.shots,
-            "experiment": config_to_dict(self.experiment),
+            "experiment": _without_execution_settings(config_to_dict(self.experiment)),
             **(
                 {"sweep": self.sweep, "sweep_metric": self.sweep_metric, "sweep_budget": self.sweep_budget}
                 if self.sweep

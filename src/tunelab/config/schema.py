@@ -159,6 +159,11 @@ class TrainingConfig(Strict):
     """Recompute activations in the backward pass: much less activation memory for ~30% more compute. `auto`
     turns it on when a micro-batch's activations would outweigh the training state (weights, gradients,
     optimizer) and exceed 512 MiB (training/memory.py: `checkpointing_pays`); metrics.json records the choice."""
+    compile: bool | Literal["auto"] = "auto"
+    """Train through `torch.compile`d decoder blocks (accelerate's regional compilation: each repeated block
+    compiled once, the model itself left as it is for evaluation and saving). Costs ~10-30 s of compilation and
+    needs a C++ compiler on a CPU; `auto` turns it on for single-process CPU training of models >= 50M
+    parameters and >= 20 optimizer steps, where it pays (training/compiling.py); metrics.json records the choice."""
     group_by_length: bool = True
     """Batch examples of similar length together (less padding), in seeded random batch order."""
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"

@@ -1,0 +1,174 @@
+"""Training with and without `training.compile`, side by side, through tunelab's own training loop.
+
+SmolLM2-135M-Instruct on the demo's training data and settings (DialogSum training dialogues, batch 8, inputs cut
+at 320 tokens, summaries at 64; precision and gradient checkpointing `auto`, as the demo trains), a different
+length-grouped batch every step. Each (method, compile) pair runs in its own process (peak RSS is a per-process
+high-water mark); the pairs are interleaved over `--repeats` rounds. Per run: the seconds of each optimizer
+step, so the compilation's cost (the first steps) and the steady step time (the median of the later steps) are
+both visible, the whole run's seconds, peak RSS and the logged losses.
+
+    python bench/compile.py [--methods full,lora,prompt_tuning] [--steps 12] [--repeats 1] [--precision auto]
+
+Prints a Markdown table (bench/results/compile.md) and writes bench/results/compile.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+METHODS = {
+    "full": ({"name": "full"}, 3e-5),
+    "lora": ({"name": "lora", "r": 16, "alpha": 32, "dropout": 0.0, "target_modules": "all-linear"}, 5e-4),
+    "prompt_tuning": ({"name": "prompt_tuning", "num_virtual_tokens": 20, "init": "text"}, 3e-2),
+}
+STEADY_FROM = 4  # steps before this one may still compile (the first shape, then the dynamic recompile)
+
+
+def worker(method: str, compiled: bool, steps: int, precision: str) -> dict:
+    import torch
+
+    import tunelab
+    import tunelab.training.loop as loop
+    from tunelab.data.encoding import PromptEncoder, encode_training_set
+    from tunelab.data.sources import load_split
+    from tunelab.data.templates import TemplateSet
+    from tunelab.methods import ModelContext, get_method
+    from tunelab.models import load_model
+    from tunelab.training.loop import train_model
+
+    method_cfg, lr = METHODS[method]
+    cfg = tunelab.build_config(
+        {
+            "method": method_cfg,
+            "data": {"max_train_samples": 400},
+            "training": {
+                "max_steps": steps,
+                "batch_size": 8,
+                "lr": lr,
+                "warmup_ratio": 0.1,
+                "scheduler": "cosine",
+                "log_every": 1,
+                "precision": precision,
+                "compile": compiled,
+            },
+        }
+    )
+    m = get_method(method)
+    loaded = load_model(cfg.model, device=torch.device("cpu"), extra_kwargs=m.load_kwargs(cfg.method))
+    ts = TemplateSet("dialogue_summarization")
+    encoder = PromptEncoder(loaded.tokenizer, "causal", loaded.use_chat_template, 320, 64)
+    examples = load_split(cfg.data, "train")[:400]
+    train = encode_training_set(encoder, examples, ts.for_training(len(examples), cfg.seed))
+    model = m.prepare(loaded.model, cfg.method, ModelContext("causal", loaded.source.path, ts.eval.instruction))
+    stamps: list[float] = []
+    real = loop.completion_loss
+
+    def timed(model_, batch_, arch_):  # a time stamp at each micro-batch's start
+        stamps.append(time.perf_counter())
+        return real(model_, batch_, arch_)
+
+    loop.completion_loss = timed
+    start = time.perf_counter()
+    result = train_model(model, loaded.tokenizer, "causal", train, None, cfg.training, seed=cfg.seed,
+                         device=torch.device("cpu"), show_progress=False)  # fmt: skip
+    end = time.perf_counter()
+    step_seconds = [b - a for a, b in zip(stamps, [*stamps[1:], end])]
+    return {
+        "method": method,
+        "compile": compiled,
+        "compiled": result.compiled,
+        "gradient_checkpointing": result.gradient_checkpointing,
+        "precision": result.precision,
+        "steps": result.steps,
+        "seconds": end - start,
+        "step_seconds": step_seconds,
+        "steady_step_seconds": statistics.median(step_seconds[STEADY_FROM - 1 :]),
+        "losses": [loss for _, loss in result.train_loss],
+        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "completion_tokens": result.completion_tokens,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--steps", type=int, default=12)
+    ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--precision", default="auto")
+    ap.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "compile.json"))
+    args = ap.parse_args()
+    if args.worker:
+        method, compiled = args.worker
+        print(json.dumps(worker(method, compiled == "on", args.steps, args.precision)))
+        return
+    rows = []
+    for repeat in range(args.repeats):
+        for method in args.methods.split(","):
+            for compiled in ("off", "on"):
+                cmd = [sys.executable, __file__, "--worker", method, compiled, "--steps", str(args.steps)]
+                cmd += ["--precision", args.precision]
+                proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
+                if proc.returncode != 0:
+                    sys.exit(f"{method} compile {compiled} failed:\n{proc.stderr[-3000:]}")
+                rows.append({**json.loads(proc.stdout.strip().splitlines()[-1]), "repeat": repeat})
+                r = rows[-1]
+                print(f"  {method} compile {compiled} (round {repeat + 1}): {r['seconds']:.1f} s", file=sys.stderr)
+    import torch
+
+    from tunelab.environment import describe_environment
+
+    env = describe_environment(torch.device("cpu"))
+    print(
+        f"\nSmolLM2-135M-Instruct, {rows[0]['steps']} optimizer steps of batch 8 (DialogSum, inputs <= 320 tokens), "
+        f"precision {rows[0]['precision']}; {env['cpu']['model']} ({', '.join(env['cpu']['isa'])}), "
+        f"{env['torch_threads']} threads, torch {torch.__version__}; steady step = median of steps "
+        f"{STEADY_FROM}-{rows[0]['steps']}; medians over {args.repeats} round(s)\n"
+    )
+    print(
+        "| method | checkpointing | compile | steps 1-3 s | steady step s | steady step / eager | whole run s | "
+        "whole run / eager | peak RSS GiB | peak / eager | largest loss difference |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    summary = []
+    for method in args.methods.split(","):
+        by_setting = {}
+        for compiled in (False, True):
+            runs = [r for r in rows if r["method"] == method and r["compiled"] is compiled]
+            by_setting[compiled] = {
+                "first": statistics.median(sum(r["step_seconds"][: STEADY_FROM - 1]) for r in runs),
+                "steady": statistics.median(r["steady_step_seconds"] for r in runs),
+                "whole": statistics.median(r["seconds"] for r in runs),
+                "peak": statistics.median(r["peak_rss_bytes"] for r in runs),
+                "losses": runs[0]["losses"],
+                "checkpointing": runs[0]["gradient_checkpointing"],
+            }
+        eager = by_setting[False]
+        for compiled, s in by_setting.items():
+            difference = max(abs(a - b) for a, b in zip(s["losses"], eager["losses"]))
+            print(
+                f"| {method} | {'on' if s['checkpointing'] else 'off'} | {'on' if compiled else 'off'} | "
+                f"{s['first']:.1f} | {s['steady']:.2f} | {s['steady'] / eager['steady']:.2f} | {s['whole']:.1f} | "
+                f"{s['whole'] / eager['whole']:.2f} | {s['peak'] / 2**30:.2f} | {s['peak'] / eager['peak']:.2f} | "
+                f"{difference:.4f} |"
+            )
+            summary.append({"method": method, "compiled": compiled, **s})
+    Path(args.out).write_text(
+        json.dumps(
+            {"date": time.strftime("%Y-%m-%d"), "environment": env, "steps": args.steps, "rows": rows,
+             "summary": summary},
+            indent=2,
+        )
+    )  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
