@@ -243,31 +243,44 @@ def render_throughput() -> str:
     rows = {(r["arch"], r["method"], r["side"]): r for r in data["train"]}
     lines = [
         "| model | method | vs course recipe, fp32 | vs course recipe, bf16 | vs TRL SFTTrainer, fp32 | "
-        "vs TRL SFTTrainer, bf16 | defaults, bf16: tunelab vs TRL | largest spread |",
-        "|---|---|---|---|---|---|---|---|",
+        "vs TRL SFTTrainer, bf16 | defaults, bf16: tunelab vs TRL | compilation (first epoch) | largest spread |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
 
     def ratio(arch: str, method: str, ours: str, theirs: str) -> str:
         a, b = rows.get((arch, method, ours)), rows.get((arch, method, theirs))
         return f"{a['completion_tokens_per_s'] / b['completion_tokens_per_s']:.2f}x" if a and b else "—"
 
+    def eager_and_compiled(arch: str, method: str, precision: str, theirs: str) -> str:
+        eager = ratio(arch, method, f"tunelab {precision}", f"{theirs} {precision}")
+        compiled = ratio(arch, method, f"tunelab {precision} compiled", f"{theirs} {precision}")
+        return eager if compiled == "—" else f"{eager} / **{compiled}**"
+
+    def compilation(arch: str, method: str) -> str:
+        eager, compiled = rows.get((arch, method, "tunelab bf16")), rows.get((arch, method, "tunelab bf16 compiled"))
+        if not (eager and compiled and "first_epoch_seconds" in compiled):
+            return "—"
+        return f"+{compiled['first_epoch_seconds'] - eager['first_epoch_seconds']:.0f} s"
+
     for arch, method in dict.fromkeys((r["arch"], r["method"]) for r in data["train"]):
         spread = max(r["spread"] for r in data["train"] if (r["arch"], r["method"]) == (arch, method))
         lines.append(
             f"| {TRAIN_LABELS[arch]} | {'LoRA' if method == 'lora' else method} | "
-            f"{ratio(arch, method, 'tunelab fp32', 'reference fp32')} | "
-            f"{ratio(arch, method, 'tunelab bf16', 'reference bf16')} | "
-            f"{ratio(arch, method, 'tunelab fp32', 'trl fp32')} | "
-            f"{ratio(arch, method, 'tunelab bf16', 'trl bf16')} | "
-            f"{ratio(arch, method, 'tunelab bf16 default', 'trl bf16 default')} | {spread:.0%} |"
+            f"{eager_and_compiled(arch, method, 'fp32', 'reference')} | "
+            f"{eager_and_compiled(arch, method, 'bf16', 'reference')} | "
+            f"{eager_and_compiled(arch, method, 'fp32', 'trl')} | "
+            f"{eager_and_compiled(arch, method, 'bf16', 'trl')} | "
+            f"{ratio(arch, method, 'tunelab bf16 default', 'trl bf16 default')} | {compilation(arch, method)} | "
+            f"{spread:.0%} |"
         )
     setup = data["train_setup"]
     lines += [
         "",
         f"(`make throughput`, {data['date']}, {machine_line(data['environment'])}, TRL {data.get('trl')}; "
         f"{setup['examples']} DialogSum examples, batch {setup['batch_size']}, the second epoch "
-        f"({setup['timed_steps']} steps) timed, median of {setup['repeats']} interleaved repeats; spread = "
-        "(slowest - fastest) / median of a side's repeats.)",
+        f"({setup['timed_steps']} steps) timed, median of {setup['repeats']} interleaved repeats; cells with two "
+        "ratios: tunelab eager / **compiled** (`training.compile`); compilation = the compiled side's first epoch "
+        "minus the eager side's, bf16; spread = (slowest - fastest) / median of a side's repeats.)",
     ]
     return "\n".join(lines)
 
@@ -304,13 +317,19 @@ def render_mfu() -> str:
     data = json.loads((RESULTS / "throughput.json").read_text())
     mfu = data["mfu"]
     where = machine_line(data["environment"]) if data.get("environment") else data["machine_note"]
+
+    def share(key: str) -> str:
+        return f"{mfu[key]['mfu']:.0%}" if key in mfu else "—"
+
     return (
         f"Hardware bound: measured GEMM peak {mfu['lora fp32']['peak_tflops']:.3f} TFLOP/s fp32 and "
-        f"{mfu['lora bf16']['peak_tflops']:.3f} TFLOP/s bf16 ({where}); a LoRA step reaches "
-        f"{mfu['lora fp32']['mfu']:.0%} of the fp32 peak (model FLOPs: 4 per frozen parameter per token, 6 for full "
-        f"fine-tuning, the vocabulary projection counted only at completion positions) and "
-        f"{mfu['lora bf16']['mfu']:.0%} of the bf16 peak; full fine-tuning {mfu['full fp32']['mfu']:.0%} / "
-        f"{mfu['full bf16']['mfu']:.0%} (`python bench/throughput.py`, {data['date']})."
+        f"{mfu['lora bf16']['peak_tflops']:.3f} TFLOP/s bf16 ({where}). Share of the peak a training step reaches "
+        "(model FLOPs: 4 per frozen parameter per token, 6 for full fine-tuning, the vocabulary projection counted "
+        "only at completion positions), eager / compiled: LoRA "
+        f"{share('lora fp32')} / {share('lora fp32 compiled')} of the fp32 peak and "
+        f"{share('lora bf16')} / {share('lora bf16 compiled')} of the bf16 peak; full fine-tuning "
+        f"{share('full fp32')} / {share('full fp32 compiled')} and {share('full bf16')} / "
+        f"{share('full bf16 compiled')} (`python bench/throughput.py`, {data['date']})."
     )
 
 

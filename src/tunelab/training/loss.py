@@ -23,10 +23,13 @@ from tunelab.modeling import Arch, base_model, forward_accepts, unwrap_parallel
 
 
 def completion_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], arch: Arch) -> torch.Tensor:
+    # No key/value cache: a loss forward never reads it back, and building one costs time and memory (and makes a
+    # compiled block recompile for each layer's cache slot, training/compiling.py).
+    no_cache = {"use_cache": False} if forward_accepts(model, "use_cache") else {}
     if arch == "seq2seq":
-        return model(**batch).loss  # decoder logits cover only the target already
+        return model(**batch, **no_cache).loss  # decoder logits cover only the target already
     labels = batch["labels"]
-    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    inputs = {**{k: v for k, v in batch.items() if k != "labels"}, **no_cache}
     if not forward_accepts(model, "logits_to_keep"):
         return model(**inputs, labels=labels).loss
     if takes_position_mask(model):
