@@ -300,7 +300,8 @@ def render_generation() -> str:
     for r in rows:
         cells = " | ".join(f"{t['speedup']:.2f}x, {t['identical']}/{r['examples']} identical" for t in r["tunelab"])
         lines.append(f"| {EVAL_LABELS[r['arch']]} | {cells} | {r['fp32_bound']:.1f}x |")
-    return "\n".join(lines)
+    env = data.get("eval_environment", data["environment"])
+    return "\n".join([*lines, "", f"(`python bench/throughput.py --parts eval`, {machine_line(env)}.)"])
 
 
 def render_bound() -> str:

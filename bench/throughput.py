@@ -535,10 +535,13 @@ def main() -> None:
     out = Path(__file__).parent / "results" / ("throughput_quick.json" if args.quick else "throughput.json")
     out.parent.mkdir(exist_ok=True)
     kept_results = json.loads(out.read_text()) if out.exists() else {}
-    if "eval" in parts:
-        fresh["eval"] = evals
     from tunelab.environment import describe_environment
 
+    if "eval" in parts:
+        fresh["eval"] = evals
+        fresh["eval_environment"] = describe_environment(torch.device("cpu"))
+    elif "eval" in kept_results and "eval_environment" not in kept_results:  # measured with the previous train part
+        fresh["eval_environment"] = kept_results["environment"]
     out.write_text(
         json.dumps(
             {

@@ -288,6 +288,7 @@ def _train_losses(model_dir, method, training, compile_setting):
         ("llama", {"name": "full"}),
         ("llama", {"name": "lora", "r": 4, "dropout": 0.0, "target_modules": "all-linear"}),
         ("llama", {"name": "prompt_tuning", "num_virtual_tokens": 4, "init": "random"}),
+        ("llama", {"name": "ia3"}),
         ("t5", {"name": "lora", "r": 4, "dropout": 0.0, "target_modules": "all-linear"}),
     ],
     ids=lambda am: f"{am[0]}-{am[1]['name']}",
@@ -309,6 +310,7 @@ def test_compiled_training_gives_the_same_training_and_leaves_the_model_plain(ar
 
 
 def test_compile_auto_is_off_for_small_models_and_a_clear_error_where_it_cannot_work(tiny_llama_dir, monkeypatch):
+    """`auto` compiles only where compilation pays and works; `true` where it cannot work names the reason."""
     import tunelab.training.compiling as compiling
     from tunelab.errors import TrainingError
 
@@ -321,7 +323,38 @@ def test_compile_auto_is_off_for_small_models_and_a_clear_error_where_it_cannot_
     assert compiling.decide_compile("auto", model, torch.device("cpu"), 100, 1) is True
     assert compiling.decide_compile("auto", model, torch.device("cpu"), 5, 1) is False  # too few steps to pay
     assert compiling.decide_compile("auto", model, torch.device("cpu"), 100, 2) is False  # DDP/FSDP
+    _, _, prefix_model, _, _ = _setup(tiny_llama_dir, {"name": "prefix_tuning", "num_virtual_tokens": 4})
+    assert compiling.decide_compile("auto", prefix_model, torch.device("cpu"), 100, 1) is False
+    with pytest.raises(TrainingError, match="not supported with prefix_tuning"):
+        compiling.decide_compile(True, prefix_model, torch.device("cpu"), 100, 1)
     monkeypatch.setattr(compiling, "cpp_compiler", lambda: None)
     assert compiling.decide_compile("auto", model, torch.device("cpu"), 100, 1) is False
     with pytest.raises(TrainingError, match=r"training.compile: .*C\+\+ compiler.*training.compile: false"):
         compiling.decide_compile(True, model, torch.device("cpu"), 100, 1)
+
+
+def test_every_decoder_block_reuses_one_compiled_graph():
+    """Regional compilation pays because one compiled block serves every layer: a deeper model compiles no more
+    graphs (a key/value cache in the loss forward made each layer compile its own, up to the recompile limit)."""
+    from torch._dynamo.utils import counters
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from tunelab.training.compiling import compiled_for_training
+    from tunelab.training.loss import completion_loss
+
+    def graphs_compiled(layers: int) -> int:
+        torch._dynamo.reset()
+        counters.clear()
+        torch.manual_seed(0)
+        config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
+                             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)  # fmt: skip
+        model = LlamaForCausalLM(config).train()
+        compiled = compiled_for_training(model)
+        for length in (12, 17, 23):  # the batch length changes from step to step
+            ids = torch.randint(0, 64, (2, length))
+            labels = ids.clone()
+            labels[:, : length // 2] = -100
+            completion_loss(compiled, {"input_ids": ids, "labels": labels}, "causal").backward()
+        return counters["stats"]["unique_graphs"]
+
+    assert graphs_compiled(4) == graphs_compiled(2) > 0

@@ -46,6 +46,9 @@ class Method:
     # False where recomputing activations breaks the method (prefix tuning: transformers drops the key/value
     # cache that carries the prefix when checkpointing); `gradient_checkpointing: auto` then stays off.
     supports_gradient_checkpointing: bool = True
+    # False where compiled blocks cannot share one graph (prefix tuning: every block updates its own slot of the
+    # key/value cache that carries the prefix); `training.compile: auto` then stays off.
+    supports_compile: bool = True
 
 
 def peft_task_type(arch: Arch):

@@ -62,4 +62,5 @@ METHOD = Method(
     peft_type="PREFIX_TUNING",
     causal_generate=generate_recomputing,
     supports_gradient_checkpointing=False,
+    supports_compile=False,
 )

@@ -20,6 +20,7 @@ from typing import cast
 import torch
 
 from tunelab.errors import TrainingError
+from tunelab.methods import method_of
 
 # `auto` compiles where compilation (~10-30 s for a 135M model on 2 CPU cores, once, plus once more when the batch
 # length first changes) is repaid by faster steps: real models, runs of more than a handful of steps.
@@ -58,6 +59,9 @@ def compile_problem(model: torch.nn.Module, device: torch.device, processes: int
         return "torch.compile needs a C++ compiler on a CPU ($CXX, g++ or clang++): none was found"
     if _is_quantized(model):
         return "not supported with a quantized base (bitsandbytes' layers)"
+    method = method_of(model)
+    if method is not None and not method.supports_compile:
+        return f"not supported with {method.name} (its blocks cannot share one compiled graph)"
     if not _has_repeated_blocks(model):
         return "the model has no repeated blocks to compile"
     return None
@@ -83,7 +87,18 @@ def decide_compile(
 def compiled_for_training(model: torch.nn.Module) -> torch.nn.Module:
     """A copy of `model` whose repeated blocks are compiled: modules on the way down to a block list are shallow
     copies, everything else (and every parameter and buffer) is shared with `model`, which stays as it was.
-    Shapes become dynamic when the batch length first changes, so the blocks compile twice, not once per length."""
+    Shapes become dynamic when the batch length first changes, so the blocks compile twice, not once per length.
+
+    torch.compile keeps compiled versions of a function (a block's forward) for every model, precision and
+    trainable set it met in the process, up to its recompile limit (8), after which the function runs eager: a
+    notebook or a sweep training one model after another would soon train uncompiled. So each compiled training
+    starts from cleared in-process caches (a model compiled elsewhere in the process compiles again when next
+    called); inductor's on-disk cache keeps compiling again cheap."""
+    torch._dynamo.reset()  # compiled code is cached per function, shared by every model of the process (see below)
+    return _copy_with_compiled_blocks(model)
+
+
+def _copy_with_compiled_blocks(model: torch.nn.Module) -> torch.nn.Module:
     if isinstance(model, torch.nn.ModuleList) and _is_repeated_blocks(model):
         return torch.nn.ModuleList(cast(torch.nn.Module, torch.compile(block, dynamic=None)) for block in model)
     if not _has_repeated_blocks(model):
@@ -94,6 +109,6 @@ def compiled_for_training(model: torch.nn.Module) -> torch.nn.Module:
         if getattr(value, "__self__", None) is model and hasattr(value, "__func__"):
             copy.__dict__[name] = MethodType(value.__func__, copy)
     copy._modules = {
-        name: child if child is None else compiled_for_training(child) for name, child in model._modules.items()
+        name: child if child is None else _copy_with_compiled_blocks(child) for name, child in model._modules.items()
     }
     return copy

@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import sys
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -29,7 +30,7 @@ def completion_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], arch
     if arch == "seq2seq":
         return model(**batch, **no_cache).loss  # decoder logits cover only the target already
     labels = batch["labels"]
-    inputs = {**{k: v for k, v in batch.items() if k != "labels"}, **no_cache}
+    inputs: dict[str, Any] = {**{k: v for k, v in batch.items() if k != "labels"}, **no_cache}
     if not forward_accepts(model, "logits_to_keep"):
         return model(**inputs, labels=labels).loss
     if takes_position_mask(model):
@@ -37,9 +38,7 @@ def completion_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], arch
     return _last_columns_loss(model, inputs, labels)
 
 
-def _masked_positions_loss(
-    model: torch.nn.Module, inputs: dict[str, torch.Tensor], labels: torch.Tensor
-) -> torch.Tensor:
+def _masked_positions_loss(model: torch.nn.Module, inputs: dict[str, Any], labels: torch.Tensor) -> torch.Tensor:
     """Logits only at the positions that predict a completion token (position t predicts label t + 1)."""
     predicts = labels[:, 1:] != IGNORE_INDEX
     prepended = prepended_positions(model)  # a soft prompt's virtual tokens come before the input
@@ -49,7 +48,7 @@ def _masked_positions_loss(
     return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels[:, 1:][predicts])
 
 
-def _last_columns_loss(model: torch.nn.Module, inputs: dict[str, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
+def _last_columns_loss(model: torch.nn.Module, inputs: dict[str, Any], labels: torch.Tensor) -> torch.Tensor:
     has_label = (labels != IGNORE_INDEX).any(dim=0)
     first = max(int(has_label.nonzero()[0]), 1) if has_label.any() else labels.shape[1] - 1  # column 0: no prediction
     keep = labels.shape[1] - first + 1  # positions first-1 .. end predict labels first .. end
