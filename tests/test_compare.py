@@ -115,7 +115,7 @@ def test_compare_runs_every_arm_reuses_finished_ones_and_reports(compare_config,
 
     # a setting of how the computation runs, not what it computes, keeps every arm
     tree = yaml.safe_load(compare_config.read_text())
-    tree["experiment"].setdefault("training", {})["compile"] = False
+    tree["experiment"].setdefault("training", {})["compile"] = True
     compare_config.write_text(yaml.safe_dump(tree))
     assert sorted(tunelab.compare(compare_config, show_progress=False, echo=None).reused) == sorted(again.reused)
 
