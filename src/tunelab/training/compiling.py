@@ -3,9 +3,9 @@
 Training steps run through a copy of the model whose repeated blocks (decoder layers, T5 blocks) are
 `torch.compile`d ("regional compilation", as accelerate's `compile_regions`, which also compiles every other leaf
 module and so breaks PEFT's prompt-learning modules): one block is compiled and every other block reuses it, so
-compilation takes seconds rather than minutes. The copy shares every parameter with the
-model, which itself stays uncompiled: evaluation, generation (whose KV cache would make a compiled block recompile)
-and saving see the plain model. Inductor fuses the elementwise work between the matrix products (norms, rotary
+compilation takes seconds rather than minutes. The copy shares every parameter with the model, which itself stays
+uncompiled: evaluation, generation (whose KV cache would make a compiled block recompile) and saving see the plain
+model. Inductor fuses the elementwise work between the matrix products (norms, rotary
 embeddings, activations, autocast casts) and keeps fewer intermediates for the backward pass, so a step takes
 less time and less memory (bench/results/compile.md).
 """
@@ -94,7 +94,7 @@ def compiled_for_training(model: torch.nn.Module) -> torch.nn.Module:
     notebook or a sweep training one model after another would soon train uncompiled. So each compiled training
     starts from cleared in-process caches (a model compiled elsewhere in the process compiles again when next
     called); inductor's on-disk cache keeps compiling again cheap."""
-    torch._dynamo.reset()  # compiled code is cached per function, shared by every model of the process (see below)
+    torch._dynamo.reset()
     return _copy_with_compiled_blocks(model)
 
 

@@ -112,7 +112,7 @@ FUSED_ADAMW_DEVICES = frozenset({"cpu", "cuda"})
 def build_optimizer(params: list[torch.nn.Parameter], cfg: TrainingConfig, device: torch.device) -> torch.optim.AdamW:
     """AdamW, fused where the device has the kernel (as `transformers.Trainer`'s default `adamw_torch_fused`): the
     same update as torch's default forms (a loop over tensors on a CPU, foreach on others) up to rounding, and
-    ~4x faster over 135M fp32 parameters on a 2-core CPU (`python bench/optimizer.py`, bench/results/optimizer.md)."""
+    ~5x faster over 135M fp32 parameters on a 2-core CPU (`python bench/optimizer.py`, bench/results/optimizer.md)."""
     fused = True if device.type in FUSED_ADAMW_DEVICES else None  # None: torch's default form
     return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
 
