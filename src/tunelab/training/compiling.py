@@ -18,6 +18,7 @@ from types import MethodType
 from typing import cast
 
 import torch
+from accelerate.utils.other import has_repeated_blocks, is_repeated_blocks
 
 from tunelab.errors import TrainingError
 from tunelab.methods import method_of
@@ -32,17 +33,6 @@ def cpp_compiler() -> str | None:
     """The C++ compiler inductor would use on a CPU (`$CXX`, else g++ or clang++ on PATH), or None."""
     candidates = [os.environ["CXX"]] if os.environ.get("CXX") else ["g++", "clang++"]
     return next((found for c in candidates if (found := shutil.which(c))), None)
-
-
-def _is_repeated_blocks(module: torch.nn.Module) -> bool:
-    """A ModuleList of blocks of one class (a model's layers)."""
-    return (
-        isinstance(module, torch.nn.ModuleList) and len(module) > 1 and all(type(m) is type(module[0]) for m in module)
-    )
-
-
-def _has_repeated_blocks(module: torch.nn.Module) -> bool:
-    return any(_is_repeated_blocks(m) for m in module.modules())
 
 
 def _is_quantized(model: torch.nn.Module) -> bool:
@@ -62,7 +52,7 @@ def compile_problem(model: torch.nn.Module, device: torch.device, processes: int
     method = method_of(model)
     if method is not None and not method.supports_compile:
         return f"not supported with {method.name} (its blocks cannot share one compiled graph)"
-    if not _has_repeated_blocks(model):
+    if not has_repeated_blocks(model):
         return "the model has no repeated blocks to compile"
     return None
 
@@ -99,9 +89,9 @@ def compiled_for_training(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def _copy_with_compiled_blocks(model: torch.nn.Module) -> torch.nn.Module:
-    if isinstance(model, torch.nn.ModuleList) and _is_repeated_blocks(model):
+    if isinstance(model, torch.nn.ModuleList) and is_repeated_blocks(model):
         return torch.nn.ModuleList(cast(torch.nn.Module, torch.compile(block, dynamic=None)) for block in model)
-    if not _has_repeated_blocks(model):
+    if not has_repeated_blocks(model):
         return model
     copy = model.__class__.__new__(model.__class__)
     copy.__dict__.update(model.__dict__)
