@@ -7,7 +7,7 @@ import psutil
 import pytest
 import torch
 
-from conftest import synthetic_dialogue
+from conftest import synthetic_dialogue, tiny_t5
 from tunelab.config import build_config
 from tunelab.data import Example, PromptEncoder, TemplateSet, TrainCollator
 from tunelab.data.encoding import encode_training_set
@@ -290,6 +290,7 @@ def _train_losses(model_dir, method, training, compile_setting):
         ("llama", {"name": "prompt_tuning", "num_virtual_tokens": 4, "init": "random"}),
         ("llama", {"name": "ia3"}),
         ("t5", {"name": "lora", "r": 4, "dropout": 0.0, "target_modules": "all-linear"}),
+        ("t5", {"name": "full"}),
     ],
     ids=lambda am: f"{am[0]}-{am[1]['name']}",
 )
@@ -358,3 +359,22 @@ def test_every_decoder_block_reuses_one_compiled_graph():
         return counters["stats"]["unique_graphs"]
 
     assert graphs_compiled(4) == graphs_compiled(2) > 0
+
+
+def test_t5_blocks_with_a_trainable_position_bias_table_stay_eager():
+    """Inductor's CPU backward of an embedding lookup corrupted the heap (full fine-tuning of a flan-t5-small-shaped
+    model aborted in its first backward pass; bench/throughput.py): T5's first encoder and decoder blocks, which
+    hold the relative-position bias table, stay eager where that table trains; where it is frozen (LoRA) they compile."""
+    from peft import LoraConfig, get_peft_model
+    from torch._dynamo.eval_frame import OptimizedModule
+
+    from tunelab.training.compiling import compiled_for_training
+
+    def compiled_blocks(model) -> list[bool]:
+        copy = compiled_for_training(model)
+        inner = copy.get_base_model() if hasattr(copy, "get_base_model") else copy
+        return [isinstance(b, OptimizedModule) for stack in (inner.encoder, inner.decoder) for b in stack.block]
+
+    assert compiled_blocks(tiny_t5(64)) == [False, True, False, True]
+    lora = get_peft_model(tiny_t5(64), LoraConfig(r=4, target_modules=["q", "v"]))
+    assert compiled_blocks(lora) == [True, True, True, True]

@@ -88,9 +88,19 @@ def compiled_for_training(model: torch.nn.Module) -> torch.nn.Module:
     return _copy_with_compiled_blocks(model)
 
 
+def _has_trainable_embedding(block: torch.nn.Module) -> bool:
+    # Inductor's CPU backward of an embedding lookup (the gradient's scatter-add) corrupted the heap in torch 2.13:
+    # full fine-tuning of T5, whose first block holds the trainable relative-position bias table, aborted in its
+    # first backward pass. Such blocks (the first of T5's encoder and decoder) stay eager; the others compile.
+    return any(isinstance(m, torch.nn.Embedding) and m.weight.requires_grad for m in block.modules())
+
+
 def _copy_with_compiled_blocks(model: torch.nn.Module) -> torch.nn.Module:
     if isinstance(model, torch.nn.ModuleList) and is_repeated_blocks(model):
-        return torch.nn.ModuleList(cast(torch.nn.Module, torch.compile(block, dynamic=None)) for block in model)
+        return torch.nn.ModuleList(
+            block if _has_trainable_embedding(block) else cast(torch.nn.Module, torch.compile(block, dynamic=None))
+            for block in model
+        )
     if not has_repeated_blocks(model):
         return model
     copy = model.__class__.__new__(model.__class__)
