@@ -159,13 +159,13 @@ class TrainingConfig(Strict):
     """Recompute activations in the backward pass: much less activation memory for ~30% more compute. `auto`
     turns it on when a micro-batch's activations would outweigh the training state (weights, gradients,
     optimizer) and exceed 512 MiB (training/memory.py: `checkpointing_pays`); metrics.json records the choice."""
-    compile: bool | Literal["auto"] = False
+    compile: bool | Literal["auto"] = "auto"
     """Train through `torch.compile`d decoder blocks (regional compilation: each repeated block compiled once, the
     model itself left as it is for evaluation and saving): ~0.54-0.71x the step time and ~0.7-0.8x the peak memory
     of the demo's training on a CPU (bench/results/compile.md), after ~10-30 s of compilation; needs a C++ compiler
     on a CPU. `auto` turns it on for single-process CPU training of models >= 50M parameters and >= 20 optimizer
-    steps (training/compiling.py). Off by default for now: one long benchmark process that ran ~26 compiled
-    trainings one after another aborted with a corrupted heap; metrics.json records the choice."""
+    steps where it works (training/compiling.py); `true` where it cannot work is an error naming why.
+    metrics.json records the choice."""
     group_by_length: bool = True
     """Batch examples of similar length together (less padding), in seeded random batch order."""
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
