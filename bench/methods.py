@@ -3,11 +3,13 @@
 The demo's batch (8 DialogSum training dialogues, inputs cut at 320 tokens: 8 x 424 with the chat template and
 summary) for every method; each method runs in its own process (peak RSS is a per-process high-water mark), one
 warm-up step then timed steps, each followed by what tunelab's training loop does after a micro-batch on the CPU
-(freed memory handed back: `malloc_trim`). Each method is measured with tunelab's default `training.gradient_checkpointing:
-auto` (which decides per model and batch, as training does) and with checkpointing off. Prints ratios to full
-fine-tuning and writes bench/results/methods.json.
+(freed memory handed back: `malloc_trim`). Each method is measured as tunelab trains it by default
+(`training.gradient_checkpointing: auto`, decided per model and batch as training does; `training.compile: auto`,
+decided as for a run of >= 20 steps: bitsandbytes' QLoRA base cannot be compiled) and with compilation off (eager).
+Prints ratios to full fine-tuning under the same settings and writes bench/results/methods.json.
 
-    python bench/methods.py [--methods full,lora,qlora,prompt_tuning,ia3] [--checkpointing auto,off] [--steps 3]
+    python bench/methods.py [--methods full,lora,qlora,prompt_tuning,ia3] [--checkpointing auto]
+                            [--compile auto,off] [--steps 3]
 
 Peak RSS depends on the allocator: glibc keeps freed blocks in its heap, so the high-water mark also counts memory
 that no tensor holds any more. `--return-freed-memory` runs the workers with a fixed MALLOC_MMAP_THRESHOLD_, so
@@ -51,6 +53,7 @@ def worker(
     precision: str = "auto",
     checkpointing: str = "auto",
     attn: str = "auto",
+    compile_setting: str = "auto",
 ) -> dict:
     import torch
 
@@ -61,6 +64,7 @@ def worker(
     from tunelab.methods import ModelContext, get_method
     from tunelab.models import load_model, pick_device
     from tunelab.models.precision import autocast, resolve_precision
+    from tunelab.training.compiling import AUTO_MIN_STEPS, compiled_for_training, decide_compile
     from tunelab.training.loop import build_optimizer, enable_gradient_checkpointing
     from tunelab.training.loss import completion_loss
     from tunelab.training.memory import checkpointing_pays, release_freed_memory
@@ -83,6 +87,10 @@ def worker(
     recompute = checkpointing == "on" or (checkpointing == "auto" and checkpointing_pays(model, tokens))
     if recompute:
         enable_gradient_checkpointing(model)
+    # `auto` decides as for a real training run (>= AUTO_MIN_STEPS steps), not for this bench's few steps.
+    setting = {"auto": "auto", "on": True, "off": False}[compile_setting]
+    compiled = decide_compile(setting, model, device, total_steps=AUTO_MIN_STEPS, processes=1)
+    forward_model = compiled_for_training(model) if compiled else model
     amp = resolve_precision(precision, device)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = build_optimizer(params, cfg.training.model_copy(update={"lr": 1e-5}), device)  # tunelab's AdamW
@@ -93,7 +101,7 @@ def worker(
     for i in range(steps + 1):
         t0 = time.perf_counter()
         with autocast(device, amp):
-            loss = completion_loss(model, batch, "causal")
+            loss = completion_loss(forward_model, batch, "causal")
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -107,6 +115,8 @@ def worker(
         "method": method,
         "checkpointing": checkpointing,  # the setting: auto, on or off
         "recomputed": recompute,  # what it came to for this model and batch
+        "compile": compile_setting,
+        "compiled": compiled,
         "attn": attn,
         "precision": amp,
         "step_seconds": sorted(times)[len(times) // 2],
@@ -122,6 +132,10 @@ def worker(
     return out
 
 
+def same_settings(a: dict, b: dict) -> bool:
+    return a["checkpointing"] == b["checkpointing"] and a.get("compile", "off") == b.get("compile", "off")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--methods", default=",".join(METHOD_CONFIGS))
@@ -131,8 +145,11 @@ def main() -> None:
     ap.add_argument("--precision", default="auto", help="autocast precision, as training.precision")
     ap.add_argument(
         "--checkpointing",
-        default="auto,off",
+        default="auto",
         help="training.gradient_checkpointing settings to measure (auto, on, off), comma-separated",
+    )
+    ap.add_argument(
+        "--compile", default="auto,off", help="training.compile settings to measure (auto, on, off), comma-separated"
     )
     ap.add_argument("--attn", default="auto", help="model.attn_implementation values to measure, comma-separated")
     ap.add_argument(
@@ -145,18 +162,29 @@ def main() -> None:
     args = ap.parse_args()
     if args.worker:
         row = worker(
-            args.worker, args.batch, args.steps, args.max_input_tokens, args.precision, args.checkpointing, args.attn
+            args.worker,
+            args.batch,
+            args.steps,
+            args.max_input_tokens,
+            args.precision,
+            args.checkpointing,
+            args.attn,
+            args.compile,
         )
         print(json.dumps(row))
         return
     rows = []
     grid = [
-        (c, m, a) for c in args.checkpointing.split(",") for m in args.methods.split(",") for a in args.attn.split(",")
+        (k, c, m, a)
+        for k in args.compile.split(",")
+        for c in args.checkpointing.split(",")
+        for m in args.methods.split(",")
+        for a in args.attn.split(",")
     ]
-    for ckpt, method, attn in grid:
+    for comp, ckpt, method, attn in grid:
         cmd = [sys.executable, __file__, "--worker", method, "--batch", str(args.batch), "--steps", str(args.steps)]
         cmd += ["--max-input-tokens", str(args.max_input_tokens), "--precision", args.precision]
-        cmd += ["--attn", attn, "--checkpointing", ckpt]
+        cmd += ["--attn", attn, "--checkpointing", ckpt, "--compile", comp]
         env = {**os.environ, "TQDM_DISABLE": "1"}
         if args.return_freed_memory:
             env["MALLOC_MMAP_THRESHOLD_"] = "65536"
@@ -165,21 +193,22 @@ def main() -> None:
             print(f"{method}: failed\n{proc.stderr[-2000:]}", file=sys.stderr)
             continue
         rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-        print(f"  measured {method} (checkpointing {ckpt})", file=sys.stderr)
+        print(f"  measured {method} (checkpointing {ckpt}, compile {comp})", file=sys.stderr)
     mem_key = "peak_cuda_allocated_bytes" if "peak_cuda_allocated_bytes" in rows[0] else "peak_rss_bytes"
     print(
         f"\nbatch {rows[0]['batch_shape']} (DialogSum train, chat template), precision {rows[0]['precision']}, median "
         f"of {args.steps} steps after 1 warm-up; memory = {mem_key} (whole process, model included)"
         + ("; freed memory returned to the OS (fixed mmap threshold)" if args.return_freed_memory else "")
-        + "; ratios to full fine-tuning with the same checkpointing setting\n"
+        + "; ratios to full fine-tuning with the same checkpointing and compile settings\n"
     )
-    print("| method | checkpointing | trainable % | step s | step / full | peak memory GiB | memory / full |")
-    print("|---|---|---|---|---|---|---|")
+    print("| method | checkpointing | compile | trainable % | step s | step / full | peak memory GiB | memory / full |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
-        ref = next(x for x in rows if x["method"] == "full" and x["checkpointing"] == r["checkpointing"])
+        ref = next(x for x in rows if x["method"] == "full" and same_settings(x, r))
         setting = r["checkpointing"] + (" (on)" if r["checkpointing"] == "auto" and r["recomputed"] else "")
+        compiled = r["compile"] + (" (on)" if r["compile"] == "auto" and r["compiled"] else "")
         print(
-            f"| {r['method']} | {setting} | {r['trainable_percent']:.3f} | {r['step_seconds']:.2f} | "
+            f"| {r['method']} | {setting} | {compiled} | {r['trainable_percent']:.3f} | {r['step_seconds']:.2f} | "
             f"{r['step_seconds'] / ref['step_seconds']:.2f} | {r[mem_key] / 2**30:.2f} | "
             f"{r[mem_key] / ref[mem_key]:.2f} |"
         )

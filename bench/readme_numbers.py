@@ -183,48 +183,37 @@ METHOD_LABELS = {
 
 
 def render_methods() -> str:
-    """bench/methods.py: each method with tunelab's default checkpointing (auto) and with it off, as ratios to
-    full fine-tuning under the same setting."""
+    """bench/methods.py: each method as tunelab trains it by default (checkpointing and compile `auto`) and eager
+    (compile off), as ratios to full fine-tuning under the same settings."""
     data = json.loads((RESULTS / "methods.json").read_text())
-    rows = {(r["method"], r["checkpointing"]): r for r in data["rows"]}
-    full_auto, full_off = rows[("full", "auto")], rows[("full", "off")]
+    rows = {(r["method"], r["checkpointing"], r.get("compile", "off")): r for r in data["rows"]}
+    full, full_eager = rows[("full", "auto", "auto")], rows[("full", "auto", "off")]
+
+    def ratio(r: dict, ref: dict, key: str, unit: str, scale: float = 1.0) -> str:
+        value = f"{r[key] / scale:.2f} {unit}"
+        return f"1.00 ({value})" if r is ref else f"{r[key] / ref[key]:.2f} ({value})"
+
     lines = [
-        "| method | trainable % | checkpointing (auto) | step / full | peak memory / full | memory / full, "
-        "checkpointing off |",
-        "|---|---|---|---|---|---|",
+        "| method | trainable % | checkpointing / compiled (auto) | step / full | peak memory / full | eager: step / "
+        "full | eager: peak memory / full |",
+        "|---|---|---|---|---|---|---|",
     ]
-    for (method, setting), r in rows.items():
-        if setting != "auto":
+    for (method, checkpointing, compile_setting), r in rows.items():
+        if (checkpointing, compile_setting) != ("auto", "auto"):
             continue
-        off = rows.get((method, "off"))
-        is_full = method == "full"
-        step = (
-            f"1.00 ({r['step_seconds']:.2f} s)" if is_full else f"{r['step_seconds'] / full_auto['step_seconds']:.2f}"
-        )
-        gib = r["peak_rss_bytes"] / 2**30
-        mem = (
-            f"1.00 ({gib:.2f} GiB)"
-            if is_full
-            else f"{r['peak_rss_bytes'] / full_auto['peak_rss_bytes']:.2f} ({gib:.2f} GiB)"
-        )
-        mem_off = (
-            "-"
-            if off is None
-            else (
-                f"1.00 ({off['peak_rss_bytes'] / 2**30:.2f} GiB)"
-                if is_full
-                else f"{off['peak_rss_bytes'] / full_off['peak_rss_bytes']:.2f}"
-            )
-        )
+        eager = rows[(method, "auto", "off")]
         lines.append(
             f"| {METHOD_LABELS.get(method, method)} | {r['trainable_percent']:.3f} | "
-            f"{'on' if r['recomputed'] else 'off'} | {step} | {mem} | {mem_off} |"
+            f"{'on' if r['recomputed'] else 'off'} / {'yes' if r['compiled'] else 'no'} | "
+            f"{ratio(r, full, 'step_seconds', 's')} | {ratio(r, full, 'peak_rss_bytes', 'GiB', 2**30)} | "
+            f"{ratio(eager, full_eager, 'step_seconds', 's')} | "
+            f"{ratio(eager, full_eager, 'peak_rss_bytes', 'GiB', 2**30)} |"
         )
-    shape = " x ".join(map(str, full_auto["batch_shape"]))
+    shape = " x ".join(map(str, full["batch_shape"]))
     lines += [
         "",
-        f"(`python bench/methods.py`, batch {shape}, {data['date']}, {machine_line(data['environment'])}; "
-        "`bench/results/methods.md`.)",
+        f"(`python bench/methods.py`, batch {shape}, median of {len(full['step_seconds_all'])} steps after one "
+        f"warm-up, {data['date']}, {machine_line(data['environment'])}; `bench/results/methods.md`.)",
     ]
     return "\n".join(lines)
 
@@ -260,7 +249,7 @@ def render_throughput() -> str:
         eager, compiled = rows.get((arch, method, "tunelab bf16")), rows.get((arch, method, "tunelab bf16 compiled"))
         if not (eager and compiled and "first_epoch_seconds" in compiled):
             return "—"
-        return f"+{compiled['first_epoch_seconds'] - eager['first_epoch_seconds']:.0f} s"
+        return f"{compiled['first_epoch_seconds'] - eager['first_epoch_seconds']:+.0f} s"
 
     for arch, method in dict.fromkeys((r["arch"], r["method"]) for r in data["train"]):
         spread = max(r["spread"] for r in data["train"] if (r["arch"], r["method"]) == (arch, method))
@@ -280,7 +269,8 @@ def render_throughput() -> str:
         f"{setup['examples']} DialogSum examples, batch {setup['batch_size']}, the second epoch "
         f"({setup['timed_steps']} steps) timed, median of {setup['repeats']} interleaved repeats; cells with two "
         "ratios: tunelab eager / **compiled** (`training.compile`); compilation = the compiled side's first epoch "
-        "minus the eager side's, bf16; spread = (slowest - fastest) / median of a side's repeats.)",
+        "minus the eager side's, bf16 (median: after the first repeat inductor's on-disk cache is warm; negative where "
+        "the faster steps repay it within the epoch); spread = (slowest - fastest) / median of a side's repeats.)",
     ]
     return "\n".join(lines)
 
