@@ -28,7 +28,7 @@ $(BROWSER_STAMP): | $(STAMP)
 setup: $(STAMP) $(BROWSER_STAMP)
 
 ## Compare zero-shot, LoRA, prompt tuning and full fine-tuning of smollm2-135m-instruct on DialogSum:
-## task gain, forgetting and cost, in runs/dialogsum-compare/report.html (~25-30 min on 2 CPU cores).
+## task gain, forgetting and cost, in runs/dialogsum-compare/report.html (~15-25 min on 2 CPU cores).
 ## Finished arms are reused when run again.
 demo: setup
 	$(BIN)/tunelab models pull smollm2-135m-instruct
