@@ -133,7 +133,7 @@ def worker(
 
 
 def same_settings(a: dict, b: dict) -> bool:
-    return a["checkpointing"] == b["checkpointing"] and a.get("compile", "off") == b.get("compile", "off")
+    return (a["checkpointing"], a["compile"]) == (b["checkpointing"], b["compile"])
 
 
 def main() -> None:
