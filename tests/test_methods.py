@@ -2,6 +2,7 @@
 saved adapter reloads to identical outputs. Plus per-task adapters, merging, QLoRA and cost accounting."""
 
 import random
+from pathlib import Path
 
 import pytest
 import torch
@@ -251,6 +252,9 @@ def test_qlora_base_is_4bit_and_trains_on_cpu(wide_llama_dir):
     assert isinstance(q, bnb.nn.Linear4bit)
     assert q.weight.quant_state.quant_type == "nf4"
     assert q.weight.numel() * q.weight.element_size() == 128 * 128 // 2  # 4 bits per weight
+    maps = Path("/proc/self/maps")
+    if maps.exists():  # no view of the fp32 checkpoint is kept, so its pages do not stay resident beside the model
+        assert str(wide_llama_dir / "model.safetensors") not in maps.read_text()
     counts = parameter_counts(model)
     assert counts["total_parameters"] > sum(p.numel() for p in base.parameters())  # PEFT counts 4-bit unpacked
     before = held_loss(model, loaded, held)
