@@ -26,14 +26,15 @@ SHAPES = {  # (m, k, n) of m x k @ k x n
 }
 
 
-def tflops(m: int, k: int, n: int, dtype: torch.dtype, reps: int = 20) -> float:
+def gemm_flops(m: int, k: int, n: int, dtype: torch.dtype, reps: int = 20, warmup: int = 3) -> float:
+    """FLOP/s of an m x k @ k x n product (also the MFU peak of bench/throughput.py, on a square)."""
     a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
-    for _ in range(3):
+    for _ in range(warmup):
         a @ b
     start = time.perf_counter()
     for _ in range(reps):
         a @ b
-    return 2 * m * k * n * reps / (time.perf_counter() - start) / 1e12
+    return 2 * m * k * n * reps / (time.perf_counter() - start)
 
 
 def main() -> None:
@@ -44,8 +45,8 @@ def main() -> None:
 
     rows = []
     for name, (m, k, n) in SHAPES.items():
-        row = {"shape": name, "mkn": [m, k, n], "fp32": tflops(m, k, n, torch.float32)}
-        row["bf16"] = tflops(m, k, n, torch.bfloat16)
+        row = {"shape": name, "mkn": [m, k, n], "fp32": gemm_flops(m, k, n, torch.float32) / 1e12}
+        row["bf16"] = gemm_flops(m, k, n, torch.bfloat16) / 1e12
         rows.append(row)
         print(f"{name}: fp32 {row['fp32']:.3f}, bf16 {row['bf16']:.3f} TFLOP/s", flush=True)
     out = Path(__file__).parent / "results" / "gemm_shapes.json"

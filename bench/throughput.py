@@ -41,6 +41,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
+from gemm_shapes import gemm_flops  # noqa: E402  (bench/, the script's folder, is on sys.path)
 
 import tunelab  # noqa: E402
 from tunelab.data import PromptEncoder, TemplateSet  # noqa: E402
@@ -53,15 +54,6 @@ from tunelab.training import train_model  # noqa: E402
 
 CPU = torch.device("cpu")
 LORA = {"name": "lora", "r": 16, "alpha": 32, "dropout": 0.0, "target_modules": "all-linear"}
-
-
-def gemm_flops(dtype: torch.dtype, n: int = 2048, reps: int = 10) -> float:
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    a @ b
-    t = time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    return 2 * n**3 * reps / (time.perf_counter() - t)
 
 
 def smol_tokenizer():
@@ -435,8 +427,8 @@ def step_flops(model_params: int, head_params: int, tokens: int, kept: int, full
 def gemm_peaks() -> dict[str, float]:
     """The best of three GEMM measurements per dtype (a peak: the machine's noise only lowers it)."""
     return {
-        "fp32": max(gemm_flops(torch.float32) for _ in range(3)),
-        "bf16": max(gemm_flops(torch.bfloat16) for _ in range(3)),
+        "fp32": max(gemm_flops(2048, 2048, 2048, torch.float32, reps=10, warmup=1) for _ in range(3)),
+        "bf16": max(gemm_flops(2048, 2048, 2048, torch.bfloat16, reps=10, warmup=1) for _ in range(3)),
     }
 
 
