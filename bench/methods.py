@@ -5,11 +5,12 @@ summary) for every method; each method runs in its own process (peak RSS is a pe
 warm-up step then timed steps, each followed by what tunelab's training loop does after a micro-batch on the CPU
 (freed memory handed back: `malloc_trim`). Each method is measured as tunelab trains it by default
 (`training.gradient_checkpointing: auto`, decided per model and batch as training does; `training.compile: auto`,
-decided as for a run of >= 20 steps: bitsandbytes' QLoRA base cannot be compiled) and with compilation off (eager).
-Prints ratios to full fine-tuning under the same settings and writes bench/results/methods.json.
+decided as for a run of >= 20 steps: bitsandbytes' QLoRA base cannot be compiled) and with compilation off (eager),
+each on tunelab's allocator (mimalloc, preloaded as the `tunelab` program does: tunelab/allocator.py) and on the C
+library's (glibc). Prints ratios to full fine-tuning under the same settings and writes bench/results/methods.json.
 
     python bench/methods.py [--methods full,lora,qlora,prompt_tuning,ia3] [--checkpointing auto]
-                            [--compile auto,off] [--steps 3]
+                            [--compile auto,off] [--allocator mimalloc,system] [--steps 3]
 
 Peak RSS depends on the allocator: glibc keeps freed blocks in its heap, so the high-water mark also counts memory
 that no tensor holds any more. `--return-freed-memory` runs the workers with a fixed MALLOC_MMAP_THRESHOLD_, so
@@ -58,6 +59,7 @@ def worker(
     import torch
 
     import tunelab
+    from tunelab.allocator import active_allocator
     from tunelab.data import PromptEncoder, TemplateSet, TrainCollator
     from tunelab.data.sources import load_split
     from tunelab.evaluation.costs import parameter_counts
@@ -117,6 +119,7 @@ def worker(
         "recomputed": recompute,  # what it came to for this model and batch
         "compile": compile_setting,
         "compiled": compiled,
+        "allocator": active_allocator(),
         "attn": attn,
         "precision": amp,
         "step_seconds": sorted(times)[len(times) // 2],
@@ -133,7 +136,19 @@ def worker(
 
 
 def same_settings(a: dict, b: dict) -> bool:
-    return (a["checkpointing"], a["compile"]) == (b["checkpointing"], b["compile"])
+    return (a["checkpointing"], a["compile"], a["allocator"]) == (b["checkpointing"], b["compile"], b["allocator"])
+
+
+def worker_env(allocator: str) -> dict[str, str]:
+    from tunelab.allocator import preload_env
+
+    env = {**os.environ, "TQDM_DISABLE": "1", "TUNELAB_ALLOCATOR": allocator}
+    if allocator == "system":
+        return env
+    preloaded = preload_env(env)
+    if preloaded is None and "libmimalloc" not in env.get("LD_PRELOAD", ""):
+        raise SystemExit("--allocator mimalloc: cmeel-mimalloc is not installed here")
+    return preloaded or env
 
 
 def main() -> None:
@@ -150,6 +165,9 @@ def main() -> None:
     )
     ap.add_argument(
         "--compile", default="auto,off", help="training.compile settings to measure (auto, on, off), comma-separated"
+    )
+    ap.add_argument(
+        "--allocator", default="mimalloc,system", help="TUNELAB_ALLOCATOR values to measure (mimalloc, system)"
     )
     ap.add_argument("--attn", default="auto", help="model.attn_implementation values to measure, comma-separated")
     ap.add_argument(
@@ -174,18 +192,19 @@ def main() -> None:
         print(json.dumps(row))
         return
     rows = []
-    grid = [
-        (k, c, m, a)
+    grid = [  # each method's allocators side by side, so that drift of the machine touches both alike
+        (k, c, m, a, al)
         for k in args.compile.split(",")
         for c in args.checkpointing.split(",")
         for m in args.methods.split(",")
         for a in args.attn.split(",")
+        for al in args.allocator.split(",")
     ]
-    for comp, ckpt, method, attn in grid:
+    for comp, ckpt, method, attn, allocator in grid:
         cmd = [sys.executable, __file__, "--worker", method, "--batch", str(args.batch), "--steps", str(args.steps)]
         cmd += ["--max-input-tokens", str(args.max_input_tokens), "--precision", args.precision]
         cmd += ["--attn", attn, "--checkpointing", ckpt, "--compile", comp]
-        env = {**os.environ, "TQDM_DISABLE": "1"}
+        env = worker_env(allocator)
         if args.return_freed_memory:
             env["MALLOC_MMAP_THRESHOLD_"] = "65536"
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -193,22 +212,25 @@ def main() -> None:
             print(f"{method}: failed\n{proc.stderr[-2000:]}", file=sys.stderr)
             continue
         rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-        print(f"  measured {method} (checkpointing {ckpt}, compile {comp})", file=sys.stderr)
+        print(f"  measured {method} (checkpointing {ckpt}, compile {comp}, {rows[-1]['allocator']})", file=sys.stderr)
     mem_key = "peak_cuda_allocated_bytes" if "peak_cuda_allocated_bytes" in rows[0] else "peak_rss_bytes"
     print(
         f"\nbatch {rows[0]['batch_shape']} (DialogSum train, chat template), precision {rows[0]['precision']}, median "
         f"of {args.steps} steps after 1 warm-up; memory = {mem_key} (whole process, model included)"
         + ("; freed memory returned to the OS (fixed mmap threshold)" if args.return_freed_memory else "")
-        + "; ratios to full fine-tuning with the same checkpointing and compile settings\n"
+        + "; ratios to full fine-tuning with the same checkpointing, compile and allocator settings\n"
     )
-    print("| method | checkpointing | compile | trainable % | step s | step / full | peak memory GiB | memory / full |")
-    print("|---|---|---|---|---|---|---|---|")
+    print(
+        "| method | checkpointing | compile | allocator | trainable % | step s | step / full | peak memory GiB | "
+        "memory / full |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         ref = next(x for x in rows if x["method"] == "full" and same_settings(x, r))
         setting = r["checkpointing"] + (" (on)" if r["checkpointing"] == "auto" and r["recomputed"] else "")
         compiled = r["compile"] + (" (on)" if r["compile"] == "auto" and r["compiled"] else "")
         print(
-            f"| {r['method']} | {setting} | {compiled} | {r['trainable_percent']:.3f} | {r['step_seconds']:.2f} | "
+            f"| {r['method']} | {setting} | {compiled} | {r['allocator']} | {r['trainable_percent']:.3f} | {r['step_seconds']:.2f} | "
             f"{r['step_seconds'] / ref['step_seconds']:.2f} | {r[mem_key] / 2**30:.2f} | "
             f"{r[mem_key] / ref[mem_key]:.2f} |"
         )

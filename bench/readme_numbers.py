@@ -183,31 +183,36 @@ METHOD_LABELS = {
 
 
 def render_methods() -> str:
-    """bench/methods.py: each method as tunelab trains it by default (checkpointing and compile `auto`) and eager
-    (compile off), as ratios to full fine-tuning under the same settings."""
+    """bench/methods.py: each method as tunelab trains it by default (checkpointing and compile `auto`, mimalloc) and
+    eager (compile off), as ratios to full fine-tuning under the same settings, with the peaks on glibc beside."""
     data = json.loads((RESULTS / "methods.json").read_text())
-    rows = {(r["method"], r["checkpointing"], r.get("compile", "off")): r for r in data["rows"]}
-    full, full_eager = rows[("full", "auto", "auto")], rows[("full", "auto", "off")]
+    rows = {(r["method"], r["checkpointing"], r["compile"], r["allocator"]): r for r in data["rows"]}
+    default, system = "mimalloc", "glibc"
+    full, full_eager = rows[("full", "auto", "auto", default)], rows[("full", "auto", "off", default)]
 
     def ratio(r: dict, ref: dict, key: str, unit: str, scale: float = 1.0) -> str:
         value = f"{r[key] / scale:.2f} {unit}"
         return f"1.00 ({value})" if r is ref else f"{r[key] / ref[key]:.2f} ({value})"
 
+    def gib(r: dict) -> str:
+        return f"{r['peak_rss_bytes'] / 2**30:.2f}"
+
     lines = [
         "| method | trainable % | checkpointing / compiled (auto) | step / full | peak memory / full | eager: step / "
-        "full | eager: peak memory / full |",
-        "|---|---|---|---|---|---|---|",
+        "full | eager: peak memory / full | peak GiB on glibc: default / eager |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    for (method, checkpointing, compile_setting), r in rows.items():
-        if (checkpointing, compile_setting) != ("auto", "auto"):
+    for (method, checkpointing, compile_setting, allocator), r in rows.items():
+        if (checkpointing, compile_setting, allocator) != ("auto", "auto", default):
             continue
-        eager = rows[(method, "auto", "off")]
+        eager = rows[(method, "auto", "off", default)]
+        on_glibc = f"{gib(rows[(method, 'auto', 'auto', system)])} / {gib(rows[(method, 'auto', 'off', system)])}"
         lines.append(
             f"| {METHOD_LABELS.get(method, method)} | {r['trainable_percent']:.3f} | "
             f"{'on' if r['recomputed'] else 'off'} / {'yes' if r['compiled'] else 'no'} | "
             f"{ratio(r, full, 'step_seconds', 's')} | {ratio(r, full, 'peak_rss_bytes', 'GiB', 2**30)} | "
             f"{ratio(eager, full_eager, 'step_seconds', 's')} | "
-            f"{ratio(eager, full_eager, 'peak_rss_bytes', 'GiB', 2**30)} |"
+            f"{ratio(eager, full_eager, 'peak_rss_bytes', 'GiB', 2**30)} | {on_glibc} |"
         )
     shape = " x ".join(map(str, full["batch_shape"]))
     lines += [

@@ -1,7 +1,7 @@
 """What a result depends on besides the config: written into every metrics.json (`environment`), so a number
 can be reproduced or its difference explained. bf16 results depend on the processor's bf16 kernels (oneDNN
 picks AMX or AVX512-BF16 code with other rounding), so two CPUs of the same size can disagree in bf16 where
-fp32 agrees; the thread count can change reduction order."""
+fp32 agrees; the thread count can change reduction order; the allocator changes memory, not results."""
 
 from __future__ import annotations
 
@@ -11,7 +11,17 @@ from importlib import metadata
 from typing import Any
 
 _ISA_FLAGS = ("amx_bf16", "amx_tile", "avx512_bf16", "avx512f", "avx2", "fma")
-_PACKAGES = ("torch", "transformers", "peft", "accelerate", "bitsandbytes", "rouge-score", "sacrebleu", "tunelab")
+_PACKAGES = (
+    "torch",
+    "transformers",
+    "peft",
+    "accelerate",
+    "bitsandbytes",
+    "rouge-score",
+    "sacrebleu",
+    "cmeel-mimalloc",
+    "tunelab",
+)
 
 
 @lru_cache(maxsize=1)
@@ -43,11 +53,13 @@ def describe_environment(device, generation: str | None = None, training: str | 
     `training`: as configured, `auto` resolved for `device`)."""
     import torch
 
+    from tunelab.allocator import active_allocator
     from tunelab.models.precision import resolve_precision
 
     env: dict[str, Any] = {
         "cpu": cpu_description(),
         "torch_threads": torch.get_num_threads(),
+        "allocator": active_allocator(),
         "python": platform.python_version(),
         "packages": {p: v for p in _PACKAGES if (v := _version(p))},
     }

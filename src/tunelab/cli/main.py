@@ -219,6 +219,23 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_env(args: argparse.Namespace) -> int:
+    from tunelab.allocator import preload_env
+
+    if args.preload:
+        env = preload_env({})
+        if env is None:
+            raise TunelabError("no allocator to preload: TUNELAB_ALLOCATOR=system, or cmeel-mimalloc is not installed")
+        for key, value in env.items():
+            print(f"export {key}={value}")
+        return 0
+    from tunelab.environment import describe_environment
+    from tunelab.models import pick_device
+
+    print(json.dumps(describe_environment(pick_device()), indent=2))
+    return 0
+
+
 def cmd_templates(args: argparse.Namespace) -> int:
     from tunelab.data.templates import TEMPLATES
 
@@ -417,16 +434,36 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--force", action="store_true", help="pull again even if cached")
     m.set_defaults(func=cmd_models)
 
+    en = add_parser("env", help="what results depend on here: processor, threads, library versions, allocator")
+    en.add_argument(
+        "--preload", action="store_true", help="print the variables that start another process on tunelab's allocator"
+    )
+    en.set_defaults(func=cmd_env)
+
     tp = add_parser("templates", help="list the instruction templates")
     tp.add_argument("action", choices=["list"], nargs="?", default="list")
     tp.set_defaults(func=cmd_templates)
     return p
 
 
+# Commands that load a model; run as the `tunelab` program they restart once on tunelab's allocator (allocator.py).
+MODEL_COMMANDS = frozenset(
+    {"train", "eval", "generate", "merge", "export", "prompt-tokens", "compare", "sweep", "forgetting", "serve", "env"}
+)
+
+
+def loads_models(args: argparse.Namespace) -> bool:
+    return args.command in MODEL_COMMANDS or (args.command == "models" and args.action == "pull")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(getattr(args, "verbosity", 0))
     try:
+        if argv is None and loads_models(args):  # the program itself, not a call from Python
+            from tunelab.allocator import restart_with_allocator
+
+            restart_with_allocator()
         return args.func(args)
     except TunelabError as e:
         print(f"tunelab: error: {e}", file=sys.stderr)

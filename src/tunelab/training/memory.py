@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+from functools import lru_cache
 from pathlib import Path
 
 import psutil
@@ -36,22 +37,43 @@ def reset_high_water_mark() -> bool:
 
 
 def release_freed_memory(collect: bool = True) -> bool:
-    """Hand memory that glibc keeps after objects are freed back to the OS (`gc.collect()` unless `collect` is
-    False, then `malloc_trim(0)`), so that the next phase, the next arm of a comparison, or the next training step
-    starts from live memory instead of earlier leftovers. glibc keeps freed blocks for reuse, and batches of
-    changing length leave them fragmented: the heap grows step after step (bench/results/memory_levers.md). A
-    no-op where libc has no malloc_trim, or with TUNELAB_MALLOC_TRIM=0 (for side-by-side benches)."""
+    """Hand memory that the allocator keeps after objects are freed back to the OS, so that the next phase, the next
+    arm of a comparison, or the next training step starts from live memory instead of earlier leftovers.
+
+    glibc keeps freed blocks for reuse, and batches of changing length leave them fragmented: the heap grows step
+    after step (bench/results/memory_levers.md), so `malloc_trim(0)` runs at every call. mimalloc (tunelab's
+    allocator where installed, tunelab/allocator.py) returns memory itself after its purge delay, so only a phase
+    boundary (`collect`, which also runs a gc pass) forces it with `mi_collect(true)`; the per-step call
+    (`collect=False`) leaves it be. False where nothing was done, or with TUNELAB_MALLOC_TRIM=0 (for side-by-side
+    benches)."""
     import gc
 
     if collect:
         gc.collect()
     if os.environ.get("TUNELAB_MALLOC_TRIM", "1") == "0":
         return False
+    mimalloc_collect = _mimalloc_collect()
+    if mimalloc_collect is not None:
+        if collect:
+            mimalloc_collect(True)
+        return collect
     try:
         trim = ctypes.CDLL("libc.so.6").malloc_trim
     except (OSError, AttributeError):
         return False
     return bool(trim(0))
+
+
+@lru_cache(maxsize=1)
+def _mimalloc_collect():
+    """mimalloc's `mi_collect(force)` where mimalloc is preloaded into this process, else None."""
+    try:
+        fn = ctypes.CDLL(None).mi_collect
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_bool]
+    fn.restype = None
+    return fn
 
 
 class PeakMemory:
