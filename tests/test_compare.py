@@ -2,8 +2,10 @@
 
 import importlib
 import json
+import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from html.parser import HTMLParser
 
@@ -115,7 +117,7 @@ def test_compare_runs_every_arm_reuses_finished_ones_and_reports(compare_config,
 
     # a setting of how the computation runs, not what it computes, keeps every arm
     tree = yaml.safe_load(compare_config.read_text())
-    tree["experiment"].setdefault("training", {})["compile"] = True
+    tree["experiment"].setdefault("training", {}).update(compile=True, save_every=3)
     compare_config.write_text(yaml.safe_dump(tree))
     assert sorted(tunelab.compare(compare_config, show_progress=False, echo=None).reused) == sorted(again.reused)
 
@@ -125,7 +127,7 @@ def test_compare_runs_every_arm_reuses_finished_ones_and_reports(compare_config,
     third = tunelab.compare(compare_config, show_progress=False, echo=None)
     assert "lora" not in third.reused and len(third.reused) == len(ARMS) - 1
     assert yaml.safe_load((directory / "lora" / "config.yaml").read_text())["method"]["r"] == 4
-    assert not list(directory.glob(".*.tmp"))
+    assert not list(directory.glob(".*.tmp")) and not list(directory.glob(".*.partial"))
 
     # the report can be rebuilt from the run directories alone, with the config's arm order and colours
     written = {n: (directory / n).read_text() for n in ("report.html", "report.md")}
@@ -214,6 +216,70 @@ def test_an_arms_error_is_raised_here_and_leaves_no_half_arm(compare_config, tmp
     directory = tmp_path / "runs" / "cmp"
     assert (directory / "zero-shot" / "COMPLETE").exists()
     assert not (directory / "broken").exists() and not list(directory.glob(".broken.*"))
+
+
+def test_an_arm_recorded_before_a_setting_counted_as_execution_is_still_reused(compare_config, tmp_path):
+    from tunelab.config.compare import load_compare_config
+    from tunelab.recipes.comparing import ARM_FILE, _is_reusable
+
+    arm = load_compare_config(compare_config).arms[3]
+    recorded = json.loads(json.dumps(arm.signature()))
+    recorded["experiment"]["training"].update(save_every=0, compile=False)  # as an older tunelab wrote it
+    arm_dir = tmp_path / "arm"
+    arm_dir.mkdir()
+    (arm_dir / "COMPLETE").touch()
+    (arm_dir / ARM_FILE).write_text(json.dumps(recorded))
+    assert _is_reusable(arm_dir, arm)
+    recorded["experiment"]["training"]["lr"] = 0.5  # what it computes: not reused
+    (arm_dir / ARM_FILE).write_text(json.dumps(recorded))
+    assert not _is_reusable(arm_dir, arm)
+
+
+def _compare_process(config: Path, fault: str | None = None) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "TUNELAB_FAULT"}
+    env["TQDM_DISABLE"] = "1"
+    if fault:
+        env["TUNELAB_FAULT"] = fault
+    command = [sys.executable, "-m", "tunelab.cli.main", "compare", "-q", str(config)]
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+
+
+def test_an_interrupted_arm_continues_from_its_checkpoint_to_the_same_result(compare_config, tmp_path):
+    """A study's arm takes an hour: a kill must cost the steps since its last checkpoint, not the arm."""
+    tree = yaml.safe_load(compare_config.read_text())
+    tree["experiment"]["training"].update(save_every=2)
+    tree["arms"] = [ARMS[3]]
+    compare_config.write_text(yaml.safe_dump(tree))
+    reference = tmp_path / "reference.yaml"
+    reference.write_text(yaml.safe_dump({**tree, "name": "uninterrupted"}))
+    assert _compare_process(reference).returncode == 0
+
+    killed = _compare_process(compare_config, fault="after-checkpoint:4")
+    assert killed.returncode != 0
+    directory = tmp_path / "runs" / "cmp"
+    partial = directory / ".lora.partial"
+    assert (partial / "checkpoints" / "step-4" / "state.json").is_file() and not (directory / "lora").exists()
+
+    resumed = _compare_process(compare_config)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert (directory / "lora" / "COMPLETE").exists() and not partial.exists()
+    a = json.loads((tmp_path / "runs" / "uninterrupted" / "lora" / "metrics.json").read_text())
+    b = json.loads((directory / "lora" / "metrics.json").read_text())
+    assert b["training"]["resumed_from"] == "step-4" and "resumed_from" not in a["training"]
+    assert [s for s, _ in a["training"]["train_loss"]] == [s for s, _ in b["training"]["train_loss"]]
+    for (_, x), (_, y) in zip(a["training"]["train_loss"], b["training"]["train_loss"]):
+        assert x == pytest.approx(y, rel=1e-5, abs=1e-6)
+    assert a["after"]["rouge"]["rougeL"]["f1"] == pytest.approx(b["after"]["rouge"]["rougeL"]["f1"])
+
+    # a partial arm of another config is not continued: it starts again
+    tree["arms"][0]["method"]["r"] = 4
+    compare_config.write_text(yaml.safe_dump(tree))
+    assert _compare_process(compare_config, fault="after-checkpoint:4").returncode != 0
+    tree["arms"][0]["method"]["r"] = 2
+    compare_config.write_text(yaml.safe_dump(tree))
+    again = _compare_process(compare_config)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resumed_from" not in json.loads((directory / "lora" / "metrics.json").read_text())["training"]
 
 
 def test_report_renders_in_a_real_browser(compare_config, tmp_path, sst2_available):

@@ -86,13 +86,15 @@ class RunDir:
         run = cls.open(path)
         if run.is_complete:
             raise RunDirError(f"{path} holds a finished run; nothing to resume")
-        # through the current schema: keys added by a newer tunelab (with their defaults) are no difference
-        stored = config_to_dict(build_config(read_yaml_mapping(run.config_path), source=str(run.config_path)))
-        wanted = config_to_dict(cfg)
-        if stored != wanted:
-            diff = sorted(_diff_keys(stored, wanted))
+        if diff := run.config_differences(cfg):
             raise RunDirError(f"cannot resume {path}: its config differs in {', '.join(diff[:8])}")
         return run, True
+
+    def config_differences(self, cfg: ExperimentConfig) -> list[str]:
+        """The keys in which this run's config differs from `cfg` (none: the same run)."""
+        # through the current schema: keys added by a newer tunelab (with their defaults) are no difference
+        stored = config_to_dict(build_config(read_yaml_mapping(self.config_path), source=str(self.config_path)))
+        return sorted(_diff_keys(stored, config_to_dict(cfg)))
 
     @classmethod
     def open(cls, path: str | Path) -> RunDir:

@@ -27,12 +27,12 @@ CLAIM_METRIC = re.compile(
 )
 
 
-# Settings that choose how the same computation runs, not what it computes (results differ only by rounding): a
-# finished arm is reused whatever they are.
-EXECUTION_SETTINGS = (("training", "compile"),)
+# Settings that choose how the same computation runs, not what it computes (results differ only by rounding, or
+# not at all: how often checkpoints are written): a finished arm is reused whatever they are.
+EXECUTION_SETTINGS = (("training", "compile"), ("training", "save_every"))
 
 
-def _without_execution_settings(experiment: dict[str, Any]) -> dict[str, Any]:
+def without_execution_settings(experiment: dict[str, Any]) -> dict[str, Any]:
     for section, key in EXECUTION_SETTINGS:
         experiment.get(section, {}).pop(key, None)
     return experiment
@@ -55,7 +55,7 @@ class Arm(BaseModel):
         return {
             "kind": self.kind,
             "shots": self.shots,
-            "experiment": _without_execution_settings(config_to_dict(self.experiment)),
+            "experiment": without_execution_settings(config_to_dict(self.experiment)),
             **(
                 {"sweep": self.sweep, "sweep_metric": self.sweep_metric, "sweep_budget": self.sweep_budget}
                 if self.sweep

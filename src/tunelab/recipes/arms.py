@@ -1,6 +1,7 @@
 """What one arm of a comparison does, in the arm's own process (recipes/comparing.py starts it): prompt the base
 model zero- or few-shot, or choose the arm's sweep values on the validation split and fine-tune, into a staging
-folder that becomes the arm's directory when it is whole."""
+folder that becomes the arm's directory when it is whole. A fine-tuning arm's staging folder (`.<arm>.partial`) is
+kept when the arm is interrupted and continues from its latest checkpoint the next time."""
 
 from __future__ import annotations
 
@@ -18,8 +19,9 @@ from tunelab.data.sources import load_split
 from tunelab.environment import describe_environment
 from tunelab.evaluation.metrics import rouge_protocol
 from tunelab.evaluation.summarization import score_prompts
-from tunelab.io import atomic_write_json, staged_dir
-from tunelab.recipes.comparing import ARM_FILE
+from tunelab.errors import TunelabError
+from tunelab.io import atomic_replace_dir, atomic_write_json, staged_dir
+from tunelab.recipes.comparing import ARM_FILE, base_suite_key
 from tunelab.recipes.components import load_eval_examples, open_session
 from tunelab.recipes.finetuning import finetune
 from tunelab.runs import RunDir
@@ -101,23 +103,6 @@ def prompting_arm(arm: Arm, run_path: Path, show_progress: bool = True) -> dict[
     return metrics
 
 
-def base_suite_key(arm: Arm) -> str:
-    """Arms whose base model is loaded the same way (same model, same quantization) share base scores."""
-    from tunelab.methods import get_method
-
-    exp = arm.experiment
-    quant = sorted(get_method(exp.method.name).load_kwargs(exp.method)) if arm.kind == "finetune" else []
-    return json.dumps(
-        {
-            "model": exp.model.model_dump(mode="json"),
-            "quant": quant,
-            "bench": exp.benchmarks.model_dump(mode="json"),
-            "eval": exp.evaluation.precision,
-        },
-        sort_keys=True,
-    )
-
-
 def swept_experiment(arm: Arm, show_progress: bool = True, echo=print) -> tuple[ExperimentConfig, dict | None]:
     """The arm's experiment with its `sweep` values chosen on the validation split (trials in
     `<comparison>/<arm>-sweep/`, reused when finished), and the record of the choice; unchanged without a sweep."""
@@ -152,21 +137,55 @@ def run_arm(
     base_benchmarks: dict[str, dict[str, Any]] | None = None,
 ) -> Path:
     final = directory / arm.name
-    with staged_dir(final, "comparison arm") as stage:
-        stage.rmdir()  # RunDir.create makes it
-        if arm.kind == "prompting":
+    if arm.kind == "prompting":
+        with staged_dir(final, "comparison arm") as stage:
+            stage.rmdir()  # RunDir.create makes it
             prompting_arm(arm, stage, show_progress)
-        else:
-            experiment, chosen = swept_experiment(arm, show_progress, echo)
-            key = base_suite_key(arm)
-            shared = base_benchmarks.get(key) if base_benchmarks is not None else None
-            result = finetune(
-                experiment, run_path=stage, show_progress=show_progress, echo=None, base_benchmarks=shared
-            )
-            if base_benchmarks is not None and shared is None and (stage / "benchmarks_before.json").is_file():
-                base_benchmarks[key] = json.loads((stage / "benchmarks_before.json").read_text())
-            if chosen is not None:  # the record says which values the validation split chose
-                RunDir(stage).write_metrics({**result.metrics, "sweep": chosen})
-            del result
-        atomic_write_json(stage / ARM_FILE, arm.signature())
+            atomic_write_json(stage / ARM_FILE, arm.signature())
+        return final
+    experiment, chosen = swept_experiment(arm, show_progress, echo)
+    key = base_suite_key(arm)
+    shared = base_benchmarks.get(key) if base_benchmarks is not None else None
+    partial = partial_arm_dir(directory, arm.name)
+    if _resumable(partial, experiment) == "finished":  # stopped between finishing and being renamed
+        metrics = RunDir(partial).read_json("metrics.json") or {}
+    else:  # an interrupted arm continues from its latest checkpoint (`training.save_every`), finished phases kept
+        metrics = finetune(
+            experiment, run_path=partial, show_progress=show_progress, echo=None, base_benchmarks=shared, resume=True
+        ).metrics
+    if base_benchmarks is not None and shared is None and (partial / "benchmarks_before.json").is_file():
+        base_benchmarks[key] = json.loads((partial / "benchmarks_before.json").read_text())
+    if chosen is not None:  # the record says which values the validation split chose
+        RunDir(partial).write_metrics({**metrics, "sweep": chosen})
+    del metrics
+    atomic_write_json(partial / ARM_FILE, arm.signature())
+    atomic_replace_dir(partial, final)
     return final
+
+
+def partial_arm_dir(directory: Path, name: str) -> Path:
+    """Where a fine-tuning arm is written until it is whole (kept when interrupted, so that it can resume)."""
+    return directory / f".{name}.partial"
+
+
+def _resumable(partial: Path, experiment: ExperimentConfig) -> str:
+    """`finished`, `resumable` (the same config, with a checkpoint), or `new`: a partial arm of another config, one
+    without a checkpoint yet, or none, which starts from nothing."""
+    import shutil
+
+    from tunelab.training.checkpoint import list_checkpoints
+
+    if not (partial / "config.yaml").is_file():
+        shutil.rmtree(partial, ignore_errors=True)
+        return "new"
+    run = RunDir(partial)
+    try:
+        same = not run.config_differences(experiment)
+    except TunelabError:  # a config this tunelab cannot read
+        same = False
+    if same and run.is_complete:
+        return "finished"
+    if same and list_checkpoints(run.checkpoint_dir):
+        return "resumable"
+    shutil.rmtree(partial)
+    return "new"

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tunelab.config.compare import Arm, CompareConfig, load_compare_config
+from tunelab.config.compare import Arm, CompareConfig, load_compare_config, without_execution_settings
 from tunelab.errors import TrainingError, TunelabError
 from tunelab.io import atomic_write_json
 
@@ -43,7 +43,27 @@ def _is_reusable(arm_dir: Path, arm: Arm) -> bool:
     marker = arm_dir / ARM_FILE
     if not (arm_dir / "COMPLETE").exists() or not marker.is_file():
         return False
-    return json.loads(marker.read_text()) == json.loads(json.dumps(arm.signature()))
+    stored = json.loads(marker.read_text())
+    if isinstance(stored.get("experiment"), dict):  # written before a setting counted as one of execution
+        stored["experiment"] = without_execution_settings(stored["experiment"])
+    return stored == json.loads(json.dumps(arm.signature()))
+
+
+def base_suite_key(arm: Arm) -> str:
+    """Arms whose base model is loaded the same way (same model, same quantization) share base scores."""
+    from tunelab.methods import get_method
+
+    exp = arm.experiment
+    quant = sorted(get_method(exp.method.name).load_kwargs(exp.method)) if arm.kind == "finetune" else []
+    return json.dumps(
+        {
+            "model": exp.model.model_dump(mode="json"),
+            "quant": quant,
+            "bench": exp.benchmarks.model_dump(mode="json"),
+            "eval": exp.evaluation.precision,
+        },
+        sort_keys=True,
+    )
 
 
 def run_arm_isolated(
@@ -179,6 +199,10 @@ def compare(
         arm_dir = directory / arm.name
         if _is_reusable(arm_dir, arm):
             reused.append(arm.name)
+            if arm.kind == "finetune" and (arm_dir / "benchmarks_before.json").is_file():  # the base's scores
+                base_benchmarks.setdefault(
+                    base_suite_key(arm), json.loads((arm_dir / "benchmarks_before.json").read_text())
+                )
             if echo:
                 echo(f"[{i}/{len(cfg.arms)}] {arm.name}: finished earlier with the same config, reused")
         else:
