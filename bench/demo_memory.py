@@ -89,6 +89,7 @@ def run_configuration(label: str, revision: str) -> dict:
     phase_peaks = [p for a in arms.values() for p in a["phases"].values()]
     return {
         "source": f"git revision {revision}" if label == "before" else "working tree",
+        "measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "process_peak_rss_bytes": max([usage.ru_maxrss * 1024, tree_peak.peak, *phase_peaks]),
         "process_tree_sampled_peak_rss_bytes": tree_peak.peak,
         "wall_seconds": wall,
@@ -145,10 +146,16 @@ def collect_arms(directory: Path) -> dict:
 def report(result: dict) -> str:
     before, after = result["configurations"]["before"], result["configurations"]["after"]
     gib = 2**30
+    when = (
+        "run twice in one invocation"
+        if result.get("same_invocation", True)
+        else f"run in two invocations (*before* {before.get('measured', 'earlier')}, *after* "
+        f"{after.get('measured', 'later')}: compare the wall times with care)"
+    )
     lines = [
         f"# bench/demo_memory.py, {result['date']}, {result['machine']}",
         "",
-        "`make demo`'s comparison run twice in one invocation, each in its own process and from scratch: *before* = "
+        f"`make demo`'s comparison {when}, each in its own process and from scratch: *before* = "
         f"tunelab at {before['source']} (before the memory work of issue #15) with its own demo config, *after* = "
         f"the {after['source']}; both with their defaults.",
         "",
@@ -186,7 +193,10 @@ def rewrite_report(out: Path) -> None:
     """Re-collect each configuration's arms from its run directories and rewrite the .md (wall times kept)."""
     result = json.loads(out.read_text())
     for label, conf in result["configurations"].items():
-        conf["arms"] = collect_arms(ROOT / "runs" / f"bench-demo-memory-{label}")
+        runs = ROOT / "runs" / f"bench-demo-memory-{label}"
+        if not runs.is_dir():  # measured on another machine or before a clean-up: keep what was recorded
+            continue
+        conf["arms"] = collect_arms(runs)
         phase_peaks = [p for a in conf["arms"].values() for p in a["phases"].values()]
         conf["process_peak_rss_bytes"] = max([conf["process_peak_rss_bytes"], *phase_peaks])
     out.write_text(json.dumps(result, indent=2) + "\n")
@@ -211,6 +221,7 @@ def main() -> None:
 
     out = Path(args.out)
     result = json.loads(out.read_text()) if out.is_file() else {"configurations": {}}
+    result["same_invocation"] = not args.only  # else the wall times come from two invocations (other load)
     for label in [args.only] if args.only else list(CONFIGURATIONS):
         print(f"measuring {label} ...", file=sys.stderr)
         result["configurations"][label] = run_configuration(label, args.before_revision)

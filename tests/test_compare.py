@@ -271,15 +271,27 @@ def test_an_interrupted_arm_continues_from_its_checkpoint_to_the_same_result(com
         assert x == pytest.approx(y, rel=1e-5, abs=1e-6)
     assert a["after"]["rouge"]["rougeL"]["f1"] == pytest.approx(b["after"]["rouge"]["rougeL"]["f1"])
 
-    # a partial arm of another config is not continued: it starts again
+    # killed before its first checkpoint, an arm trains from the start but keeps what it measured before training
     tree["arms"][0]["method"]["r"] = 4
     compare_config.write_text(yaml.safe_dump(tree))
-    assert _compare_process(compare_config, fault="after-checkpoint:4").returncode != 0
+    assert _compare_process(compare_config, fault="checkpoint-write:2").returncode != 0
+    assert not list((partial / "checkpoints").glob("step-*"))
+    before = json.loads((partial / "benchmarks_before.json").read_text())
+    (partial / "benchmarks_before.json").write_text(json.dumps({**before, "kept": True}))
+    assert _compare_process(compare_config).returncode == 0
+    assert json.loads((directory / "lora" / "benchmarks_before.json").read_text())["kept"] is True
+    assert "resumed_from" not in json.loads((directory / "lora" / "metrics.json").read_text())["training"]
+
+    # a partial arm of another config is not continued: it starts again
     tree["arms"][0]["method"]["r"] = 2
+    compare_config.write_text(yaml.safe_dump(tree))
+    assert _compare_process(compare_config, fault="after-checkpoint:4").returncode != 0
+    tree["arms"][0]["method"]["r"] = 6
     compare_config.write_text(yaml.safe_dump(tree))
     again = _compare_process(compare_config)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "resumed_from" not in json.loads((directory / "lora" / "metrics.json").read_text())["training"]
+    assert "kept" not in json.loads((directory / "lora" / "benchmarks_before.json").read_text())
 
 
 def test_report_renders_in_a_real_browser(compare_config, tmp_path, sst2_available):

@@ -169,11 +169,10 @@ def partial_arm_dir(directory: Path, name: str) -> Path:
 
 
 def _resumable(partial: Path, experiment: ExperimentConfig) -> str:
-    """`finished`, `resumable` (the same config, with a checkpoint), or `new`: a partial arm of another config, one
-    without a checkpoint yet, or none, which starts from nothing."""
+    """`finished`, `resumable` (the same config: it continues from its latest checkpoint, or trains from the start
+    keeping what it measured before training, e.g. the base model's benchmark scores), or `new`: a partial arm of
+    another config, or none, which starts from nothing."""
     import shutil
-
-    from tunelab.training.checkpoint import list_checkpoints
 
     if not (partial / "config.yaml").is_file():
         shutil.rmtree(partial, ignore_errors=True)
@@ -183,9 +182,7 @@ def _resumable(partial: Path, experiment: ExperimentConfig) -> str:
         same = not run.config_differences(experiment)
     except TunelabError:  # a config this tunelab cannot read
         same = False
-    if same and run.is_complete:
-        return "finished"
-    if same and list_checkpoints(run.checkpoint_dir):
-        return "resumable"
+    if same:
+        return "finished" if run.is_complete else "resumable"
     shutil.rmtree(partial)
     return "new"
