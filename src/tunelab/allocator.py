@@ -3,7 +3,7 @@
 glibc's malloc serves a training step's thousands of tensors of many sizes from one heap that fragments: in an eager
 LoRA step on SmolLM2-135M, 0.6 GiB of live tensors left a 1.4 GiB heap with 1.2 GiB free in 16,000 holes, and the
 process peaked near 2.4 GiB; under mimalloc the same step peaked at 1.7 GiB with the same losses, and QLoRA (whose
-bitsandbytes base dequantizes per product) went from 3.1 to 1.4 GiB (bench/results/methods.md, allocator rows).
+bitsandbytes base dequantizes per product) went from 3.3 to 1.4 GiB (bench/results/methods.md, allocator rows).
 
 A process cannot change its allocator once it runs, so tunelab's commands that load a model start again once, at
 the top of `main`, with the library preloaded (`LD_PRELOAD`, the only way to replace malloc for torch's and

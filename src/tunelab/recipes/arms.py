@@ -157,7 +157,6 @@ def run_arm(
         base_benchmarks[key] = json.loads((partial / "benchmarks_before.json").read_text())
     if chosen is not None:  # the record says which values the validation split chose
         RunDir(partial).write_metrics({**metrics, "sweep": chosen})
-    del metrics
     atomic_write_json(partial / ARM_FILE, arm.signature())
     atomic_replace_dir(partial, final)
     return final
