@@ -248,6 +248,8 @@ def test_an_interrupted_arm_continues_from_its_checkpoint_to_the_same_result(com
     """A study's arm takes an hour: a kill must cost the steps since its last checkpoint, not the arm."""
     tree = yaml.safe_load(compare_config.read_text())
     tree["experiment"]["training"].update(save_every=2)
+    tree["experiment"]["evaluation"]["before"] = True  # a phase before training, kept by a resumed arm
+    tree["experiment"]["benchmarks"] = {"tasks": []}  # (no benchmark data needed)
     tree["arms"] = [ARMS[3]]
     compare_config.write_text(yaml.safe_dump(tree))
     reference = tmp_path / "reference.yaml"
@@ -276,11 +278,12 @@ def test_an_interrupted_arm_continues_from_its_checkpoint_to_the_same_result(com
     compare_config.write_text(yaml.safe_dump(tree))
     assert _compare_process(compare_config, fault="checkpoint-write:2").returncode != 0
     assert not list((partial / "checkpoints").glob("step-*"))
-    before = json.loads((partial / "benchmarks_before.json").read_text())
-    (partial / "benchmarks_before.json").write_text(json.dumps({**before, "kept": True}))
+    measured = json.loads((partial / "metrics.json").read_text())
+    measured["before"]["kept"] = True
+    (partial / "metrics.json").write_text(json.dumps(measured))
     assert _compare_process(compare_config).returncode == 0
-    assert json.loads((directory / "lora" / "benchmarks_before.json").read_text())["kept"] is True
-    assert "resumed_from" not in json.loads((directory / "lora" / "metrics.json").read_text())["training"]
+    metrics = json.loads((directory / "lora" / "metrics.json").read_text())
+    assert metrics["before"]["kept"] is True and "resumed_from" not in metrics["training"]
 
     # a partial arm of another config is not continued: it starts again
     tree["arms"][0]["method"]["r"] = 2
@@ -290,8 +293,8 @@ def test_an_interrupted_arm_continues_from_its_checkpoint_to_the_same_result(com
     compare_config.write_text(yaml.safe_dump(tree))
     again = _compare_process(compare_config)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "resumed_from" not in json.loads((directory / "lora" / "metrics.json").read_text())["training"]
-    assert "kept" not in json.loads((directory / "lora" / "benchmarks_before.json").read_text())
+    metrics = json.loads((directory / "lora" / "metrics.json").read_text())
+    assert "resumed_from" not in metrics["training"] and "kept" not in metrics["before"]
 
 
 def test_report_renders_in_a_real_browser(compare_config, tmp_path, sst2_available):
