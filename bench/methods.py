@@ -3,8 +3,8 @@
 The demo's batch (8 DialogSum training dialogues, inputs cut at 320 tokens: 8 x 424 with the chat template and
 summary) for every method; each method runs in its own process (peak RSS is a per-process high-water mark), one
 warm-up step then timed steps, each followed by what tunelab's training loop does after a micro-batch on the CPU
-(freed memory handed back: `malloc_trim`). Each method is measured as tunelab trains it by default
-(`training.gradient_checkpointing: auto`, decided per model and batch as training does; `training.compile: auto`,
+(glibc: freed memory handed back with `malloc_trim`; mimalloc returns it itself after its purge delay). Each method
+is measured as tunelab trains it by default (`training.gradient_checkpointing: auto`, decided per model and batch as training does; `training.compile: auto`,
 decided as for a run of >= 20 steps: bitsandbytes' QLoRA base cannot be compiled) and with compilation off (eager),
 each on tunelab's allocator (mimalloc, preloaded as the `tunelab` program does: tunelab/allocator.py) and on the C
 library's (glibc). Prints ratios to full fine-tuning under the same settings and writes bench/results/methods.json.
