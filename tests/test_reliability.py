@@ -82,6 +82,22 @@ def test_sigkilled_run_resumes_to_the_same_result(method, tiny_t5_dir, dialogue_
     assert a["after"]["bleu"]["score"] == pytest.approx(b["after"]["bleu"]["score"])
 
 
+def test_run_killed_after_its_last_step_resumes_without_training_again(tiny_t5_dir, dialogue_files, tmp_path):
+    reference = _config(tmp_path, tiny_t5_dir, dialogue_files, METHODS["lora"], name="uninterrupted")
+    assert _train(reference).returncode == 0
+    config = _config(tmp_path, tiny_t5_dir, dialogue_files, METHODS["lora"], name="late")
+    assert _train(config, fault="after-checkpoint:8").returncode == -9  # killed before the evaluation after
+    resumed = _train(config, "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    a = json.loads((tmp_path / "runs" / "uninterrupted" / "metrics.json").read_text())
+    b = json.loads((tmp_path / "runs" / "late" / "metrics.json").read_text())
+    assert b["training"]["resumed_from"] == "step-8"
+    assert [s for s, _ in b["training"]["train_loss"]] == list(range(1, 9))
+    for (_, x), (_, y) in zip(a["training"]["train_loss"], b["training"]["train_loss"]):
+        assert x == pytest.approx(y, rel=1e-5, abs=1e-6)
+    assert b["after"]["rouge"]["rougeL"]["f1"] == pytest.approx(a["after"]["rouge"]["rougeL"]["f1"])
+
+
 def test_crash_while_writing_a_checkpoint_keeps_the_previous_one(tiny_t5_dir, dialogue_files, tmp_path):
     config = _config(tmp_path, tiny_t5_dir, dialogue_files, METHODS["lora"], name="torn")
     killed = _train(config, fault="checkpoint-write:4")

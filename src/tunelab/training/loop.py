@@ -443,8 +443,8 @@ def _after_update(state: LoopState, batch_in_epoch: int) -> None:
         and step < state.total_steps
     ):
         _log_generation(state)
-    if cfg.save_every and step % cfg.save_every == 0 and step < state.total_steps:
-        _checkpoint(state, batch_in_epoch)
+    if cfg.save_every and (step % cfg.save_every == 0 or step == state.total_steps):
+        _checkpoint(state, batch_in_epoch)  # the last step too: a run cut off while evaluating does not train again
     if cfg.patience and state.stale >= cfg.patience:
         state.result.stopped_early_at = step
         state.total_steps = step  # the loop ends after this step
