@@ -55,6 +55,7 @@ def worker(
     checkpointing: str = "auto",
     attn: str = "auto",
     compile_setting: str = "auto",
+    frozen_weights: str = "auto",
 ) -> dict:
     import torch
 
@@ -67,6 +68,7 @@ def worker(
     from tunelab.models import load_model, pick_device
     from tunelab.models.precision import autocast, resolve_precision
     from tunelab.training.compiling import AUTO_MIN_STEPS, compiled_for_training, decide_compile
+    from tunelab.training.frozen import store_frozen_rounded
     from tunelab.training.loop import build_optimizer, enable_gradient_checkpointing
     from tunelab.training.loss import completion_loss
     from tunelab.training.memory import checkpointing_pays, release_freed_memory
@@ -94,6 +96,10 @@ def worker(
     compiled = decide_compile(setting, model, device, total_steps=AUTO_MIN_STEPS, processes=1)
     forward_model = compiled_for_training(model) if compiled else model
     amp = resolve_precision(precision, device)
+    rounded = None  # as training.frozen_weights: auto does in training/loop.py
+    if frozen_weights == "auto" and amp in ("bf16", "fp16"):
+        dtype = torch.bfloat16 if amp == "bf16" else torch.float16
+        rounded = store_frozen_rounded(model, dtype, loaded.source.path)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = build_optimizer(params, cfg.training.model_copy(update={"lr": 1e-5}), device)  # tunelab's AdamW
     rss_ready = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -119,6 +125,8 @@ def worker(
         "recomputed": recompute,  # what it came to for this model and batch
         "compile": compile_setting,
         "compiled": compiled,
+        "frozen_weights_setting": frozen_weights,
+        "frozen_weights": amp if rounded is not None else "fp32",  # how they were stored while training
         "allocator": active_allocator(),
         "attn": attn,
         "precision": amp,
@@ -136,7 +144,8 @@ def worker(
 
 
 def same_settings(a: dict, b: dict) -> bool:
-    return (a["checkpointing"], a["compile"], a["allocator"]) == (b["checkpointing"], b["compile"], b["allocator"])
+    keys = ("checkpointing", "compile", "allocator", "frozen_weights_setting")
+    return all(a.get(k, "auto") == b.get(k, "auto") for k in keys)
 
 
 def worker_env(allocator: str) -> dict[str, str]:
@@ -169,6 +178,11 @@ def main() -> None:
     ap.add_argument(
         "--allocator", default="mimalloc,system", help="TUNELAB_ALLOCATOR values to measure (mimalloc, system)"
     )
+    ap.add_argument(
+        "--frozen-weights",
+        default="auto",
+        help="training.frozen_weights settings to measure (auto, fp32), comma-separated",
+    )
     ap.add_argument("--attn", default="auto", help="model.attn_implementation values to measure, comma-separated")
     ap.add_argument(
         "--return-freed-memory",
@@ -188,22 +202,24 @@ def main() -> None:
             args.checkpointing,
             args.attn,
             args.compile,
+            args.frozen_weights,
         )
         print(json.dumps(row))
         return
     rows = []
     grid = [  # each method's allocators side by side, so that drift of the machine touches both alike
-        (k, c, m, a, al)
+        (k, c, f, m, a, al)
         for k in args.compile.split(",")
         for c in args.checkpointing.split(",")
+        for f in args.frozen_weights.split(",")
         for m in args.methods.split(",")
         for a in args.attn.split(",")
         for al in args.allocator.split(",")
     ]
-    for comp, ckpt, method, attn, allocator in grid:
+    for comp, ckpt, frozen, method, attn, allocator in grid:
         cmd = [sys.executable, __file__, "--worker", method, "--batch", str(args.batch), "--steps", str(args.steps)]
         cmd += ["--max-input-tokens", str(args.max_input_tokens), "--precision", args.precision]
-        cmd += ["--attn", attn, "--checkpointing", ckpt, "--compile", comp]
+        cmd += ["--attn", attn, "--checkpointing", ckpt, "--compile", comp, "--frozen-weights", frozen]
         env = worker_env(allocator)
         if args.return_freed_memory:
             env["MALLOC_MMAP_THRESHOLD_"] = "65536"
@@ -212,7 +228,11 @@ def main() -> None:
             print(f"{method}: failed\n{proc.stderr[-2000:]}", file=sys.stderr)
             continue
         rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-        print(f"  measured {method} (checkpointing {ckpt}, compile {comp}, {rows[-1]['allocator']})", file=sys.stderr)
+        print(
+            f"  measured {method} (checkpointing {ckpt}, compile {comp}, frozen weights {rows[-1]['frozen_weights']}, "
+            f"{rows[-1]['allocator']})",
+            file=sys.stderr,
+        )
     mem_key = "peak_cuda_allocated_bytes" if "peak_cuda_allocated_bytes" in rows[0] else "peak_rss_bytes"
     print(
         f"\nbatch {rows[0]['batch_shape']} (DialogSum train, chat template), precision {rows[0]['precision']}, median "
@@ -221,16 +241,16 @@ def main() -> None:
         + "; ratios to full fine-tuning with the same checkpointing, compile and allocator settings\n"
     )
     print(
-        "| method | checkpointing | compile | allocator | trainable % | step s | step / full | peak memory GiB | "
+        "| method | checkpointing | compile | frozen weights | allocator | trainable % | step s | step / full | peak memory GiB | "
         "memory / full |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         ref = next(x for x in rows if x["method"] == "full" and same_settings(x, r))
         setting = r["checkpointing"] + (" (on)" if r["checkpointing"] == "auto" and r["recomputed"] else "")
         compiled = r["compile"] + (" (on)" if r["compile"] == "auto" and r["compiled"] else "")
         print(
-            f"| {r['method']} | {setting} | {compiled} | {r['allocator']} | {r['trainable_percent']:.3f} | {r['step_seconds']:.2f} | "
+            f"| {r['method']} | {setting} | {compiled} | {r.get('frozen_weights', 'fp32')} | {r['allocator']} | {r['trainable_percent']:.3f} | {r['step_seconds']:.2f} | "
             f"{r['step_seconds'] / ref['step_seconds']:.2f} | {r[mem_key] / 2**30:.2f} | "
             f"{r[mem_key] / ref[mem_key]:.2f} |"
         )

@@ -140,18 +140,26 @@ def test_saved_lora_adapter_reloads_with_plain_peft_to_identical_logits(arch, ti
     ],
     ids=lambda m: m["name"],
 )
-@pytest.mark.parametrize("logits_at", ["completion_positions", "last_columns"])
+@pytest.mark.parametrize("logits_at", ["chunks", "completion_positions", "last_columns"])
 def test_mask_free_completion_loss_equals_the_masked_full_logits_loss(method, logits_at, tiny_llama_chat_dir,
                                                                       monkeypatch):  # fmt: skip
-    """tunelab's causal batches (right-padded, no attention mask, logits for completion positions only) give
-    the loss and the gradients of HF's own loss on a padded batch with its attention mask; so does the
-    fallback for models whose forward takes no position mask (logits for the last columns)."""
+    """tunelab's causal batches (right-padded, no attention mask, logits for completion positions only, projected
+    a chunk of tokens at a time) give the loss and the gradients of HF's own loss on a padded batch with its
+    attention mask; so do the fallbacks: logits at the completion positions in one piece (prompt learning, models
+    whose head is not a plain projection) and the last columns (models whose forward takes no position mask)."""
     import tunelab.training.loss as loss_module
     from tunelab.data.collate import pad_sequences, padding_mask
     from tunelab.training.loss import completion_loss
 
     cfg, loaded, model, train, _ = _setup(tiny_llama_chat_dir, method)
     assert loss_module.takes_position_mask(model)  # this transformers' llama takes a boolean mask
+    prompt_learning = method["name"] in ("prompt_tuning", "prefix_tuning")
+    assert loss_module._plain_head(model) is not prompt_learning  # a llama's head: a plain projection
+    if logits_at == "chunks" and prompt_learning:
+        pytest.skip("prompt learning changes the inputs inside PEFT's forward: never chunked")
+    monkeypatch.setattr(loss_module, "CHUNK_LOGITS", 7 * model.get_output_embeddings().weight.shape[0])  # 7 tokens
+    if logits_at != "chunks":
+        monkeypatch.setattr(loss_module, "_plain_head", lambda model: False)
     if logits_at == "last_columns":
         monkeypatch.setattr(loss_module, "takes_position_mask", lambda model: False)
     model.eval()
@@ -378,3 +386,51 @@ def test_t5_blocks_with_a_trainable_position_bias_table_stay_eager():
     assert compiled_blocks(tiny_t5(64)) == [False, True, False, True]
     lora = get_peft_model(tiny_t5(64), LoraConfig(r=4, target_modules=["q", "v"]))
     assert compiled_blocks(lora) == [True, True, True, True]
+
+
+@pytest.mark.parametrize("model_fixture", ["tiny_llama_dir", "tiny_t5_dir"])
+def test_frozen_weights_rounded_while_training_give_the_same_training_and_come_back_exactly(model_fixture, request):
+    """`training.frozen_weights: auto` stores a PEFT method's frozen linear weights in bf16 under bf16 autocast:
+    the same losses and adapter to the last bit as fp32 storage, and the base read back from the checkpoint
+    exactly as loaded when training ends (evaluation and benchmarks after training see the original)."""
+    from tunelab.modeling import base_model
+
+    model_dir = request.getfixturevalue(model_fixture)
+    lora = {"name": "lora", "r": 4, "dropout": 0.0, "target_modules": "all-linear"}
+    runs = {}
+    for setting in ("fp32", "auto"):
+        training = {"max_steps": 3, "log_every": 1, "precision": "bf16", "frozen_weights": setting, "lr": 1e-2}
+        cfg, loaded, model, train, _ = _setup(model_dir, lora, training)
+        result = train_model(model, loaded.tokenizer, loaded.arch, train, None, cfg.training, seed=0,
+                             device=torch.device("cpu"), show_progress=False, base_checkpoint=model_dir)  # fmt: skip
+        runs[setting] = (result, {k: v.clone() for k, v in model.named_parameters()})
+    assert runs["fp32"][0].frozen_weights == "fp32" and runs["auto"][0].frozen_weights == "bf16"
+    assert runs["auto"][0].train_loss == runs["fp32"][0].train_loss
+    original = load_model(build_config({"model": {"name": str(model_dir)}}).model).model.state_dict()
+    after = base_model(model).state_dict()
+    for name, weights in runs["auto"][1].items():
+        assert weights.dtype == torch.float32 and torch.equal(weights, runs["fp32"][1][name]), name
+    for name, tensor in original.items():
+        key = next(k for k in (name, name.replace(".weight", ".base_layer.weight")) if k in after)
+        assert after[key].dtype == tensor.dtype and torch.equal(after[key], tensor), name
+
+
+def test_only_unshared_frozen_weights_that_match_their_checkpoint_are_rounded(tiny_llama_dir, tiny_t5_dir):
+    from tunelab.training.frozen import store_frozen_rounded
+
+    _, _, model, _, _ = _setup(tiny_llama_dir, {"name": "lora", "r": 4, "target_modules": ["q_proj", "v_proj"]})
+    layer = model.get_base_model().model.layers[0].self_attn.k_proj
+    with torch.no_grad():  # an adapter merged into it after loading: the checkpoint could not give it back
+        layer.weight += torch.randn(layer.weight.shape[0], 2) @ torch.randn(2, layer.weight.shape[1])
+    rounded = store_frozen_rounded(model, torch.bfloat16, tiny_llama_dir)
+    keys = sorted(key for _, _, key in rounded.layers)
+    assert "model.layers.0.self_attn.k_proj.weight" not in keys and "model.layers.1.self_attn.k_proj.weight" in keys
+    assert "lm_head.weight" in keys and "model.layers.0.self_attn.q_proj.weight" in keys  # PEFT's base_layer
+    assert layer.weight.dtype == torch.float32 and model.get_output_embeddings().weight.dtype == torch.bfloat16
+    assert all(p.dtype == torch.float32 for p in model.parameters() if p.requires_grad)
+    rounded.restore()
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    _, _, t5, _, _ = _setup(tiny_t5_dir, {"name": "lora", "r": 4})
+    rounded = store_frozen_rounded(t5, torch.bfloat16, tiny_t5_dir)
+    assert rounded is not None and t5.get_output_embeddings().weight.dtype == torch.float32  # tied to the input
+    assert store_frozen_rounded(t5, torch.bfloat16, tiny_t5_dir / "nowhere") is None

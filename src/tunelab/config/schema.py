@@ -166,6 +166,13 @@ class TrainingConfig(Strict):
     on a CPU. `auto` turns it on for single-process CPU training of models >= 50M parameters and >= 20 optimizer
     steps where it works (training/compiling.py); `true` where it cannot work is an error naming why.
     metrics.json records the choice."""
+    frozen_weights: Literal["auto", "fp32"] = "auto"
+    """How a PEFT method's frozen linear weights are stored while it trains. `auto`: in the autocast precision
+    (bf16/fp16) when one process trains under autocast without generating during training (eval_generate_every:
+    0). Autocast rounds them for every matmul anyway, so the losses are the same to the last bit, and the base
+    takes half the memory (SmolLM2-135M LoRA: bench/results/memory_levers.md); the fp32 values are read back from
+    the base model's safetensors checkpoint when training ends, so evaluation and benchmarks see the base as
+    loaded. `fp32`: as loaded. metrics.json records what was used (`training.frozen_weights`)."""
     group_by_length: bool = True
     """Batch examples of similar length together (less padding), in seeded random batch order."""
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"

@@ -102,10 +102,11 @@ def _keep_bnb_weights_trainable(model: torch.nn.Module) -> None:
             cast(Any, module).support_avx512bf16_for_cpu = False
 
 
-def _release_checkpoint_mapping(model: torch.nn.Module) -> None:
-    """After a quantized load, the weights left unquantized (embeddings, norms) are views of the memory-mapped
-    checkpoint, whose every page quantization has read: the whole fp32 file (0.5 GB for SmolLM2-135M) stayed
-    resident beside a 0.16 GB model. Copied out, the mapping closes (bench/results/methods.md)."""
+def release_checkpoint_mapping(model: torch.nn.Module) -> None:
+    """Copy the weights that still view the memory-mapped checkpoint out of it, so the mapping closes. After a
+    quantized load (or frozen weights rounded for training, training/frozen.py) the weights left as loaded
+    (embeddings, norms) are such views, and every page quantization has read stays resident while any view
+    lives: the whole fp32 file (0.5 GB for SmolLM2-135M) beside a 0.16 GB model (bench/results/methods.md)."""
     for tensor in [*model.parameters(), *model.buffers()]:
         if tensor.is_floating_point() and tensor.device.type == "cpu":
             tensor.data = tensor.data.clone()
@@ -180,7 +181,7 @@ def load_model(
         model.to(device)  # type: ignore[arg-type]  # transformers' wrapper of `to` misstates its signature
     else:
         _keep_bnb_weights_trainable(model)
-        _release_checkpoint_mapping(model)
+        release_checkpoint_mapping(model)
     tok = load_tokenizer(source, cfg)
     use_chat = chat_template_in_use(tok, arch, cfg)
     if model.generation_config is not None and model.generation_config.pad_token_id is None:

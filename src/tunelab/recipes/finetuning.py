@@ -263,6 +263,7 @@ def _train(state: RunState, train_set: list[Encoded], eval_set: list[Encoded] | 
         regularizer=build_regularizer(session, model),
         show_progress=state.show_progress,
         validate=_generation_validator(state),
+        base_checkpoint=session.loaded.source.path,
     )
     artefact = run.path / ("adapter" if session.method.is_peft else "model")
     sharded = is_sharded(model)  # FSDP: gather whole tensors on every process, the main one writes them

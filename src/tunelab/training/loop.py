@@ -8,6 +8,8 @@ supplies device placement, mixed precision, gradient accumulation, DDP and FSDP 
 
 from __future__ import annotations
 
+import contextlib
+
 import itertools
 import math
 import time
@@ -30,6 +32,7 @@ from tunelab.errors import TrainingError
 from tunelab.methods import method_of
 from tunelab.modeling import Arch, base_model
 from tunelab.models.precision import resolve_precision
+from tunelab.training.frozen import RoundedWeights, store_frozen_rounded
 from tunelab.testing import fault_point
 from tunelab.training.compiling import compiled_for_training, decide_compile
 from tunelab.training.checkpoint import (
@@ -72,6 +75,7 @@ class TrainResult:
     stopped_early_at: int | None = None
     gradient_checkpointing: bool = False  # as configured, or as `auto` chose
     compiled: bool = False  # training.compile as configured, or as `auto` chose
+    frozen_weights: str = "fp32"  # how frozen linear weights were stored while training (training/frozen.py)
 
     @property
     def tokens_per_second(self) -> float:
@@ -144,7 +148,9 @@ def evaluation_loss(
     sums = torch.zeros(2, dtype=torch.float64)
     for batch in loader:
         n = int((batch["labels"] != IGNORE_INDEX).sum())
-        sums += torch.tensor([float(completion_loss(model, batch, arch)) * n, n], dtype=torch.float64)
+        with accelerator.autocast() if accelerator is not None else contextlib.nullcontext():
+            loss = float(completion_loss(model, batch, arch))
+        sums += torch.tensor([loss * n, n], dtype=torch.float64)
     reshard(model)
     model.train(was_training)
     if accelerator is not None and accelerator.num_processes > 1:
@@ -184,6 +190,7 @@ class LoopState:
     best: dict[str, Any] | None = None  # {"step", "value"} of the best evaluation so far (select_by)
     best_weights: dict[str, torch.Tensor] | None = None  # kept in memory when there is no checkpoint folder
     stale: int = 0  # evaluations since the best one (patience)
+    rounded: RoundedWeights | None = None  # frozen weights stored in the compute precision, read back at the end
 
 
 def train_model(
@@ -202,20 +209,41 @@ def train_model(
     regularizer: Callable[[], torch.Tensor] | None = None,
     show_progress: bool = True,
     validate: Callable[[torch.nn.Module], dict[str, float]] | None = None,
+    base_checkpoint: str | Path | None = None,
 ) -> TrainResult:
     """Train `model` in place. With `checkpoint_dir` and `cfg.save_every`, checkpoints are written every
     N optimizer steps; `resume_from` continues from one exactly (weights, optimizer, scheduler, RNG,
     data position and loss history), giving the same result as an uninterrupted run. `validate` scores
     generations on the validation set (every `cfg.eval_generate_every` steps); with `cfg.select_by` the model
-    ends with the weights of the best evaluation, and `cfg.patience` stops training early."""
+    ends with the weights of the best evaluation, and `cfg.patience` stops training early. `base_checkpoint`
+    (the base model's folder or hub id) is where frozen weights stored rounded are read back from
+    (`cfg.frozen_weights`)."""
     state = _set_up(model, tokenizer, arch, train_set, eval_set, cfg, seed, device, checkpoint_dir, regularizer)
     state.validate = validate
-    if resume_from is not None:
-        _restore(state, resume_from)
-    _start_logging(state, log_dir, resumed=resume_from is not None, show_progress=show_progress)
-    while state.step < state.total_steps:
-        _train_epoch(state)
-    return _finish(state)
+    try:
+        if validate is None and base_checkpoint is not None:  # generation during training runs the plain model
+            _round_frozen_weights(state, base_checkpoint)
+        if resume_from is not None:
+            _restore(state, resume_from)
+        _start_logging(state, log_dir, resumed=resume_from is not None, show_progress=show_progress)
+        while state.step < state.total_steps:
+            _train_epoch(state)
+        return _finish(state)
+    finally:
+        if state.rounded is not None:
+            state.rounded.restore()
+
+
+def _round_frozen_weights(state: LoopState, base_checkpoint: str | Path) -> None:
+    """`training.frozen_weights: auto`: frozen linear weights stored in the autocast precision (training/frozen.py)
+    when one process trains under bf16/fp16 autocast; the same losses, less memory."""
+    amp = state.result.precision
+    if state.cfg.frozen_weights != "auto" or amp == "fp32" or state.accelerator.num_processes > 1:
+        return
+    model = state.accelerator.unwrap_model(state.model)
+    state.rounded = store_frozen_rounded(model, {"bf16": torch.bfloat16, "fp16": torch.float16}[amp], base_checkpoint)
+    if state.rounded is not None:
+        state.result.frozen_weights = amp
 
 
 def _decide_checkpointing(
@@ -371,7 +399,9 @@ def _micro_step(state: LoopState, batch: dict[str, torch.Tensor]) -> None:
     """Forward and backward on one micro-batch; the optimizer steps when accumulation is complete. Stops on
     a non-finite loss, gradient or weight before it can spread."""
     accelerator, cfg, params, step = state.accelerator, state.cfg, state.params, state.step
-    with accelerator.accumulate(state.model):
+    # autocast around the loss, not only inside the model's forward (as accelerate patches it): the chunked loss
+    # calls the backbone and projects the hidden states itself (training/loss.py)
+    with accelerator.accumulate(state.model), accelerator.autocast():
         loss = completion_loss(state.forward_model, batch, state.arch)
         state.memory.sample()
         if not torch.isfinite(loss):
@@ -545,6 +575,10 @@ def _finish(state: LoopState) -> TrainResult:
     model = state.accelerator.unwrap_model(state.model, keep_fp32_wrapper=False)
     if result.gradient_checkpointing:
         disable_gradient_checkpointing(model)
+    if state.rounded is not None:
+        state.rounded.restore()
+        state.rounded = None
+        release_freed_memory()
     if state.cfg.select_by != "last" and state.best is not None:
         # in memory, or on disk when there is a checkpoint folder (`_consider`)
         weights = state.best_weights or load_best(cast(Path, state.checkpoint_dir))

@@ -7,6 +7,13 @@ needs it only where a completion token is predicted. transformers' `logits_to_ke
 exactly the completion tokens of the batch, whatever the rows' lengths and padding. Models whose forward cannot
 take such a mask (older transformers, custom code) get the last K columns instead: from the earliest completion
 start in the batch to the end. Same loss either way as the full computation (tested), less time and memory.
+
+Where the output head is a plain projection (Llama-style models, no softcapping or scaling of the logits) and the
+model is called directly (one process, no prompt-learning wrapper), the loss goes one step further: the backbone's
+hidden states at those positions are projected and scored a chunk of tokens at a time, each chunk recomputed in the
+backward pass (torch.utils.checkpoint), so the fp32 logits, their log-softmax and gradients exist for one chunk at
+a time instead of for every completion token at once: the same loss up to summation order, -0.14 GiB at the peak
+of SmolLM2-135M LoRA on the demo's batch (bench/results/memory_levers.md).
 """
 
 from __future__ import annotations
@@ -18,9 +25,13 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from tunelab.data.encoding import IGNORE_INDEX
 from tunelab.modeling import Arch, base_model, forward_accepts, unwrap_parallel
+
+CHUNK_LOGITS = 1 << 22  # logits per chunk of the chunked loss (~85 tokens of a 49k vocabulary: 16 MiB in fp32)
+PLAIN_HEAD_MODELS = frozenset({"llama", "mistral", "qwen2", "qwen3", "gemma3_text"})
 
 
 def completion_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], arch: Arch) -> torch.Tensor:
@@ -33,6 +44,8 @@ def completion_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], arch
     inputs: dict[str, Any] = {**{k: v for k, v in batch.items() if k != "labels"}, **no_cache}
     if not forward_accepts(model, "logits_to_keep"):
         return model(**inputs, labels=labels).loss
+    if _plain_head(model):
+        return _chunked_head_loss(model, inputs, labels)
     if takes_position_mask(model):
         return _masked_positions_loss(model, inputs, labels)
     return _last_columns_loss(model, inputs, labels)
@@ -46,6 +59,49 @@ def _masked_positions_loss(model: torch.nn.Module, inputs: dict[str, Any], label
     keep[:, prepended : prepended + labels.shape[1] - 1] = predicts
     logits = model(**inputs, logits_to_keep=keep).logits
     return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels[:, 1:][predicts])
+
+
+def _chunked_head_loss(model: torch.nn.Module, inputs: dict[str, Any], labels: torch.Tensor) -> torch.Tensor:
+    """The backbone's hidden states at the positions that predict a completion token, projected and scored one
+    chunk at a time; the head's weight is cast once to the autocast precision (as autocast would per matmul)."""
+    base = base_model(model)
+    hidden = base.get_decoder()(**inputs).last_hidden_state
+    predicts = labels[:, 1:] != IGNORE_INDEX
+    hidden, targets = hidden[:, :-1][predicts], labels[:, 1:][predicts]
+    weight = base.get_output_embeddings().weight
+    if torch.is_autocast_enabled(hidden.device.type):
+        weight = weight.to(torch.get_autocast_dtype(hidden.device.type))
+    chunk = max(1, CHUNK_LOGITS // weight.shape[0])
+    sums = [
+        checkpoint(_summed_cross_entropy, hidden[i : i + chunk], weight, targets[i : i + chunk], use_reentrant=False)
+        for i in range(0, len(targets), chunk)
+    ]
+    return torch.stack(sums).sum() / len(targets)
+
+
+def _summed_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(F.linear(hidden, weight).float(), targets, reduction="sum")
+
+
+def _plain_head(model: torch.nn.Module) -> bool:
+    """Whether the loss may call the backbone and project the hidden states itself: a model called directly (no
+    DDP/FSDP wrapper, whose hooks run in the model's own forward; no prompt-learning wrapper, which changes the
+    inputs) whose logits are a plain projection of the last hidden state."""
+    from tunelab.training.distributed import is_sharded
+
+    peft_cfg = getattr(model, "active_peft_config", None)
+    if unwrap_parallel(model) is not model or is_sharded(model) or (peft_cfg and peft_cfg.is_prompt_learning):
+        return False
+    base = base_model(model)
+    cfg = getattr(base, "config", None)
+    head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
+    return (
+        getattr(cfg, "model_type", None) in PLAIN_HEAD_MODELS
+        and getattr(cfg, "final_logit_softcapping", None) is None
+        and type(head) is torch.nn.Linear
+        and head.bias is None
+        and hasattr(base, "get_decoder")
+    )
 
 
 def _last_columns_loss(model: torch.nn.Module, inputs: dict[str, Any], labels: torch.Tensor) -> torch.Tensor:
