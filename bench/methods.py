@@ -11,6 +11,11 @@ library's (glibc). Prints ratios to full fine-tuning under the same settings and
 
     python bench/methods.py [--methods full,lora,qlora,prompt_tuning,ia3] [--checkpointing auto]
                             [--compile auto,off] [--allocator mimalloc,system] [--steps 3]
+                            [--frozen-weights auto,fp32] [--loss auto,whole]
+
+`--frozen-weights` and `--loss` measure two of tunelab's memory levers against their absence (the defaults measure
+tunelab as it trains): a PEFT method's frozen weights in bf16 (training/frozen.py) and the loss projected a chunk
+of completion tokens at a time (training/loss.py).
 
 Peak RSS depends on the allocator: glibc keeps freed blocks in its heap, so the high-water mark also counts memory
 that no tensor holds any more. `--return-freed-memory` runs the workers with a fixed MALLOC_MMAP_THRESHOLD_, so
@@ -56,6 +61,7 @@ def worker(
     attn: str = "auto",
     compile_setting: str = "auto",
     frozen_weights: str = "auto",
+    loss_setting: str = "auto",
 ) -> dict:
     import torch
 
@@ -69,6 +75,11 @@ def worker(
     from tunelab.models.precision import autocast, resolve_precision
     from tunelab.training.compiling import AUTO_MIN_STEPS, compiled_for_training, decide_compile
     from tunelab.training.frozen import store_frozen_rounded
+
+    if loss_setting == "whole":  # every completion position's logits at once, as tunelab's loss did before chunking
+        import tunelab.training.loss as loss_module
+
+        loss_module._plain_head = lambda model: False
     from tunelab.training.loop import build_optimizer, enable_gradient_checkpointing
     from tunelab.training.loss import completion_loss
     from tunelab.training.memory import checkpointing_pays, release_freed_memory
@@ -126,6 +137,7 @@ def worker(
         "compile": compile_setting,
         "compiled": compiled,
         "frozen_weights_setting": frozen_weights,
+        "loss": loss_setting,
         "frozen_weights": amp if rounded is not None else "fp32",  # how they were stored while training
         "allocator": active_allocator(),
         "attn": attn,
@@ -144,7 +156,7 @@ def worker(
 
 
 def same_settings(a: dict, b: dict) -> bool:
-    keys = ("checkpointing", "compile", "allocator", "frozen_weights_setting")
+    keys = ("checkpointing", "compile", "allocator", "frozen_weights_setting", "loss")
     return all(a.get(k, "auto") == b.get(k, "auto") for k in keys)
 
 
@@ -183,6 +195,11 @@ def main() -> None:
         default="auto",
         help="training.frozen_weights settings to measure (auto, fp32), comma-separated",
     )
+    ap.add_argument(
+        "--loss",
+        default="auto",
+        help="auto (chunked where the head is a plain projection) and/or whole (all completion logits at once)",
+    )
     ap.add_argument("--attn", default="auto", help="model.attn_implementation values to measure, comma-separated")
     ap.add_argument(
         "--return-freed-memory",
@@ -203,23 +220,25 @@ def main() -> None:
             args.attn,
             args.compile,
             args.frozen_weights,
+            args.loss,
         )
         print(json.dumps(row))
         return
     rows = []
     grid = [  # each method's allocators side by side, so that drift of the machine touches both alike
-        (k, c, f, m, a, al)
+        (k, c, f, lo, m, a, al)
         for k in args.compile.split(",")
         for c in args.checkpointing.split(",")
         for f in args.frozen_weights.split(",")
+        for lo in args.loss.split(",")
         for m in args.methods.split(",")
         for a in args.attn.split(",")
         for al in args.allocator.split(",")
     ]
-    for comp, ckpt, frozen, method, attn, allocator in grid:
+    for comp, ckpt, frozen, loss, method, attn, allocator in grid:
         cmd = [sys.executable, __file__, "--worker", method, "--batch", str(args.batch), "--steps", str(args.steps)]
         cmd += ["--max-input-tokens", str(args.max_input_tokens), "--precision", args.precision]
-        cmd += ["--attn", attn, "--checkpointing", ckpt, "--compile", comp, "--frozen-weights", frozen]
+        cmd += ["--attn", attn, "--checkpointing", ckpt, "--compile", comp, "--frozen-weights", frozen, "--loss", loss]
         env = worker_env(allocator)
         if args.return_freed_memory:
             env["MALLOC_MMAP_THRESHOLD_"] = "65536"
@@ -230,6 +249,7 @@ def main() -> None:
         rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
         print(
             f"  measured {method} (checkpointing {ckpt}, compile {comp}, frozen weights {rows[-1]['frozen_weights']}, "
+            f"loss {loss}, "
             f"{rows[-1]['allocator']})",
             file=sys.stderr,
         )
@@ -241,16 +261,16 @@ def main() -> None:
         + "; ratios to full fine-tuning with the same checkpointing, compile and allocator settings\n"
     )
     print(
-        "| method | checkpointing | compile | frozen weights | allocator | trainable % | step s | step / full | peak memory GiB | "
+        "| method | checkpointing | compile | frozen weights | loss | allocator | trainable % | step s | step / full | peak memory GiB | "
         "memory / full |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         ref = next(x for x in rows if x["method"] == "full" and same_settings(x, r))
         setting = r["checkpointing"] + (" (on)" if r["checkpointing"] == "auto" and r["recomputed"] else "")
         compiled = r["compile"] + (" (on)" if r["compile"] == "auto" and r["compiled"] else "")
         print(
-            f"| {r['method']} | {setting} | {compiled} | {r.get('frozen_weights', 'fp32')} | {r['allocator']} | {r['trainable_percent']:.3f} | {r['step_seconds']:.2f} | "
+            f"| {r['method']} | {setting} | {compiled} | {r.get('frozen_weights', 'fp32')} | {r.get('loss', 'auto')} | {r['allocator']} | {r['trainable_percent']:.3f} | {r['step_seconds']:.2f} | "
             f"{r['step_seconds'] / ref['step_seconds']:.2f} | {r[mem_key] / 2**30:.2f} | "
             f"{r[mem_key] / ref[mem_key]:.2f} |"
         )
