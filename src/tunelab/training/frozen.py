@@ -42,7 +42,6 @@ class RoundedWeights:
             }
             for layer, path, key in self.layers:
                 layer.weight.data = files[path].get_tensor(key).to(layer.weight.device, torch.float32)
-        self.layers = []
 
 
 def checkpoint_files(source: str | Path) -> list[Path]:

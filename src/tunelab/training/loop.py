@@ -9,7 +9,6 @@ supplies device placement, mixed precision, gradient accumulation, DDP and FSDP 
 from __future__ import annotations
 
 import contextlib
-
 import itertools
 import math
 import time
@@ -32,7 +31,6 @@ from tunelab.errors import TrainingError
 from tunelab.methods import method_of
 from tunelab.modeling import Arch, base_model
 from tunelab.models.precision import resolve_precision
-from tunelab.training.frozen import RoundedWeights, store_frozen_rounded
 from tunelab.testing import fault_point
 from tunelab.training.compiling import compiled_for_training, decide_compile
 from tunelab.training.checkpoint import (
@@ -44,6 +42,7 @@ from tunelab.training.checkpoint import (
     save_checkpoint,
     save_sharded_checkpoint,
 )
+from tunelab.training.frozen import RoundedWeights, store_frozen_rounded
 from tunelab.training.finite import all_finite, stop_message
 from tunelab.training.distributed import (
     check_fsdp_supported,
@@ -230,8 +229,9 @@ def train_model(
             _train_epoch(state)
         return _finish(state)
     finally:
-        if state.rounded is not None:
+        if state.rounded is not None:  # the base as loaded again, also when training stopped on an error
             state.rounded.restore()
+            release_freed_memory()
 
 
 def _round_frozen_weights(state: LoopState, base_checkpoint: str | Path) -> None:
@@ -575,10 +575,6 @@ def _finish(state: LoopState) -> TrainResult:
     model = state.accelerator.unwrap_model(state.model, keep_fp32_wrapper=False)
     if result.gradient_checkpointing:
         disable_gradient_checkpointing(model)
-    if state.rounded is not None:
-        state.rounded.restore()
-        state.rounded = None
-        release_freed_memory()
     if state.cfg.select_by != "last" and state.best is not None:
         # in memory, or on disk when there is a checkpoint folder (`_consider`)
         weights = state.best_weights or load_best(cast(Path, state.checkpoint_dir))
