@@ -160,7 +160,12 @@ def tunelab_train(arch: str, method: dict, exs, batch: int, max_input: int, side
 
     loop.completion_loss = timed
     try:
-        r = train_model(model, tok, arch, train, None, cfg.training, seed=0, device=CPU, show_progress=False)
+        # tunelab's defaults include frozen weights stored in bf16 under bf16 autocast, read back from the base
+        # checkpoint after training (training.frozen_weights: auto); the random T5 has no checkpoint to read from
+        base = tunelab.pull_model("smollm2-135m-instruct") if arch == "causal" else None
+        r = train_model(
+            model, tok, arch, train, None, cfg.training, seed=0, device=CPU, show_progress=False, base_checkpoint=base
+        )
     finally:
         loop.completion_loss = real
     assert r.precision == side.precision, f"tunelab trained in {r.precision}, the side asks for {side.precision}"
