@@ -3,10 +3,10 @@
 Under bf16 (or fp16) autocast every matmul casts its fp32 weight to the compute precision, again in each forward
 and in each recomputation, so a frozen weight is only ever used rounded. Storing it rounded gives the same losses
 to the last bit and drops half of the base model's bytes, and the fp32 checkpoint's pages no longer have to stay
-resident (bench/results/memory_levers.md: LoRA's peak 1.66 -> 1.55 GiB, compiled). Evaluation and the
-log-likelihood benchmarks after training must still see the base as loaded, so the fp32 values are read back from
-the base model's safetensors checkpoint when training ends. Only weights that equal their checkpoint tensor are
-stored rounded (a base changed in memory keeps fp32), never a weight that another module shares (tied output
+resident (bench/results/methods.md: LoRA's peak 1.69 -> 1.50 GiB on the demo's batch, compiled). Evaluation and
+the log-likelihood benchmarks after training must still see the base as loaded, so the fp32 values are read back
+from the base model's safetensors checkpoint when training ends. Only weights that match their checkpoint tensor
+are stored rounded (a base changed in memory keeps fp32), never a weight that another module shares (tied output
 embeddings) and never one that trains.
 """
 
@@ -29,7 +29,6 @@ class RoundedWeights:
     """The linear layers whose weights were stored in the compute precision, and where their originals are."""
 
     layers: list[tuple[torch.nn.Linear, Path, str]]  # (layer, checkpoint file, tensor key)
-    dtype: torch.dtype
 
     def restore(self) -> None:
         """Read each weight back from its checkpoint, in the dtype it was loaded in (fp32)."""
@@ -87,7 +86,7 @@ def store_frozen_rounded(model: torch.nn.Module, dtype: torch.dtype, source: str
     if not rounded:
         return None
     release_checkpoint_mapping(model)
-    return RoundedWeights(rounded, dtype)
+    return RoundedWeights(rounded)
 
 
 def _frozen_linear_layers(model: torch.nn.Module) -> Iterator[tuple[str, torch.nn.Linear]]:

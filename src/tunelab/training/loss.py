@@ -12,8 +12,9 @@ Where the output head is a plain projection (Llama-style models, no softcapping 
 model is called directly (one process, no prompt-learning wrapper), the loss goes one step further: the backbone's
 hidden states at those positions are projected and scored a chunk of tokens at a time, each chunk recomputed in the
 backward pass (torch.utils.checkpoint), so the fp32 logits, their log-softmax and gradients exist for one chunk at
-a time instead of for every completion token at once: the same loss up to summation order, -0.14 GiB at the peak
-of SmolLM2-135M LoRA on the demo's batch (bench/results/memory_levers.md).
+a time instead of for every completion token at once: the same loss up to summation order, and SmolLM2-135M
+LoRA's peak on the demo's batch 1.69 -> 1.58 GiB (1.50 -> 1.40 with frozen weights in bf16) at the same step time
+(bench/results/methods.md).
 """
 
 from __future__ import annotations
