@@ -72,17 +72,17 @@ def worker(
     from tunelab.evaluation.costs import parameter_counts
     from tunelab.methods import ModelContext, get_method
     from tunelab.models import load_model, pick_device
-    from tunelab.models.precision import autocast, resolve_precision
+    from tunelab.models.precision import autocast, autocast_dtype, resolve_precision
     from tunelab.training.compiling import AUTO_MIN_STEPS, compiled_for_training, decide_compile
     from tunelab.training.frozen import store_frozen_rounded
+    from tunelab.training.loop import build_optimizer, enable_gradient_checkpointing
+    from tunelab.training.loss import completion_loss
+    from tunelab.training.memory import checkpointing_pays, release_freed_memory
 
     if loss_setting == "whole":  # every completion position's logits at once, as tunelab's loss did before chunking
         import tunelab.training.loss as loss_module
 
         loss_module._plain_head = lambda model: False
-    from tunelab.training.loop import build_optimizer, enable_gradient_checkpointing
-    from tunelab.training.loss import completion_loss
-    from tunelab.training.memory import checkpointing_pays, release_freed_memory
 
     cfg = tunelab.build_config({"method": METHOD_CONFIGS[method], "model": {"attn_implementation": attn}})
     device = pick_device()
@@ -107,9 +107,8 @@ def worker(
     compiled = decide_compile(setting, model, device, total_steps=AUTO_MIN_STEPS, processes=1)
     forward_model = compiled_for_training(model) if compiled else model
     amp = resolve_precision(precision, device)
-    rounded = None  # as training.frozen_weights: auto does in training/loop.py
-    if frozen_weights == "auto" and amp in ("bf16", "fp16"):
-        dtype = torch.bfloat16 if amp == "bf16" else torch.float16
+    rounded, dtype = None, autocast_dtype(amp)  # as training.frozen_weights: auto does in training/loop.py
+    if frozen_weights == "auto" and dtype is not None:
         rounded = store_frozen_rounded(model, dtype, loaded.source.path)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = build_optimizer(params, cfg.training.model_copy(update={"lr": 1e-5}), device)  # tunelab's AdamW

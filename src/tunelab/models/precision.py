@@ -29,7 +29,11 @@ def resolve_precision(requested: str, device: torch.device) -> Precision:
     return requested  # type: ignore[return-value]
 
 
+def autocast_dtype(precision: str) -> torch.dtype | None:
+    """The dtype autocast computes matmuls in; None for fp32 (no autocast)."""
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
 def autocast(device: torch.device, precision: Precision):
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+    dtype = autocast_dtype(precision)
+    return contextlib.nullcontext() if dtype is None else torch.autocast(device_type=device.type, dtype=dtype)

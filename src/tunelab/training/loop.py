@@ -30,7 +30,7 @@ from tunelab.data.encoding import IGNORE_INDEX, Encoded
 from tunelab.errors import TrainingError
 from tunelab.methods import method_of
 from tunelab.modeling import Arch, base_model
-from tunelab.models.precision import resolve_precision
+from tunelab.models.precision import autocast_dtype, resolve_precision
 from tunelab.testing import fault_point
 from tunelab.training.compiling import compiled_for_training, decide_compile
 from tunelab.training.checkpoint import (
@@ -220,7 +220,7 @@ def train_model(
     state = _set_up(model, tokenizer, arch, train_set, eval_set, cfg, seed, device, checkpoint_dir, regularizer)
     state.validate = validate
     try:
-        if validate is None and base_checkpoint is not None:  # generation during training runs the plain model
+        if base_checkpoint is not None:
             _round_frozen_weights(state, base_checkpoint)
         if resume_from is not None:
             _restore(state, resume_from)
@@ -236,14 +236,14 @@ def train_model(
 
 def _round_frozen_weights(state: LoopState, base_checkpoint: str | Path) -> None:
     """`training.frozen_weights: auto`: frozen linear weights stored in the autocast precision (training/frozen.py)
-    when one process trains under bf16/fp16 autocast; the same losses, less memory."""
-    amp = state.result.precision
-    if state.cfg.frozen_weights != "auto" or amp == "fp32" or state.accelerator.num_processes > 1:
+    when one process trains under bf16/fp16 autocast and generates nothing during training (generation runs the
+    plain model, outside autocast); the same losses, less memory."""
+    dtype = autocast_dtype(state.result.precision)
+    if state.cfg.frozen_weights != "auto" or dtype is None or state.accelerator.num_processes > 1 or state.validate:
         return
-    model = state.accelerator.unwrap_model(state.model)
-    state.rounded = store_frozen_rounded(model, {"bf16": torch.bfloat16, "fp16": torch.float16}[amp], base_checkpoint)
+    state.rounded = store_frozen_rounded(state.accelerator.unwrap_model(state.model), dtype, base_checkpoint)
     if state.rounded is not None:
-        state.result.frozen_weights = amp
+        state.result.frozen_weights = state.result.precision
 
 
 def _decide_checkpointing(
