@@ -374,7 +374,7 @@ def _two_reference_files(folder, dialogue_files):
 
 
 def test_study_features_sweep_claims_single_reference_and_wall_time(
-    tiny_llama_chat_dir, dialogue_files, tmp_path, sst2_available
+    tiny_llama_chat_dir, dialogue_files, tmp_path, sst2_available, monkeypatch
 ):
     """An arm's learning rate chosen on validation before it trains; claims judged with paired CIs recomputed from
     the arms' predictions; both ROUGE protocols; the wall time recorded; a rerun reuses everything."""
@@ -454,6 +454,42 @@ def test_study_features_sweep_claims_single_reference_and_wall_time(
     again = tunelab.compare(path, show_progress=False, echo=None)
     assert again.reused == ["zero-shot", "lora", "full"]
     assert json.loads((directory / "timing.json").read_text()) == timing
+
+    # The sweep widened past its edge: the arm is trained again only if that changes the value it chose.
+    from tunelab.recipes import sweeping
+    from tunelab.recipes.sweeping import beyond_edge
+
+    real_trial, extra = sweeping._trial, beyond_edge([1e-3, 2e-2], best)
+    predictions = (directory / "lora" / "predictions.jsonl").read_text()
+
+    def extra_scoring(scores):  # the added values' validation scores, without training them
+        def trial(base, assignment, folder, metric, show_progress, echo):
+            if assignment["training.lr"] not in scores:
+                return real_trial(base, assignment, folder, metric, show_progress, echo)
+            return {"overrides": assignment, "run": str(folder / "added"), metric: scores[assignment["training.lr"]]}
+
+        return trial
+
+    tree["arms"][1]["sweep_widen"] = 1
+    path.write_text(yaml.safe_dump(tree))
+    monkeypatch.setattr(sweeping, "_trial", extra_scoring({extra: 99.0}))  # worse: the arm's value stands
+    kept = tunelab.compare(path, show_progress=False, echo=None)
+    assert kept.reused == ["zero-shot", "lora", "full"]
+    lora = json.loads((directory / "lora" / "metrics.json").read_text())
+    assert lora["sweep"]["chosen"] == {"training.lr": best} and lora["sweep"]["widened"] == [extra]
+    assert len(lora["sweep"]["trials"]) == 3 and not lora["sweep"]["best_at_edge"]
+    assert (directory / "lora" / "predictions.jsonl").read_text() == predictions
+    assert json.loads((directory / "timing.json").read_text()) == timing
+    assert f"widened by {extra:g}" in (directory / "report.md").read_text()  # in the chosen settings
+
+    tree["arms"][1]["sweep_widen"] = 2
+    path.write_text(yaml.safe_dump(tree))
+    further = beyond_edge([1e-3, 2e-2, extra], extra)
+    monkeypatch.setattr(sweeping, "_trial", extra_scoring({extra: -1.0, further: 99.0}))  # better: trained again
+    moved = tunelab.compare(path, show_progress=False, echo=None)
+    assert moved.reused == ["zero-shot", "full"]
+    assert yaml.safe_load((directory / "lora" / "config.yaml").read_text())["training"]["lr"] == extra
+    assert json.loads((directory / "lora" / "metrics.json").read_text())["sweep"]["chosen"] == {"training.lr": extra}
 
 
 def test_an_arms_error_crosses_the_process_boundary_with_what_explains_it():

@@ -117,3 +117,14 @@ def test_comparison_claims_and_sweeps_are_validated(tmp_path):
     path.write_text(yaml.safe_dump({"name": "s", "arms": [{"name": "z", "kind": "prompting", "sweep": {"a": [1]}}]}))
     with pytest.raises(ConfigError, match="a sweep needs a fine-tuning arm"):
         load_compare_config(path)
+    for arm, message in [
+        ({"sweep": {"training.lr": [1e-4, 1e-3]}, "sweep_widen": -1}, "arm 'lora': sweep_widen must be a whole number"),
+        (
+            {"sweep": {"training.lr": [1e-4], "method.r": [4]}, "sweep_widen": 1},
+            "sweep_widen widens a sweep of one key",
+        ),
+        ({"sweep_widen": 2}, "sweep_widen widens a sweep of one key"),
+    ]:
+        path.write_text(yaml.safe_dump({"name": "s", "arms": [{"name": "lora", **arm}]}))
+        with pytest.raises(ConfigError, match=message):
+            load_compare_config(path)

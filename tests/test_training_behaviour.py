@@ -4,6 +4,7 @@ and merging a QLoRA run folds the adapter into a full-precision base."""
 
 from __future__ import annotations
 
+import json
 import math
 import random
 
@@ -285,3 +286,52 @@ def test_sweep_scores_each_grid_point_on_validation_and_resumes(tiny_llama_dir, 
     stamp = (tmp_path / "runs" / "lr-sweep" / "lr=1e-2_r=4" / "metrics.json").stat().st_mtime_ns
     assert main(argv) == 0  # finished trials are reused
     assert (tmp_path / "runs" / "lr-sweep" / "lr=1e-2_r=4" / "metrics.json").stat().st_mtime_ns == stamp
+
+
+def test_a_sweep_whose_best_lies_at_an_edge_widens_past_it_until_the_best_lies_inside(tmp_path, monkeypatch):
+    """Validation loss as a valley in log(lr) with its floor at 3e-3: the grid 1e-4..1e-3 has its best at the top
+    edge; widening continues the grid's own steps (3e-3, then 1e-2) and stops once the best lies inside."""
+    import math
+
+    from tunelab.config.loader import build_config
+    from tunelab.errors import ConfigError
+    from tunelab.recipes import sweeping
+
+    def valley(base, assignment, directory, metric, show_progress, echo):
+        lr = assignment["training.lr"]
+        return {"overrides": assignment, "run": str(directory / f"lr={lr}"), metric: (math.log10(lr / 3e-3)) ** 2}
+
+    monkeypatch.setattr(sweeping, "_trial", valley)
+    base = build_config({"name": "w", "output_dir": str(tmp_path)})
+    grid = {"training.lr": [1e-4, 3e-4, 1e-3]}
+
+    plain = sweeping.sweep(base, grid, echo=None)
+    assert plain["best"]["overrides"] == {"training.lr": 1e-3} and plain["best_at_edge"] and "widened" not in plain
+
+    once = sweeping.sweep(base, grid, echo=None, widen=1)
+    assert once["widened"] == [0.003] and once["best"]["overrides"] == {"training.lr": 0.003}
+    assert once["best_at_edge"]  # one more value was allowed, and the best is again at the edge
+
+    wide = sweeping.sweep(base, grid, echo=None, widen=5)
+    assert wide["widened"] == [0.003, 0.01]  # 1e-2 is worse: the best, 3e-3, lies inside; no further values
+    assert wide["best"]["overrides"] == {"training.lr": 0.003} and not wide["best_at_edge"]
+    assert json.loads((tmp_path / "w-sweep" / "sweep.json").read_text()) == json.loads(json.dumps(wide))
+
+    low = sweeping.sweep(base, {"training.lr": [1e-2, 3e-2, 1e-1]}, echo=None, widen=5)
+    assert low["widened"] == [0.003, 0.001] and low["best"]["overrides"] == {"training.lr": 0.003}
+
+    with pytest.raises(ConfigError, match="one key"):
+        sweeping.sweep(base, {"training.lr": [1e-4, 1e-3], "method.r": [2, 4]}, echo=None, widen=1)
+
+
+def test_the_value_beyond_an_edge_continues_the_grids_steps():
+    from tunelab.recipes.sweeping import beyond_edge
+
+    assert beyond_edge([1e-4, 3e-4, 1e-3], 1e-3) == 0.003  # not 0.0029999999999999996
+    assert beyond_edge([1e-4, 3e-4, 1e-3, 3e-3], 3e-3) == 0.01
+    assert beyond_edge([1e-5, 3e-5, 1e-4], 1e-5) == 3e-6
+    assert beyond_edge([1e-4, 3e-4, 1e-3], 3e-4) is None  # inside
+    assert beyond_edge([8, 16, 32], 32) == 64 and isinstance(beyond_edge([8, 16, 32], 32), int)
+    assert beyond_edge([0.0, 0.1, 0.2], 0.2) == pytest.approx(0.3)
+    assert beyond_edge([0.0, 0.1, 0.2], 0.0) is None  # a non-negative grid does not turn negative
+    assert beyond_edge(["a", "b"], "a") is None and beyond_edge([1e-3], 1e-3) is None

@@ -189,13 +189,15 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from tunelab.config import load_config
     from tunelab.recipes.sweeping import parse_grid, sweep
 
-    record = sweep(load_config(args.config, args.set), parse_grid(args.set_grid), args.metric)
+    record = sweep(load_config(args.config, args.set), parse_grid(args.set_grid), args.metric, widen=args.widen)
     best = record["best"]
     print(
         f"\nbest on the {record['split']} split ({record['metric']}, {record['better']} is better): "
         + ", ".join(f"{k}={v}" for k, v in best["overrides"].items())
         + f"  ({best[record['metric']]:.4f}, {best['run']})"
     )
+    if record.get("best_at_edge"):
+        print("the best still lies at an edge of the grid: the best value may lie beyond it")
     return 0
 
 
@@ -375,6 +377,14 @@ def build_parser() -> argparse.ArgumentParser:
         default="eval_loss",
         choices=["eval_loss", "rouge1", "rouge2", "rougeL", "rougeLsum"],
         help="validation metric that picks the best (default eval_loss)",
+    )
+    sw.add_argument(
+        "--widen",
+        type=int,
+        default=0,
+        metavar="N",
+        help="when the best value lies at an edge of a one-key grid, try up to N more past it, continuing the "
+        "grid's steps (default 0)",
     )
     add_set(sw)
     sw.set_defaults(func=cmd_sweep)

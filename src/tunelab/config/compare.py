@@ -49,6 +49,9 @@ class Arm(BaseModel):
     sweep_metric: Literal["eval_loss", "rouge1", "rouge2", "rougeL", "rougeLsum"] = "eval_loss"
     sweep_budget: dict[str, Any] = Field(default_factory=dict)
     """Settings for the sweep's trials only, e.g. a shorter budget {training.max_steps: 60}."""
+    sweep_widen: int = Field(default=0, ge=0)
+    """Up to this many more values past the edge of a one-key grid whose best lies at that edge
+    (recipes/sweeping.py)."""
 
     def signature(self) -> dict[str, Any]:
         """What decides whether a finished arm can be reused."""
@@ -57,7 +60,12 @@ class Arm(BaseModel):
             "shots": self.shots,
             "experiment": without_execution_settings(config_to_dict(self.experiment)),
             **(
-                {"sweep": self.sweep, "sweep_metric": self.sweep_metric, "sweep_budget": self.sweep_budget}
+                {
+                    "sweep": self.sweep,
+                    "sweep_metric": self.sweep_metric,
+                    "sweep_budget": self.sweep_budget,
+                    **({"sweep_widen": self.sweep_widen} if self.sweep_widen else {}),
+                }
                 if self.sweep
                 else {}
             ),
@@ -149,6 +157,11 @@ def load_compare_config(path: str | Path, overrides: tuple[str, ...] = ()) -> Co
         sweep_budget = raw.pop("sweep_budget", None) or {}
         if not isinstance(sweep_budget, dict):
             raise ConfigError(f"{path}: arm {arm_name!r}: sweep_budget must map config keys to values")
+        sweep_widen = raw.pop("sweep_widen", 0)
+        if not isinstance(sweep_widen, int) or isinstance(sweep_widen, bool) or sweep_widen < 0:
+            raise ConfigError(f"{path}: arm {arm_name!r}: sweep_widen must be a whole number >= 0, got {sweep_widen!r}")
+        if sweep_widen and (not sweep or len(sweep) != 1):
+            raise ConfigError(f"{path}: arm {arm_name!r}: sweep_widen widens a sweep of one key (e.g. training.lr)")
         if sweep and kind != "finetune":
             raise ConfigError(f"{path}: arm {arm_name!r}: a sweep needs a fine-tuning arm")
         if not _SLUG.match(str(arm_name)):
@@ -170,6 +183,7 @@ def load_compare_config(path: str | Path, overrides: tuple[str, ...] = ()) -> Co
                 sweep=sweep,
                 sweep_metric=sweep_metric,
                 sweep_budget=sweep_budget,
+                sweep_widen=sweep_widen,
             )
         )
     names = [a.name for a in arms]

@@ -12,7 +12,7 @@ from typing import Any
 
 from accelerate.utils import set_seed
 
-from tunelab.config.compare import Arm
+from tunelab.config.compare import EXECUTION_SETTINGS, Arm
 from tunelab.config.loader import build_config, config_to_dict
 from tunelab.config.schema import ExperimentConfig
 from tunelab.data.sources import load_split
@@ -113,18 +113,21 @@ def swept_experiment(arm: Arm, show_progress: bool = True, echo=print) -> tuple[
     # the trials' own settings (e.g. fewer training examples), then the grid on top
     budget = [f"{k}={json.dumps(v)}" for k, v in arm.sweep_budget.items()]
     trial_base = build_config(config_to_dict(arm.experiment), budget) if budget else arm.experiment
-    record = sweep(trial_base, arm.sweep, arm.sweep_metric, show_progress=show_progress, echo=None)
+    record = sweep(
+        trial_base, arm.sweep, arm.sweep_metric, show_progress=show_progress, echo=None, widen=arm.sweep_widen
+    )
     best = record["best"]["overrides"]
     if echo:
         echo(f"  {arm.name}: sweep chose {', '.join(f'{k}={v}' for k, v in best.items())} on {record['split']}")
     experiment = build_config(config_to_dict(arm.experiment), [f"{k}={json.dumps(v)}" for k, v in best.items()])
-    chosen = {
+    chosen: dict[str, Any] = {
         "chosen": best,
         "metric": record["metric"],
         "split": record["split"],
         "trials": [{"overrides": t["overrides"], record["metric"]: t[record["metric"]]} for t in record["trials"]],
         "trial_settings": arm.sweep_budget,
         "record": f"{arm.name}-sweep/sweep.json",
+        **{k: record[k] for k in ("best_at_edge", "widened") if k in record},
     }
     return experiment, chosen
 
@@ -135,15 +138,24 @@ def run_arm(
     show_progress: bool = True,
     echo=print,
     base_benchmarks: dict[str, dict[str, Any]] | None = None,
-) -> Path:
+) -> bool:
+    """Run the arm into `directory/<arm>`; True when its finished run was kept instead: its sweep (changed, e.g.
+    widened) chose the values it had trained with, so what it trained and measured stands."""
     final = directory / arm.name
     if arm.kind == "prompting":
         with staged_dir(final, "comparison arm") as stage:
             stage.rmdir()  # RunDir.create makes it
             prompting_arm(arm, stage, show_progress)
             atomic_write_json(stage / ARM_FILE, arm.signature())
-        return final
+        return False
     experiment, chosen = swept_experiment(arm, show_progress, echo)
+    if chosen is not None and _trained_as(final, experiment):
+        run = RunDir(final)
+        run.write_metrics({**(run.read_json("metrics.json") or {}), "sweep": chosen})
+        atomic_write_json(final / ARM_FILE, arm.signature())
+        if echo:
+            echo(f"  {arm.name}: the sweep chose the values it was trained with: its finished run is kept")
+        return True
     key = base_suite_key(arm)
     shared = base_benchmarks.get(key) if base_benchmarks is not None else None
     partial = partial_arm_dir(directory, arm.name)
@@ -159,7 +171,24 @@ def run_arm(
         RunDir(partial).write_metrics({**metrics, "sweep": chosen})
     atomic_write_json(partial / ARM_FILE, arm.signature())
     atomic_replace_dir(partial, final)
-    return final
+    return False
+
+
+def _trained_as(run_dir: Path, experiment: ExperimentConfig) -> bool:
+    """A finished run of `experiment` (settings of execution alone may differ: see EXECUTION_SETTINGS)."""
+    differences = _config_differences(run_dir, experiment)
+    execution = {".".join(key) for key in EXECUTION_SETTINGS}
+    return differences is not None and RunDir(run_dir).is_complete and all(d in execution for d in differences)
+
+
+def _config_differences(run_dir: Path, experiment: ExperimentConfig) -> list[str] | None:
+    """The keys in which the run in `run_dir` differs from `experiment`; None without a run this tunelab reads."""
+    if not (run_dir / "config.yaml").is_file():
+        return None
+    try:
+        return RunDir(run_dir).config_differences(experiment)
+    except TunelabError:
+        return None
 
 
 def partial_arm_dir(directory: Path, name: str) -> Path:
@@ -173,15 +202,7 @@ def _resumable(partial: Path, experiment: ExperimentConfig) -> str:
     another config, or none, which starts from nothing."""
     import shutil
 
-    if not (partial / "config.yaml").is_file():
-        shutil.rmtree(partial, ignore_errors=True)
-        return "new"
-    run = RunDir(partial)
-    try:
-        same = not run.config_differences(experiment)
-    except TunelabError:  # a config this tunelab cannot read
-        same = False
-    if same:
-        return "finished" if run.is_complete else "resumable"
-    shutil.rmtree(partial)
+    if _config_differences(partial, experiment) == []:
+        return "finished" if RunDir(partial).is_complete else "resumable"
+    shutil.rmtree(partial, ignore_errors=True)
     return "new"

@@ -72,10 +72,11 @@ def run_arm_isolated(
     show_progress: bool = True,
     echo=print,
     base_benchmarks: dict[str, dict[str, Any]] | None = None,
-) -> Path:
+) -> bool:
     """`run_arm` in a fresh process (spawned: no state of this one is inherited), which exits when the arm is
     done, so that all its memory goes back to the system. Its messages reach `echo` as they come; its error is
-    raised here; the base model's benchmark scores it measured are added to `base_benchmarks`."""
+    raised here; the base model's benchmark scores it measured are added to `base_benchmarks`; what `run_arm`
+    returns is returned."""
     context = multiprocessing.get_context("spawn")
     receiver, sender = context.Pipe(duplex=False)
     verbosity = _log_verbosity()
@@ -112,9 +113,10 @@ def run_arm_isolated(
     kind, payload = outcome
     if kind == "error":
         raise payload
+    added, kept = payload
     if base_benchmarks is not None:
-        base_benchmarks.update(payload)
-    return directory / arm.name
+        base_benchmarks.update(added)
+    return kept
 
 
 def _log_verbosity() -> int | None:
@@ -144,9 +146,9 @@ def _arm_process(
         from tunelab.recipes.arms import run_arm  # torch loads here, in the arm's process only
 
         echo = (lambda message: sender.send(("echo", message))) if echoes else None
-        run_arm(arm, directory, show_progress, echo, shared)
+        kept = run_arm(arm, directory, show_progress, echo, shared)
         added = {k: v for k, v in (shared or {}).items() if base_benchmarks is None or k not in base_benchmarks}
-        sender.send(("done", added))
+        sender.send(("done", (added, kept)))
     except BaseException as error:  # noqa: BLE001 - every error, an interrupt included, goes to the caller
         sender.send(("error", _transferable(error)))
     finally:
@@ -216,8 +218,10 @@ def compare(
                 runner = run_arm_isolated
             else:
                 from tunelab.recipes.arms import run_arm as runner
-            runner(arm, directory, show_progress, echo, base_benchmarks)
-            _record_time(directory, arm.name, time.perf_counter() - t0)
+            if runner(arm, directory, show_progress, echo, base_benchmarks):
+                reused.append(arm.name)  # its wall time is the one it took when it ran
+            else:
+                _record_time(directory, arm.name, time.perf_counter() - t0)
         arms[arm.name] = arm_dir
     report = write_report(directory, list(arms))
     if echo:

@@ -213,6 +213,50 @@ def single_reference_rows(arms: Sequence[ArmSummary]) -> list[list[str]]:
 
 LATER_HEADERS = ["arm", "folder", "kind", "result"]
 
+SWEEP_HEADERS = ["arm", "chosen", "validation score of each value tried", "note"]
+SWEEP_NOTE = (
+    "Each arm's values were chosen by a sweep of short runs scored on the validation split only (the test split is "
+    "untouched until the chosen run). A best value at the edge of what was tried may lie beyond it."
+)
+
+
+def _best_at_edge(chosen: dict[str, Any]) -> bool:
+    """From the trials themselves (records written before `best_at_edge` was recorded have none)."""
+    from tunelab.recipes.sweeping import beyond_edge
+
+    if len(chosen["chosen"]) != 1:
+        return False
+    key, value = next(iter(chosen["chosen"].items()))
+    return beyond_edge([t["overrides"][key] for t in chosen["trials"]], value) is not None
+
+
+def sweep_rows(arms: Sequence[ArmSummary]) -> list[list[str]]:
+    rows = []
+    for a in arms:
+        chosen = a.metrics.get("sweep")
+        if not chosen:
+            continue
+        metric = chosen["metric"]
+        tried = []
+        for trial in sorted(chosen["trials"], key=lambda t: sorted(t["overrides"].items())):
+            values = ", ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in trial["overrides"].values())
+            tried.append(f"{values}: {trial[metric]:.4f}")
+        notes = []
+        if chosen.get("widened"):
+            notes.append("widened by " + ", ".join(f"{v:g}" for v in chosen["widened"]))
+        if _best_at_edge(chosen):
+            notes.append("best at an edge of the values tried")
+        rows.append(
+            [
+                a.name,
+                ", ".join(f"{k.split('.')[-1]}={v}" for k, v in chosen["chosen"].items()),
+                f"{metric}: " + "; ".join(tried),
+                "; ".join(notes) or "-",
+            ]
+        )
+    return rows
+
+
 SOFT_PROMPT_HEADERS = ["arm", "virtual tokens with a task word nearby", "chance", "cosine to initial (mean)", "nearest"]
 
 
@@ -281,6 +325,8 @@ def markdown_report(arms: Sequence[ArmSummary], claims: Sequence[dict[str, Any]]
         ]
     if soft := soft_prompt_rows(arms):
         lines += ["", "### Soft prompts", "", SOFT_PROMPT_NOTE, "", markdown_table(SOFT_PROMPT_HEADERS, soft)]
+    if sweeps := sweep_rows(arms):
+        lines += ["", "### Chosen settings", "", SWEEP_NOTE, "", markdown_table(SWEEP_HEADERS, sweeps)]
     if claims:
         lines += [
             "",
@@ -460,6 +506,13 @@ def html_report(
         if soft
         else ""
     )
+    sweeps = sweep_rows(arms)
+    sweeps_html = (
+        f"<h2>Chosen settings</h2><p class='note'>{escape(SWEEP_NOTE)}</p>"
+        + _html_table("sweeps", SWEEP_HEADERS, sweeps)
+        if sweeps
+        else ""
+    )
     claims_html = (
         "<h2>Claims</h2><p class='note'>Differences taken example by example, paired 95% BCa bootstrap CI: "
         "reproduced when the CI lies above the threshold, not reproduced when below, inconclusive otherwise.</p>"
@@ -477,7 +530,7 @@ def html_report(
 <p class="note">ROUGE: F1 x100 ({escape(first.get("protocol", {}).get("rouge", ""))}). Gain: against the zero-shot arm.
 Forgetting: mean change over the benchmark suite, after minus before (0 for prompting: weights unchanged).
 {escape(wall_time_note(arms[0].path.parent, arms))}</p>
-<h2>Task quality</h2>{rouge_chart}{single_html}{soft_html}
+<h2>Task quality</h2>{rouge_chart}{single_html}{soft_html}{sweeps_html}
 <h2>Gain vs forgetting</h2>{scatter}{forgetting_html}
 <h2>Cost</h2><div class="cost">{"".join(cost)}</div>
 {later_html}
