@@ -115,12 +115,13 @@ def worker(
     rss_ready = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    times = []
+    times, losses = [], []
     for i in range(steps + 1):
         t0 = time.perf_counter()
         with autocast(device, amp):
             loss = completion_loss(forward_model, batch, "causal")
         loss.backward()
+        losses.append(float(loss))
         opt.step()
         opt.zero_grad(set_to_none=True)
         if device.type == "cpu":
@@ -137,7 +138,8 @@ def worker(
         "compiled": compiled,
         "frozen_weights_setting": frozen_weights,
         "loss": loss_setting,
-        "frozen_weights": amp if rounded is not None else "fp32",  # how they were stored while training
+        "frozen_weights": (amp + (", whole base" if rounded.whole_base else "")) if rounded is not None else "fp32",
+        "losses": losses,  # from the same batch, step by step (lr 1e-5)
         "allocator": active_allocator(),
         "attn": attn,
         "precision": amp,

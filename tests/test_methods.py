@@ -266,6 +266,38 @@ def test_qlora_base_is_4bit_and_trains_on_cpu(wide_llama_dir):
         merge_adapter(model)
 
 
+def test_qlora_stores_its_whole_frozen_base_in_bf16_while_training_and_gives_it_back_exactly(wide_llama_dir):
+    """Under bf16 autocast QLoRA's other weights (embeddings, norms, a separate head; its linear weights are 4-bit
+    already) are stored in bf16 too, as its recipe loads the model: the losses differ from fp32 storage by
+    rounding only, and when training ends every floating weight of the base is read back exactly as loaded."""
+    method = {"name": "qlora", "r": 8, "dropout": 0.0}
+    runs, embedding_dtype = {}, {}
+    for setting in ("fp32", "auto"):
+        cfg, loaded, model, train, *_ = prepare(wide_llama_dir, method, steps=3)
+        training = cfg.training.model_copy(update={"precision": "bf16", "frozen_weights": setting, "log_every": 1})
+
+        def note_dtype(module, args, output, setting=setting):
+            embedding_dtype[setting] = module.weight.dtype  # the last forward: a training step
+
+        hook = model.get_base_model().model.embed_tokens.register_forward_hook(note_dtype)
+        result = train_model(model, loaded.tokenizer, loaded.arch, train, None, training, seed=0, device=CPU,
+                             show_progress=False, base_checkpoint=wide_llama_dir)  # fmt: skip
+        hook.remove()
+        runs[setting] = (result, {k: v.clone() for k, v in model.get_base_model().state_dict().items()})
+    assert embedding_dtype == {"fp32": torch.float32, "auto": torch.bfloat16}
+    assert runs["fp32"][0].frozen_weights == "fp32" and runs["auto"][0].frozen_weights == "bf16, whole base"
+    fp32_losses, bf16_losses = ([loss for _, loss in runs[s][0].train_loss] for s in ("fp32", "auto"))
+    assert bf16_losses == pytest.approx(fp32_losses, rel=2e-2)
+    cfg = build_config({"model": {"name": str(wide_llama_dir)}, "method": method})
+    fresh = load_model(cfg.model, device=CPU, extra_kwargs=get_method("qlora").load_kwargs(cfg.method)).model
+    after = runs["auto"][1]
+    floating = [name for name, tensor in fresh.state_dict().items() if tensor.is_floating_point()]
+    assert {"model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"} <= set(floating)
+    for name in floating:
+        key = next(k for k in (name, name.replace(".weight", ".base_layer.weight")) if k in after)
+        assert after[key].dtype == torch.float32 and torch.equal(after[key], fresh.state_dict()[name]), name
+
+
 # ---- cost accounting ------------------------------------------------------------------------------
 
 

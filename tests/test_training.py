@@ -423,7 +423,7 @@ def test_only_unshared_frozen_weights_that_match_their_checkpoint_are_rounded(ti
     with torch.no_grad():  # an adapter merged into it after loading: the checkpoint could not give it back
         layer.weight += torch.randn(layer.weight.shape[0], 2) @ torch.randn(2, layer.weight.shape[1])
     rounded = store_frozen_rounded(model, torch.bfloat16, tiny_llama_dir)
-    keys = sorted(key for _, _, key in rounded.layers)
+    keys = sorted(key for _, _, key in rounded.weights)
     assert "model.layers.0.self_attn.k_proj.weight" not in keys and "model.layers.1.self_attn.k_proj.weight" in keys
     assert "lm_head.weight" in keys and "model.layers.0.self_attn.q_proj.weight" in keys  # PEFT's base_layer
     assert layer.weight.dtype == torch.float32 and model.get_output_embeddings().weight.dtype == torch.bfloat16

@@ -172,7 +172,9 @@ class TrainingConfig(Strict):
     0). Autocast rounds them for every matmul anyway, so the losses are the same to the last bit, and the base
     takes half the memory (SmolLM2-135M LoRA: bench/results/memory_levers.md); the fp32 values are read back from
     the base model's safetensors checkpoint when training ends, so evaluation and benchmarks see the base as
-    loaded. `fp32`: as loaded. metrics.json records what was used (`training.frozen_weights`)."""
+    loaded. QLoRA stores its whole frozen base so (embeddings and norms too, as its recipe loads the model): the
+    residual stream then runs in bf16, so its losses differ by rounding. `fp32`: as loaded. metrics.json records
+    what was used (`training.frozen_weights`)."""
     group_by_length: bool = True
     """Batch examples of similar length together (less padding), in seeded random batch order."""
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"

@@ -1,7 +1,9 @@
 """QLoRA (Dettmers et al., 2023): LoRA on a base whose linear layers are stored in 4-bit NF4.
 
 The base is quantized at load time by bitsandbytes (CUDA or CPU backend). Matmuls run in
-`compute_dtype` (bfloat16 by default, as in the paper; float32 on request); LoRA weights stay float32.
+`compute_dtype` (bfloat16 by default, as in the paper; float32 on request); LoRA weights stay float32. While it
+trains under bf16 autocast, the base's other weights (embeddings, norms) are stored in bf16 too, as the recipe
+loads the model (`training.frozen_weights`, training/frozen.py), and read back in fp32 when training ends.
 """
 
 from __future__ import annotations

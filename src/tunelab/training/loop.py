@@ -243,7 +243,7 @@ def _round_frozen_weights(state: LoopState, base_checkpoint: str | Path) -> None
         return
     state.rounded = store_frozen_rounded(state.accelerator.unwrap_model(state.model), dtype, base_checkpoint)
     if state.rounded is not None:
-        state.result.frozen_weights = state.result.precision
+        state.result.frozen_weights = state.result.precision + (", whole base" if state.rounded.whole_base else "")
 
 
 def _decide_checkpointing(
