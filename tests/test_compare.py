@@ -516,3 +516,29 @@ def test_an_arms_error_crosses_the_process_boundary_with_what_explains_it():
 
     odd = _transferable(raised(Unpicklable("held a lock", __import__("threading").Lock())))
     assert type(odd) is RuntimeError and str(odd).startswith("Unpicklable: held a lock")
+
+
+def test_a_kept_arm_shares_its_base_scores_with_the_next_arms(tmp_path, monkeypatch):
+    """An arm kept because its (changed) sweep chose the values it trained with hands on the base model's benchmark
+    scores it measured, so the next arm with the same base does not measure them again."""
+    from tunelab.config.compare import Arm
+    from tunelab.config.loader import build_config
+    from tunelab.recipes import arms as arms_module
+    from tunelab.recipes.comparing import base_suite_key
+    from tunelab.runs import RunDir
+
+    cfg = build_config({"name": "lora", "output_dir": str(tmp_path), "benchmarks": {"tasks": ["sst2"]}})
+    arm = Arm(name="lora", kind="finetune", experiment=cfg, sweep={"training.lr": [1e-4, 1e-3]}, sweep_widen=1)
+    run = RunDir.create(cfg, tmp_path / "lora")
+    scores = {"sst2": {"accuracy": 0.5}}
+    (run.path / "benchmarks_before.json").write_text(json.dumps(scores))
+    run.write_metrics({"name": "lora"})
+    run.mark_complete()
+    chosen = {"chosen": {"training.lr": cfg.training.lr}, "trials": [], "metric": "eval_loss"}
+    monkeypatch.setattr(arms_module, "swept_experiment", lambda arm, show_progress, echo: (cfg, chosen))
+    monkeypatch.setattr(arms_module, "finetune", lambda *a, **k: pytest.fail("a kept arm must not train"))
+    shared: dict = {}
+    assert arms_module.run_arm(arm, tmp_path, show_progress=False, echo=None, base_benchmarks=shared) is True
+    assert shared == {base_suite_key(arm): scores}
+    assert json.loads((run.path / "metrics.json").read_text())["sweep"] == chosen
+    assert json.loads((run.path / "arm.json").read_text()) == json.loads(json.dumps(arm.signature()))

@@ -149,14 +149,15 @@ def run_arm(
             atomic_write_json(stage / ARM_FILE, arm.signature())
         return False
     experiment, chosen = swept_experiment(arm, show_progress, echo)
+    key = base_suite_key(arm)
     if chosen is not None and _trained_as(final, experiment):
         run = RunDir(final)
         run.write_metrics({**(run.read_json("metrics.json") or {}), "sweep": chosen})
         atomic_write_json(final / ARM_FILE, arm.signature())
+        _share_base_scores(final, key, base_benchmarks)
         if echo:
             echo(f"  {arm.name}: the sweep chose the values it was trained with: its finished run is kept")
         return True
-    key = base_suite_key(arm)
     shared = base_benchmarks.get(key) if base_benchmarks is not None else None
     partial = partial_arm_dir(directory, arm.name)
     if _resumable(partial, experiment) == "finished":  # stopped between finishing and being renamed
@@ -165,13 +166,19 @@ def run_arm(
         metrics = finetune(
             experiment, run_path=partial, show_progress=show_progress, echo=None, base_benchmarks=shared, resume=True
         ).metrics
-    if base_benchmarks is not None and shared is None and (partial / "benchmarks_before.json").is_file():
-        base_benchmarks[key] = json.loads((partial / "benchmarks_before.json").read_text())
+    if shared is None:
+        _share_base_scores(partial, key, base_benchmarks)
     if chosen is not None:  # the record says which values the validation split chose
         RunDir(partial).write_metrics({**metrics, "sweep": chosen})
     atomic_write_json(partial / ARM_FILE, arm.signature())
     atomic_replace_dir(partial, final)
     return False
+
+
+def _share_base_scores(run_dir: Path, key: str, base_benchmarks: dict[str, dict[str, Any]] | None) -> None:
+    """The base model's benchmark scores that `run_dir` measured, for the next arms with the same base."""
+    if base_benchmarks is not None and key not in base_benchmarks and (run_dir / "benchmarks_before.json").is_file():
+        base_benchmarks[key] = json.loads((run_dir / "benchmarks_before.json").read_text())
 
 
 def _trained_as(run_dir: Path, experiment: ExperimentConfig) -> bool:
