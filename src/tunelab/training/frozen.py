@@ -10,9 +10,10 @@ are stored rounded (a base changed in memory keeps fp32), never a weight that an
 embeddings) and never one that trains.
 
 A base quantized to 4 bits (QLoRA) goes further, as QLoRA's recipe loads the model (`whole_base`): every frozen
-floating weight of it, the embeddings and norms too, is stored in the compute precision. The residual stream then runs in it, which is not
-the same computation (the losses differ by rounding: bench/results/memory_levers.md), but its 4-bit base is an
-approximation made for memory in the first place, and it halves what QLoRA keeps besides that base.
+floating weight of it, the embeddings and norms too, is stored in the compute precision. The residual stream then
+runs in it, which is not the same computation (the losses differ by rounding: +0.19% validation loss on the study's
+QLoRA sweep trial, bench/results/methods.md), but its 4-bit base is an approximation made for memory in the first
+place, and it halves what QLoRA keeps besides that base.
 """
 
 from __future__ import annotations
@@ -117,7 +118,7 @@ def _frozen_weights(model: torch.nn.Module) -> Iterator[tuple[str, torch.nn.Para
     """Every frozen fp32 weight of the base model (a shared one once); quantized weights are not floating."""
     for name, weight in base_model(model).named_parameters():
         if not weight.requires_grad and weight.dtype == torch.float32:
-            yield name, cast(torch.nn.Parameter, weight)
+            yield name, weight
 
 
 def _same_as_checkpoint(weight: torch.Tensor, stored) -> bool:
