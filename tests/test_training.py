@@ -144,19 +144,20 @@ def test_saved_lora_adapter_reloads_with_plain_peft_to_identical_logits(arch, ti
 def test_mask_free_completion_loss_equals_the_masked_full_logits_loss(method, logits_at, tiny_llama_chat_dir,
                                                                       monkeypatch):  # fmt: skip
     """tunelab's causal batches (right-padded, no attention mask, logits for completion positions only, projected
-    a chunk of tokens at a time) give the loss and the gradients of HF's own loss on a padded batch with its
-    attention mask; so do the fallbacks: logits at the completion positions in one piece (prompt learning, models
-    whose head is not a plain projection) and the last columns (models whose forward takes no position mask)."""
+    a chunk of tokens at a time, a soft prompt prepended as PEFT prepends it) give the loss and the gradients of
+    HF's own loss on a padded batch with its attention mask; so do the fallbacks: logits at the completion positions
+    in one piece (prefix tuning, models whose head is not a plain projection) and the last columns (models whose
+    forward takes no position mask)."""
     import tunelab.training.loss as loss_module
     from tunelab.data.collate import pad_sequences, padding_mask
     from tunelab.training.loss import completion_loss
 
     cfg, loaded, model, train, _ = _setup(tiny_llama_chat_dir, method)
     assert loss_module.takes_position_mask(model)  # this transformers' llama takes a boolean mask
-    prompt_learning = method["name"] in ("prompt_tuning", "prefix_tuning")
-    assert loss_module._plain_head(model) is not prompt_learning  # a llama's head: a plain projection
-    if logits_at == "chunks" and prompt_learning:
-        pytest.skip("prompt learning changes the inputs inside PEFT's forward: never chunked")
+    key_value_prompt = method["name"] == "prefix_tuning"
+    assert loss_module._plain_head(model) is not key_value_prompt  # a llama's head: a plain projection
+    if logits_at == "chunks" and key_value_prompt:
+        pytest.skip("prefix tuning's virtual tokens live in PEFT's key/value cache: never chunked")
     monkeypatch.setattr(loss_module, "CHUNK_LOGITS", 7 * model.get_output_embeddings().weight.shape[0])  # 7 tokens
     if logits_at != "chunks":
         monkeypatch.setattr(loss_module, "_plain_head", lambda model: False)

@@ -9,12 +9,14 @@ take such a mask (older transformers, custom code) get the last K columns instea
 start in the batch to the end. Same loss either way as the full computation (tested), less time and memory.
 
 Where the output head is a plain projection (Llama-style models, no softcapping or scaling of the logits) and the
-model is called directly (one process, no prompt-learning wrapper), the loss goes one step further: the backbone's
+model is called directly (one process, no DDP/FSDP wrapper), the loss goes one step further: the backbone's
 hidden states at those positions are projected and scored a chunk of tokens at a time, each chunk recomputed in the
 backward pass (torch.utils.checkpoint), so the fp32 logits, their log-softmax and gradients exist for one chunk at
 a time instead of for every completion token at once: the same loss up to summation order, and SmolLM2-135M
 LoRA's peak on the demo's batch 1.69 -> 1.58 GiB (1.50 -> 1.40 with frozen weights in bf16) at the same step time
-(bench/results/methods.md).
+(bench/results/methods.md). A soft prompt (prompt tuning, p-tuning) is prepended here exactly as PEFT's forward
+prepends it, so it takes the chunked path too; prefix tuning, whose virtual tokens live in the key/value cache,
+does not.
 """
 
 from __future__ import annotations
@@ -66,6 +68,8 @@ def _chunked_head_loss(model: torch.nn.Module, inputs: dict[str, Any], labels: t
     """The backbone's hidden states at the positions that predict a completion token, projected and scored one
     chunk at a time; the head's weight is cast once to the autocast precision (as autocast would per matmul)."""
     base = base_model(model)
+    if prepended_positions(model):
+        inputs, labels = _with_soft_prompt(model, inputs, labels)
     hidden = base.get_decoder()(**inputs).last_hidden_state
     predicts = labels[:, 1:] != IGNORE_INDEX
     hidden, targets = hidden[:, :-1][predicts], labels[:, 1:][predicts]
@@ -80,18 +84,40 @@ def _chunked_head_loss(model: torch.nn.Module, inputs: dict[str, Any], labels: t
     return torch.stack(sums).sum() / len(targets)
 
 
+def _with_soft_prompt(
+    model: Any, inputs: dict[str, Any], labels: torch.Tensor
+) -> tuple[dict[str, Any], torch.Tensor]:  # model: a PEFT prompt-learning model
+    """What PEFT's prompt-learning forward hands the base model: the learned prompt's embeddings in front of the
+    input's (in their dtype), the attention mask (if any) widened with ones, and ignored labels under the prompt.
+    Like PEFT, explicit position ids are dropped: positions count from the first virtual token."""
+    inputs = {k: v for k, v in inputs.items() if k != "position_ids"}
+    ids = inputs.pop("input_ids")
+    embeds = model.word_embeddings(ids)
+    prompt = model.get_prompt(batch_size=ids.shape[0]).to(embeds.dtype)
+    inputs["inputs_embeds"] = torch.cat((prompt, embeds), dim=1)
+    rows, virtual = ids.shape[0], prompt.shape[1]
+    if inputs.get("attention_mask") is not None:
+        ones = inputs["attention_mask"].new_ones(rows, virtual)
+        inputs["attention_mask"] = torch.cat((ones, inputs["attention_mask"]), dim=1)
+    ignored = labels.new_full((rows, virtual), IGNORE_INDEX)
+    return inputs, torch.cat((ignored, labels), dim=1)
+
+
 def _summed_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(F.linear(hidden, weight).float(), targets, reduction="sum")
 
 
 def _plain_head(model: torch.nn.Module) -> bool:
     """Whether the loss may call the backbone and project the hidden states itself: a model called directly (no
-    DDP/FSDP wrapper, whose hooks run in the model's own forward; no prompt-learning wrapper, which changes the
-    inputs) whose logits are a plain projection of the last hidden state."""
+    DDP/FSDP wrapper, whose hooks run in the model's own forward; of the prompt-learning methods, which change the
+    inputs inside PEFT's forward, only a soft prompt that `_with_soft_prompt` prepends the same way) whose logits
+    are a plain projection of the last hidden state."""
     from tunelab.training.distributed import is_sharded
 
+    if unwrap_parallel(model) is not model or is_sharded(model):
+        return False
     peft_cfg = getattr(model, "active_peft_config", None)
-    if unwrap_parallel(model) is not model or is_sharded(model) or (peft_cfg and peft_cfg.is_prompt_learning):
+    if peft_cfg is not None and peft_cfg.is_prompt_learning and not prepended_positions(model):
         return False
     base = base_model(model)
     cfg = getattr(base, "config", None)
