@@ -1,0 +1,133 @@
+"""Where a training step's time goes: one step of tunelab's loss, backward and fused AdamW, profiled by operator.
+
+    python bench/profile_step.py [--arch seq2seq] [--method full] [--precision fp32] [--compile off,on] [--batch 4]
+
+The models and examples of bench/throughput.py (SmolLM2-135M-Instruct; a random T5 of flan-t5-small's shape), in
+train mode (dropout on, as both sides of the throughput bench train), one batch of DialogSum training examples as
+tunelab collates it, two warm-up steps, then one timed step and one profiled step (torch.profiler, CPU). The
+operators' self time is grouped (matrix products, attention kernels, dropout's random masks, the embedding's dense
+gradient, the optimizer, inductor's compiled graphs, the rest), so the share of the step spent outside the matrix
+products, the part that faster code can remove, is read off directly. Writes bench/results/profile_step.json.
+This is the step's arithmetic, not the whole training loop (frozen-weight rounding, logging and data loading are
+not in it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+import throughput  # noqa: E402  (bench/, the script's folder)
+
+import tunelab  # noqa: E402
+
+from tunelab.data import PromptEncoder, TemplateSet  # noqa: E402
+from tunelab.data.collate import TrainCollator  # noqa: E402
+from tunelab.data.encoding import encode_training_set  # noqa: E402
+from tunelab.environment import describe_environment  # noqa: E402
+from tunelab.methods import ModelContext, get_method  # noqa: E402
+from tunelab.training.compiling import compiled_for_training  # noqa: E402
+from tunelab.training.loss import completion_loss  # noqa: E402
+
+GROUPS = {  # operator name fragments, first match wins
+    "matrix products": ("aten::mm", "aten::bmm", "aten::addmm", "aten::baddbmm", "aten::linear"),
+    "attention kernels": ("scaled_dot_product", "flash_attention"),
+    "dropout masks": ("bernoulli",),
+    "embedding gradient": ("embedding_dense_backward", "embedding_backward"),
+    "optimizer": ("adamw", "zero_grad"),
+    "compiled graphs": ("CompiledFxGraph",),
+}
+
+
+def group_of(name: str) -> str:
+    lowered = name.lower()
+    return next((g for g, keys in GROUPS.items() if any(k.lower() in lowered for k in keys)), "other")
+
+
+def profile(arch: str, method: str, precision: str, compiled: bool, batch_size: int, attn: str) -> dict:
+    tok = throughput.smol_tokenizer()
+    model = throughput.make_model(arch).train()
+    if attn != "default":
+        model.set_attn_implementation(attn)
+    settings = tunelab.build_config({"method": {"name": "full"} if method == "full" else throughput.LORA}).method
+    model = get_method(method).prepare(model, settings, ModelContext(arch, "", ""))
+    enc = PromptEncoder(tok, arch, arch == "causal", 320, 64)
+    exs = throughput.examples(batch_size)
+    train = encode_training_set(enc, exs, [TemplateSet("dialogue_summarization").eval] * len(exs))
+    batch = TrainCollator(tok.pad_token_id, arch)(train)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(trainable, lr=1e-5, fused=True)
+    run = compiled_for_training(model) if compiled else model
+
+    def step() -> None:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            loss = completion_loss(run, batch, arch)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    for _ in range(2):
+        step()
+    start = time.perf_counter()
+    step()
+    seconds = time.perf_counter() - start
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        step()
+    by_group: dict[str, float] = defaultdict(float)
+    for event in prof.key_averages():
+        by_group[group_of(event.key)] += event.self_cpu_time_total
+    total = sum(by_group.values())
+    return {
+        "arch": arch,
+        "method": method,
+        "precision": precision,
+        "compiled": compiled,
+        "attn": attn,
+        "batch_shape": {k: list(v.shape) for k, v in batch.items()},
+        "step_seconds": seconds,
+        "shares": {g: by_group[g] / total for g in sorted(by_group, key=by_group.get, reverse=True)},
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--arch", default="seq2seq", choices=["causal", "seq2seq"])
+    ap.add_argument("--method", default="full", choices=["full", "lora"])
+    ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    ap.add_argument("--compile", default="off,on", help="off, on or both")
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--attn", default="default", help="attention implementations, comma-separated (sdpa, eager)")
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "profile_step.json"))
+    args = ap.parse_args()
+    rows = [
+        profile(args.arch, args.method, args.precision, setting == "on", args.batch, attn)
+        for attn in args.attn.split(",")
+        for setting in args.compile.split(",")
+    ]
+    for r in rows:
+        shares = ", ".join(f"{g} {100 * s:.1f}%" for g, s in r["shares"].items())
+        print(
+            f"{r['arch']} {r['method']} {r['precision']} compiled={r['compiled']} attention={r['attn']}: "
+            f"{r['step_seconds']:.2f} s; {shares}"
+        )
+    out = {
+        "date": time.strftime("%Y-%m-%d"),
+        "environment": describe_environment(torch.device("cpu")),
+        "rows": rows,
+    }
+    tmp = Path(args.out).with_suffix(".tmp")
+    tmp.write_text(json.dumps(out, indent=2) + "\n")
+    tmp.replace(args.out)
+
+
+if __name__ == "__main__":
+    main()
