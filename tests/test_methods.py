@@ -241,6 +241,34 @@ def wide_llama_dir(tmp_path_factory):
     return path
 
 
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads the process's memory mappings (Linux)")
+def test_a_quantized_load_hands_back_the_checkpoint_pages_before_copying_its_weights_out(wide_llama_dir, monkeypatch):
+    """The embeddings and norms of a 4-bit load still view the memory-mapped fp32 checkpoint; before they are
+    copied out of it, the mapping's pages are handed back (madvise), so the copies do not come on top of every page
+    quantization read. The weights are exactly the checkpoint's afterwards."""
+    import tunelab.models.loading as loading
+    from safetensors.torch import load_file
+
+    paged: list[str] = []
+    real_page_out = loading.page_out
+
+    def recording(ranges):
+        fields = [line.split(maxsplit=5) for line in Path("/proc/self/maps").read_text().splitlines()]
+        files = {tuple(int(x, 16) for x in f[0].split("-")): f[5] for f in fields if len(f) == 6}
+        paged.extend(files.get(r, "?") for r in ranges)
+        real_page_out(ranges)
+
+    monkeypatch.setattr(loading, "page_out", recording)
+    cfg = build_config({"model": {"name": str(wide_llama_dir)}, "method": {"name": "qlora", "r": 8}})
+    loaded = load_model(cfg.model, device=CPU, extra_kwargs=get_method("qlora").load_kwargs(cfg.method))
+    checkpoint = wide_llama_dir / "model.safetensors"
+    assert str(checkpoint) in paged
+    assert str(checkpoint) not in Path("/proc/self/maps").read_text()  # every view copied out: the mapping closed
+    on_disk = load_file(checkpoint)
+    assert torch.equal(loaded.model.get_input_embeddings().weight, on_disk["model.embed_tokens.weight"])
+    assert torch.equal(loaded.model.model.norm.weight, on_disk["model.norm.weight"])
+
+
 def test_qlora_base_is_4bit_and_trains_on_cpu(wide_llama_dir):
     import bitsandbytes as bnb
 
