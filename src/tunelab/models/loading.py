@@ -108,8 +108,8 @@ def release_checkpoint_mapping(model: torch.nn.Module) -> None:
     quantized load (or frozen weights rounded for training, training/frozen.py) the weights left as loaded
     (embeddings, norms) are such views, and every page quantization has read stays resident while any view
     lives: the whole fp32 file (0.5 GB for SmolLM2-135M) beside a 0.16 GB model (bench/results/methods.md).
-    Those pages are handed back first, so the copies do not come on top of them: the process's peak stays the
-    load's (QLoRA's SmolLM2-135M: 1.29 -> 0.95 GB on glibc, bench/results/methods.md)."""
+    Those pages are handed back first, so the copies do not come on top of them (QLoRA on SmolLM2-135M: its peak
+    1.17 -> 1.04 GiB, now in training rather than at the load; bench/results/methods.md)."""
     tensors = [t for t in [*model.parameters(), *model.buffers()] if t.is_floating_point() and t.device.type == "cpu"]
     page_out([(start, end) for start, end, _ in file_mappings_holding(tensors)])
     for tensor in tensors:
