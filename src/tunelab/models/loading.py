@@ -111,7 +111,7 @@ def release_checkpoint_mapping(model: torch.nn.Module) -> None:
     Those pages are handed back first, so the copies do not come on top of them (QLoRA on SmolLM2-135M: its peak
     1.17 -> 1.04 GiB, now in training rather than at the load; bench/results/methods.md)."""
     tensors = [t for t in [*model.parameters(), *model.buffers()] if t.is_floating_point() and t.device.type == "cpu"]
-    page_out([(start, end) for start, end, _ in file_mappings_holding(tensors)])
+    page_out(file_mappings_holding(tensors))
     for tensor in tensors:
         tensor.data = tensor.data.clone()
 
@@ -119,14 +119,14 @@ def release_checkpoint_mapping(model: torch.nn.Module) -> None:
 MADV_PAGEOUT = 21  # Linux >= 5.4: reclaim these pages now; clean file pages are read again if touched
 
 
-def file_mappings_holding(tensors: list[torch.Tensor]) -> list[tuple[int, int, str]]:
-    """The file-backed memory mappings of this process (start, end, file) that hold any of `tensors`' data;
+def file_mappings_holding(tensors: list[torch.Tensor]) -> list[tuple[int, int]]:
+    """The file-backed memory mappings of this process (start, end) that hold any of `tensors`' data;
     empty where the process has no /proc/self/maps (not Linux)."""
     try:
         lines = Path("/proc/self/maps").read_text().splitlines()
     except OSError:
         return []
-    pointers = sorted(t.data_ptr() for t in tensors)
+    pointers = [t.data_ptr() for t in tensors]
     found = []
     for line in lines:
         fields = line.split(maxsplit=5)
@@ -134,7 +134,7 @@ def file_mappings_holding(tensors: list[torch.Tensor]) -> list[tuple[int, int, s
             continue
         start, end = (int(x, 16) for x in fields[0].split("-"))
         if any(start <= p < end for p in pointers):
-            found.append((start, end, fields[5]))
+            found.append((start, end))
     return found
 
 
