@@ -1,15 +1,18 @@
-"""Training with and without `training.compile`, side by side, through tunelab's own training loop.
+"""Training with and without `training.compile` (or another on/off setting), side by side, through tunelab's own
+training loop.
 
 SmolLM2-135M-Instruct on the demo's training data and settings (DialogSum training dialogues, batch 8, inputs cut
 at 320 tokens, summaries at 64; precision and gradient checkpointing `auto`, as the demo trains), a different
-length-grouped batch every step. Each (method, compile) pair runs in its own process (peak RSS is a per-process
+length-grouped batch every step. Each (method, setting) pair runs in its own process (peak RSS is a per-process
 high-water mark); the pairs are interleaved over `--repeats` rounds. Per run: the seconds of each optimizer
 step, so the compilation's cost (the first steps) and the steady step time (the median of the later steps) are
 both visible, the whole run's seconds, peak RSS and the logged losses.
 
     python bench/compile.py [--methods full,lora,prompt_tuning] [--steps 12] [--repeats 1] [--precision auto]
+    python bench/compile.py --setting matmul_attention --methods full,lora --out bench/results/attention.json
 
-Prints a Markdown table (bench/results/compile.md) and writes bench/results/compile.json.
+`--setting matmul_attention` compares `training.matmul_attention` off and on, both compiled (tunelab's default for
+real runs). Prints a Markdown table (bench/results/compile.md, attention.md) and writes the JSON (`--out`).
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ METHODS = {
 STEADY_FROM = 4  # steps before this one may still compile (the first shape, then the dynamic recompile)
 
 
-def worker(method: str, compiled: bool, steps: int, precision: str) -> dict:
+def worker(method: str, setting: str, on: bool, steps: int, precision: str) -> dict:
     import torch
 
     import tunelab
@@ -57,7 +60,8 @@ def worker(method: str, compiled: bool, steps: int, precision: str) -> dict:
                 "scheduler": "cosine",
                 "log_every": 1,
                 "precision": precision,
-                "compile": compiled,
+                "compile": True,
+                setting: on,
             },
         }
     )
@@ -83,8 +87,10 @@ def worker(method: str, compiled: bool, steps: int, precision: str) -> dict:
     step_seconds = [b - a for a, b in zip(stamps, [*stamps[1:], end])]
     return {
         "method": method,
-        "compile": compiled,
+        "setting": setting,
+        "on": on,
         "compiled": result.compiled,
+        "matmul_attention": result.matmul_attention,
         "gradient_checkpointing": result.gradient_checkpointing,
         "precision": result.precision,
         "steps": result.steps,
@@ -103,25 +109,26 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--precision", default="auto")
+    ap.add_argument("--setting", default="compile", choices=["compile", "matmul_attention"])
     ap.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "compile.json"))
     args = ap.parse_args()
     if args.worker:
-        method, compiled = args.worker
-        print(json.dumps(worker(method, compiled == "on", args.steps, args.precision)))
+        method, on = args.worker
+        print(json.dumps(worker(method, args.setting, on == "on", args.steps, args.precision)))
         return
     rows = []
     for repeat in range(args.repeats):
         for method in args.methods.split(","):
-            for compiled in ("off", "on"):
-                cmd = [sys.executable, __file__, "--worker", method, compiled, "--steps", str(args.steps)]
-                cmd += ["--precision", args.precision]
+            for on in ("off", "on"):
+                cmd = [sys.executable, __file__, "--worker", method, on, "--steps", str(args.steps)]
+                cmd += ["--precision", args.precision, "--setting", args.setting]
                 proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
                 if proc.returncode != 0:
-                    sys.exit(f"{method} compile {compiled} failed:\n{proc.stderr[-3000:]}")
+                    sys.exit(f"{method} {args.setting} {on} failed:\n{proc.stderr[-3000:]}")
                 rows.append({**json.loads(proc.stdout.strip().splitlines()[-1]), "repeat": repeat})
                 r = rows[-1]
-                print(f"  {method} compile {compiled} (round {repeat + 1}): {r['seconds']:.1f} s", file=sys.stderr)
+                print(f"  {method} {args.setting} {on} (round {repeat + 1}): {r['seconds']:.1f} s", file=sys.stderr)
     import torch
 
     from tunelab.environment import describe_environment
@@ -134,16 +141,16 @@ def main() -> None:
         f"{STEADY_FROM}-{rows[0]['steps']}; medians over {args.repeats} round(s)\n"
     )
     print(
-        "| method | checkpointing | compile | steps 1-3 s | steady step s | steady step / eager | whole run s | "
-        "whole run / eager | peak RSS GiB | peak / eager | largest loss difference |"
+        f"| method | checkpointing | {args.setting} | steps 1-3 s | steady step s | steady step / off | whole run s | "
+        "whole run / off | peak RSS GiB | peak / off | largest loss difference |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     summary = []
     for method in args.methods.split(","):
         by_setting = {}
-        for compiled in (False, True):
-            runs = [r for r in rows if r["method"] == method and r["compiled"] is compiled]
-            by_setting[compiled] = {
+        for on in (False, True):
+            runs = [r for r in rows if r["method"] == method and r["on"] is on]
+            by_setting[on] = {
                 "first": statistics.median(sum(r["step_seconds"][: STEADY_FROM - 1]) for r in runs),
                 "steady": statistics.median(r["steady_step_seconds"] for r in runs),
                 "whole": statistics.median(r["seconds"] for r in runs),
@@ -151,20 +158,20 @@ def main() -> None:
                 "losses": runs[0]["losses"],
                 "checkpointing": runs[0]["gradient_checkpointing"],
             }
-        eager = by_setting[False]
-        for compiled, s in by_setting.items():
-            difference = max(abs(a - b) for a, b in zip(s["losses"], eager["losses"]))
+        off = by_setting[False]
+        for on, s in by_setting.items():
+            difference = max(abs(a - b) for a, b in zip(s["losses"], off["losses"]))
             print(
-                f"| {method} | {'on' if s['checkpointing'] else 'off'} | {'on' if compiled else 'off'} | "
-                f"{s['first']:.1f} | {s['steady']:.2f} | {s['steady'] / eager['steady']:.2f} | {s['whole']:.1f} | "
-                f"{s['whole'] / eager['whole']:.2f} | {s['peak'] / 2**30:.2f} | {s['peak'] / eager['peak']:.2f} | "
+                f"| {method} | {'on' if s['checkpointing'] else 'off'} | {'on' if on else 'off'} | "
+                f"{s['first']:.1f} | {s['steady']:.2f} | {s['steady'] / off['steady']:.2f} | {s['whole']:.1f} | "
+                f"{s['whole'] / off['whole']:.2f} | {s['peak'] / 2**30:.2f} | {s['peak'] / off['peak']:.2f} | "
                 f"{difference:.4f} |"
             )
-            summary.append({"method": method, "compiled": compiled, **s})
+            summary.append({"method": method, args.setting: on, **s})
     Path(args.out).write_text(
         json.dumps(
-            {"date": time.strftime("%Y-%m-%d"), "environment": env, "steps": args.steps, "rows": rows,
-             "summary": summary},
+            {"date": time.strftime("%Y-%m-%d"), "environment": env, "setting": args.setting, "steps": args.steps,
+             "rows": rows, "summary": summary},
             indent=2,
         )
     )  # fmt: skip

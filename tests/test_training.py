@@ -343,6 +343,74 @@ def test_compile_auto_is_off_for_small_models_and_a_clear_error_where_it_cannot_
         compiling.decide_compile(True, model, torch.device("cpu"), 100, 1)
 
 
+def test_matmul_attention_equals_sdpa_and_hands_everything_else_to_it():
+    """Causal self-attention by matrix products (grouped query heads stacked per key/value head) gives sdpa's
+    output and gradients; with a mask or a key/value cache it is sdpa's computation itself."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    from tunelab.training.attention import matmul_causal_attention
+
+    module = torch.nn.Module()
+    module.num_key_value_groups, module.is_causal = 2, True
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, h, 7, 8, requires_grad=True) for h in (4, 2, 2))
+
+    def run(attention, *tensors, mask=None):
+        out, _ = attention(module, *tensors, mask, scaling=8**-0.5)
+        grads = torch.autograd.grad((out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum(), (q, k, v))
+        return out, grads
+
+    ours, our_grads = run(matmul_causal_attention, q, k, v)
+    reference, reference_grads = run(sdpa_attention_forward, q, k, v)
+    assert ours.shape == (2, 7, 4, 8)
+    torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-6)
+    for a, b in zip(our_grads, reference_grads):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    padding = torch.ones(2, 1, 7, 7, dtype=torch.bool).tril()
+    padding[1, :, :, 5:] = False
+    assert torch.equal(run(matmul_causal_attention, q, k, v, mask=padding)[0],
+                       run(sdpa_attention_forward, q, k, v, mask=padding)[0])  # fmt: skip
+    one_new_token = q[:, :, -1:]
+    assert torch.equal(matmul_causal_attention(module, one_new_token, k, v, None)[0],
+                       sdpa_attention_forward(module, one_new_token, k, v, None)[0])  # fmt: skip
+
+
+@pytest.mark.parametrize("compile_setting", [False, True], ids=["eager", "compiled"])
+def test_matmul_attention_trains_as_sdpa_without_calling_it_and_leaves_the_model_on_sdpa(
+    compile_setting, tiny_llama_dir, monkeypatch
+):
+    """`training.matmul_attention: true`: the same losses as sdpa's (fp32), sdpa's kernel never called while
+    training, the record says so, and the model attends through sdpa again afterwards."""
+    import torch.nn.functional as F
+
+    lora = {"name": "lora", "r": 4, "dropout": 0.0, "target_modules": "all-linear"}
+    plain, _, _, _ = _train_losses(tiny_llama_dir, lora, {"matmul_attention": False}, compile_setting)
+    kernel_calls = []
+    sdpa = F.scaled_dot_product_attention
+    monkeypatch.setattr(F, "scaled_dot_product_attention", lambda *a, **kw: kernel_calls.append(1) or sdpa(*a, **kw))
+    matmul, model, loaded, held = _train_losses(tiny_llama_dir, lora, {"matmul_attention": True}, compile_setting)
+    assert not kernel_calls
+    assert plain.matmul_attention is False and matmul.matmul_attention is True
+    assert [x for _, x in matmul.train_loss] == pytest.approx([x for _, x in plain.train_loss], rel=1e-5)
+    assert model.get_base_model().config._attn_implementation == "sdpa"
+    assert math.isfinite(_held_loss(model, loaded, held))
+    assert kernel_calls  # evaluation attends through sdpa
+
+
+def test_matmul_attention_where_it_cannot_apply_is_an_error_naming_why(tiny_llama_dir, tiny_t5_dir):
+    from tunelab.errors import TrainingError
+    from tunelab.training.attention import check_matmul_attention
+
+    _, _, llama, _, _ = _setup(tiny_llama_dir, {"name": "lora", "r": 4})
+    check_matmul_attention(llama, "causal")
+    _, _, t5, _, _ = _setup(tiny_t5_dir, {"name": "lora", "r": 4})
+    with pytest.raises(TrainingError, match="causal models"):
+        check_matmul_attention(t5, "seq2seq")
+    llama.get_base_model().set_attn_implementation("eager")
+    with pytest.raises(TrainingError, match="attends through 'eager'.*matmul_attention: false"):
+        check_matmul_attention(llama, "causal")
+
+
 def test_every_decoder_block_reuses_one_compiled_graph():
     """Regional compilation pays because one compiled block serves every layer: a deeper model compiles no more
     graphs (a key/value cache in the loss forward made each layer compile its own, up to the recompile limit)."""

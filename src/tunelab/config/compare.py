@@ -29,7 +29,12 @@ CLAIM_METRIC = re.compile(
 
 # Settings that choose how the same computation runs, not what it computes (results differ only by rounding, or
 # not at all: how often checkpoints are written): a finished arm is reused whatever they are.
-EXECUTION_SETTINGS = (("training", "compile"), ("training", "save_every"), ("training", "frozen_weights"))
+EXECUTION_SETTINGS = (
+    ("training", "compile"),
+    ("training", "save_every"),
+    ("training", "frozen_weights"),
+    ("training", "matmul_attention"),
+)
 
 
 def without_execution_settings(experiment: dict[str, Any]) -> dict[str, Any]:

@@ -175,6 +175,12 @@ class TrainingConfig(Strict):
     loaded. QLoRA stores its whole frozen base so (embeddings and norms too, as its recipe loads the model): the
     residual stream then runs in bf16, so its losses differ by rounding. `fp32`: as loaded. metrics.json records
     what was used (`training.frozen_weights`)."""
+    matmul_attention: bool = False
+    """Causal self-attention through two batched matrix products per layer instead of sdpa's kernel while a
+    causal model trains (training/attention.py): the arithmetic of transformers' `eager` attention (scores
+    rounded to the autocast precision, softmax in fp32). On a 2-core CPU without AMX, SmolLM2-135M's compiled bf16
+    step takes 0.93x the time at ~1.2x the peak memory (bench/results/attention.md), so it is off by default.
+    Evaluation and generation keep the model's attention; metrics.json records the choice."""
     group_by_length: bool = True
     """Batch examples of similar length together (less padding), in seeded random batch order."""
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"

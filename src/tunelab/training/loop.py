@@ -32,6 +32,7 @@ from tunelab.methods import method_of
 from tunelab.modeling import Arch, base_model
 from tunelab.models.precision import autocast_dtype, resolve_precision
 from tunelab.testing import fault_point
+from tunelab.training.attention import check_matmul_attention, matmul_attention
 from tunelab.training.compiling import compiled_for_training, decide_compile
 from tunelab.training.checkpoint import (
     TrainingState,
@@ -75,6 +76,7 @@ class TrainResult:
     gradient_checkpointing: bool = False  # as configured, or as `auto` chose
     compiled: bool = False  # training.compile as configured, or as `auto` chose
     frozen_weights: str = "fp32"  # how frozen linear weights were stored while training (training/frozen.py)
+    matmul_attention: bool = False  # training.matmul_attention (training/attention.py)
 
     @property
     def tokens_per_second(self) -> float:
@@ -225,8 +227,9 @@ def train_model(
         if resume_from is not None:
             _restore(state, resume_from)
         _start_logging(state, log_dir, resumed=resume_from is not None, show_progress=show_progress)
-        while state.step < state.total_steps:
-            _train_epoch(state)
+        with matmul_attention(state.model, state.result.matmul_attention):
+            while state.step < state.total_steps:
+                _train_epoch(state)
         return _finish(state)
     finally:
         if state.rounded is not None:  # the base as loaded again, also when training stopped on an error
@@ -316,6 +319,8 @@ def _set_up(
     if eval_loader is not None:
         eval_loader = accelerator.prepare(eval_loader)
     compiled = decide_compile(cfg.compile, model, device, total_steps, accelerator.num_processes)
+    if cfg.matmul_attention:
+        check_matmul_attention(model, arch)
     result = TrainResult(
         steps=0,
         epochs=0.0,
@@ -323,6 +328,7 @@ def _set_up(
         precision=resolve_precision(cfg.precision, device),
         gradient_checkpointing=checkpointing,
         compiled=compiled,
+        matmul_attention=cfg.matmul_attention,
     )
     return LoopState(
         cfg,
