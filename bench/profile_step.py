@@ -1,6 +1,7 @@
 """Where a training step's time goes: one step of tunelab's loss, backward and fused AdamW, profiled by operator.
 
     python bench/profile_step.py [--arch seq2seq] [--method full] [--precision fp32] [--compile off,on] [--batch 4]
+                                 [--attn sdpa,eager] [--dropout 0.0]
 
 The models and examples of bench/throughput.py (SmolLM2-135M-Instruct; a random T5 of flan-t5-small's shape), in
 train mode (dropout on, as both sides of the throughput bench train), one batch of DialogSum training examples as
@@ -9,7 +10,8 @@ operators' self time is grouped (matrix products, attention kernels, dropout's r
 gradient, the optimizer, inductor's compiled graphs, the rest), so the share of the step spent outside the matrix
 products, the part that faster code can remove, is read off directly. Writes bench/results/profile_step.json.
 This is the step's arithmetic, not the whole training loop (frozen-weight rounding, logging and data loading are
-not in it).
+not in it). `--dropout` sets every dropout rate of the model (T5's are 0.1, SmolLM2's 0.0), to see what the
+random masks cost.
 """
 
 from __future__ import annotations
@@ -53,9 +55,22 @@ def group_of(name: str) -> str:
     return next((g for g, keys in GROUPS.items() if any(k.lower() in lowered for k in keys)), "other")
 
 
-def profile(arch: str, method: str, precision: str, compiled: bool, batch_size: int, attn: str) -> dict:
+def set_dropout(model: torch.nn.Module, rate: float) -> None:
+    """Every dropout of the model at `rate`: its Dropout modules and the attention's own rate (an attribute)."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = rate
+        elif isinstance(getattr(module, "dropout", None), float):
+            module.dropout = rate
+
+
+def profile(
+    arch: str, method: str, precision: str, compiled: bool, batch_size: int, attn: str, dropout: float | None = None
+) -> dict:
     tok = throughput.smol_tokenizer()
     model = throughput.make_model(arch).train()
+    if dropout is not None:
+        set_dropout(model, dropout)
     if attn != "default":
         model.set_attn_implementation(attn)
     settings = tunelab.build_config({"method": {"name": "full"} if method == "full" else throughput.LORA}).method
@@ -92,6 +107,7 @@ def profile(arch: str, method: str, precision: str, compiled: bool, batch_size: 
         "precision": precision,
         "compiled": compiled,
         "attn": attn,
+        "dropout": dropout,
         "batch_shape": {k: list(v.shape) for k, v in batch.items()},
         "step_seconds": seconds,
         "shares": {g: by_group[g] / total for g in sorted(by_group, key=by_group.get, reverse=True)},
@@ -106,10 +122,11 @@ def main() -> None:
     ap.add_argument("--compile", default="off,on", help="off, on or both")
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--attn", default="default", help="attention implementations, comma-separated (sdpa, eager)")
+    ap.add_argument("--dropout", type=float, default=None, help="every dropout rate of the model (default: its own)")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "profile_step.json"))
     args = ap.parse_args()
     rows = [
-        profile(args.arch, args.method, args.precision, setting == "on", args.batch, attn)
+        profile(args.arch, args.method, args.precision, setting == "on", args.batch, attn, args.dropout)
         for attn in args.attn.split(",")
         for setting in args.compile.split(",")
     ]
