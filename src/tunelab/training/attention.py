@@ -47,12 +47,13 @@ def matmul_causal_attention(
     **kwargs: Any,
 ) -> tuple[torch.Tensor, None]:
     """transformers' attention-function interface: (batch, heads, length, head_dim) in, (batch, length, heads,
-    head_dim) out. Unmasked causal self-attention by matrix products; everything else by sdpa."""
+    head_dim) out. Unmasked causal self-attention in train mode by matrix products; everything else by sdpa."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     batch, heads, length, head_dim = query.shape
     plain_causal = (
-        attention_mask is None
+        module.training  # validation during training attends as evaluation does
+        and attention_mask is None
         and is_causal is not False
         and getattr(module, "is_causal", True)
         and key.shape[2] == length > 1
