@@ -12,7 +12,9 @@ both visible, the whole run's seconds, peak RSS and the logged losses.
     python bench/compile.py --setting matmul_attention --methods full,lora --out bench/results/attention.json
 
 `--setting matmul_attention` compares `training.matmul_attention` off and on, both compiled (tunelab's default for
-real runs). Prints a Markdown table (bench/results/compile.md, attention.md) and writes the JSON (`--out`).
+real runs). `--arch seq2seq` trains a random T5 of flan-t5-small's shape (its own dropout, 0.1; SmolLM2's tokenizer,
+as bench/throughput.py does) instead, e.g. `--arch seq2seq --setting fast_dropout --methods full,lora`. Prints a
+Markdown table (bench/results/compile.md, attention.md, dropout.md) and writes the JSON (`--out`).
 """
 
 from __future__ import annotations
@@ -32,10 +34,11 @@ METHODS = {
     "lora": ({"name": "lora", "r": 16, "alpha": 32, "dropout": 0.0, "target_modules": "all-linear"}, 5e-4),
     "prompt_tuning": ({"name": "prompt_tuning", "num_virtual_tokens": 20, "init": "text"}, 3e-2),
 }
+MODEL_NAMES = {"causal": "SmolLM2-135M-Instruct", "seq2seq": "T5 of flan-t5-small's shape (random, dropout 0.1)"}
 STEADY_FROM = 4  # steps before this one may still compile (the first shape, then the dynamic recompile)
 
 
-def worker(method: str, setting: str, on: bool, steps: int, precision: str) -> dict:
+def worker(method: str, setting: str, on: bool, steps: int, precision: str, arch: str) -> dict:
     import torch
 
     import tunelab
@@ -66,12 +69,18 @@ def worker(method: str, setting: str, on: bool, steps: int, precision: str) -> d
         }
     )
     m = get_method(method)
-    loaded = load_model(cfg.model, device=torch.device("cpu"), extra_kwargs=m.load_kwargs(cfg.method))
     ts = TemplateSet("dialogue_summarization")
-    encoder = PromptEncoder(loaded.tokenizer, "causal", loaded.use_chat_template, 320, 64)
+    if arch == "causal":
+        loaded = load_model(cfg.model, device=torch.device("cpu"), extra_kwargs=m.load_kwargs(cfg.method))
+        tokenizer, base, source, chat = loaded.tokenizer, loaded.model, loaded.source.path, loaded.use_chat_template
+    else:
+        import throughput  # bench/, the script's folder
+
+        tokenizer, base, source, chat = throughput.smol_tokenizer(), throughput.make_model("seq2seq"), "", False
+    encoder = PromptEncoder(tokenizer, arch, chat, 320, 64)
     examples = load_split(cfg.data, "train")[:400]
     train = encode_training_set(encoder, examples, ts.for_training(len(examples), cfg.seed))
-    model = m.prepare(loaded.model, cfg.method, ModelContext("causal", loaded.source.path, ts.eval.instruction))
+    model = m.prepare(base, cfg.method, ModelContext(arch, source, ts.eval.instruction))
     stamps: list[float] = []
     real = loop.completion_loss
 
@@ -81,7 +90,7 @@ def worker(method: str, setting: str, on: bool, steps: int, precision: str) -> d
 
     loop.completion_loss = timed
     start = time.perf_counter()
-    result = train_model(model, loaded.tokenizer, "causal", train, None, cfg.training, seed=cfg.seed,
+    result = train_model(model, tokenizer, arch, train, None, cfg.training, seed=cfg.seed,
                          device=torch.device("cpu"), show_progress=False)  # fmt: skip
     end = time.perf_counter()
     step_seconds = [b - a for a, b in zip(stamps, [*stamps[1:], end])]
@@ -91,6 +100,7 @@ def worker(method: str, setting: str, on: bool, steps: int, precision: str) -> d
         "on": on,
         "compiled": result.compiled,
         "matmul_attention": result.matmul_attention,
+        "fast_dropout": result.fast_dropout,
         "gradient_checkpointing": result.gradient_checkpointing,
         "precision": result.precision,
         "steps": result.steps,
@@ -109,20 +119,21 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--precision", default="auto")
-    ap.add_argument("--setting", default="compile", choices=["compile", "matmul_attention"])
+    ap.add_argument("--setting", default="compile", choices=["compile", "matmul_attention", "fast_dropout"])
+    ap.add_argument("--arch", default="causal", choices=["causal", "seq2seq"])
     ap.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "compile.json"))
     args = ap.parse_args()
     if args.worker:
         method, on = args.worker
-        print(json.dumps(worker(method, args.setting, on == "on", args.steps, args.precision)))
+        print(json.dumps(worker(method, args.setting, on == "on", args.steps, args.precision, args.arch)))
         return
     rows = []
     for repeat in range(args.repeats):
         for method in args.methods.split(","):
             for on in ("off", "on"):
                 cmd = [sys.executable, __file__, "--worker", method, on, "--steps", str(args.steps)]
-                cmd += ["--precision", args.precision, "--setting", args.setting]
+                cmd += ["--precision", args.precision, "--setting", args.setting, "--arch", args.arch]
                 proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
                 if proc.returncode != 0:
                     sys.exit(f"{method} {args.setting} {on} failed:\n{proc.stderr[-3000:]}")
@@ -135,7 +146,7 @@ def main() -> None:
 
     env = describe_environment(torch.device("cpu"))
     print(
-        f"\nSmolLM2-135M-Instruct, {rows[0]['steps']} optimizer steps of batch 8 (DialogSum, inputs <= 320 tokens), "
+        f"\n{MODEL_NAMES[args.arch]}, {rows[0]['steps']} optimizer steps of batch 8 (DialogSum, inputs <= 320 tokens), "
         f"precision {rows[0]['precision']}; {env['cpu']['model']} ({', '.join(env['cpu']['isa'])}), "
         f"{env['torch_threads']} threads, torch {torch.__version__}; steady step = median of steps "
         f"{STEADY_FROM}-{rows[0]['steps']}; medians over {args.repeats} round(s)\n"
@@ -170,7 +181,8 @@ def main() -> None:
             summary.append({"method": method, args.setting: on, **s})
     Path(args.out).write_text(
         json.dumps(
-            {"date": time.strftime("%Y-%m-%d"), "environment": env, "setting": args.setting, "steps": args.steps,
+            {"date": time.strftime("%Y-%m-%d"), "environment": env, "arch": args.arch, "setting": args.setting,
+             "steps": args.steps,
              "rows": rows, "summary": summary},
             indent=2,
         )

@@ -1,6 +1,7 @@
 """tunelab vs the course recipe and TRL's SFTTrainer, measured side by side in one run on this machine.
 
-    python bench/throughput.py [--quick] [--parts train,eval] [--repeats 3]     (needs: pip install trl)
+    python bench/throughput.py [--quick] [--parts train,eval] [--repeats 3] [--archs causal,seq2seq] [--out F]
+                                                                              (needs: pip install trl)
 
 1. Training throughput, LoRA and full fine-tuning, on smollm2-135m-instruct (causal) and a random T5 of
    flan-t5-small's shape (seq2seq; SmolLM2's tokenizer, as no T5 tokenizer is available offline). Sides:
@@ -484,8 +485,11 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="fewer examples and one repeat (a smoke run)")
     ap.add_argument("--parts", default="train,eval", help="train, eval or both; a partial run updates the JSON")
     ap.add_argument("--repeats", type=int, default=3, help="timed runs of every training side (median, spread)")
+    ap.add_argument("--archs", default="causal,seq2seq", help="the models trained and evaluated: causal, seq2seq")
+    ap.add_argument("--out", help="the JSON written (default: bench/results/throughput.json, or _quick with --quick)")
     args = ap.parse_args()
     parts = set(args.parts.split(","))
+    archs = [a for a in ("causal", "seq2seq") if a in args.archs.split(",")]
     n, batch, max_input = (8, 4, 192) if args.quick else (16, 4, 320)
     repeats = 1 if args.quick else args.repeats
     exs = examples(n)
@@ -493,7 +497,7 @@ def main() -> None:
     fresh: dict = {}
     if "train" in parts:
         peak_before = gemm_peaks()
-        for arch in ("causal", "seq2seq"):
+        for arch in archs:
             for method in (LORA, {"name": "full"}):
                 rows += measure_training(arch, method, exs, batch, max_input, repeats)
         peak_after = gemm_peaks()
@@ -511,7 +515,7 @@ def main() -> None:
         }
     n_eval = 8 if args.quick else 32
     evals = (
-        [eval_compare(arch, n_eval, 48, (4, 8) if args.quick else (16, 32)) for arch in ("causal", "seq2seq")]
+        [eval_compare(arch, n_eval, 48, (4, 8) if args.quick else (16, 32)) for arch in archs]
         if "eval" in parts
         else []
     )
@@ -529,7 +533,8 @@ def main() -> None:
             f"{ev['fp32_bound']:.2f}x",
             flush=True,
         )
-    out = Path(__file__).parent / "results" / ("throughput_quick.json" if args.quick else "throughput.json")
+    default_out = Path(__file__).parent / "results" / ("throughput_quick.json" if args.quick else "throughput.json")
+    out = Path(args.out) if args.out else default_out
     out.parent.mkdir(exist_ok=True)
     kept_results = json.loads(out.read_text()) if out.exists() else {}
     from tunelab.environment import describe_environment

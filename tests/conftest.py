@@ -143,7 +143,7 @@ def tiny_llama(vocab_size: int):
     return LlamaForCausalLM(cfg)
 
 
-def tiny_t5(vocab_size: int):
+def tiny_t5(vocab_size: int, dropout_rate: float = 0.0):
     from transformers import T5Config, T5ForConditionalGeneration
 
     torch.manual_seed(0)
@@ -158,7 +158,7 @@ def tiny_t5(vocab_size: int):
         pad_token_id=0,
         eos_token_id=1,
         decoder_start_token_id=0,
-        dropout_rate=0.0,
+        dropout_rate=dropout_rate,
     )
     return T5ForConditionalGeneration(cfg)
 
@@ -185,6 +185,13 @@ def tiny_llama_chat_dir(tmp_path_factory) -> Path:
 def tiny_t5_dir(tmp_path_factory) -> Path:
     tok = make_tokenizer()
     return _save(tiny_t5(len(tok)), tok, tmp_path_factory.mktemp("tiny-t5"))
+
+
+@pytest.fixture(scope="session")
+def tiny_t5_dropout_dir(tmp_path_factory) -> Path:
+    """tiny T5 with T5's own dropout rate (0.1) in its Dropout modules and attention."""
+    tok = make_tokenizer()
+    return _save(tiny_t5(len(tok), dropout_rate=0.1), tok, tmp_path_factory.mktemp("tiny-t5-dropout"))
 
 
 def synthetic_dialogue(rng: random.Random) -> tuple[str, str]:

@@ -27,13 +27,15 @@ CLAIM_METRIC = re.compile(
 )
 
 
-# Settings that choose how the same computation runs, not what it computes (results differ only by rounding, or
-# not at all: how often checkpoints are written): a finished arm is reused whatever they are.
+# Settings that choose how the same computation runs, not what it computes (results differ only by rounding, by
+# other random draws from the same distribution, or not at all: how often checkpoints are written): a finished arm
+# is reused whatever they are.
 EXECUTION_SETTINGS = (
     ("training", "compile"),
     ("training", "save_every"),
     ("training", "frozen_weights"),
     ("training", "matmul_attention"),
+    ("training", "fast_dropout"),
 )
 
 

@@ -181,6 +181,12 @@ class TrainingConfig(Strict):
     rounded to the autocast precision, softmax in fp32). On a 2-core CPU without AMX, SmolLM2-135M's compiled bf16
     step takes 0.93x the time at ~1.2x the peak memory (bench/results/attention.md), so it is off by default.
     Evaluation and generation keep the model's attention; metrics.json records the choice."""
+    fast_dropout: bool | Literal["auto"] = "auto"
+    """Dropout masks from 16-bit random draws, four per 64-bit word of torch's generator, instead of one draw per
+    element (training/dropout.py): the same Bernoulli masks in distribution (the rate realised to 1.5e-5) at a
+    fraction of the cost, for the model's Dropout modules (T5's, LoRA's) and its attention dropout through sdpa.
+    `auto`: on a CPU, where the draws are what dropout costs (bench/results/dropout.md). metrics.json records the
+    choice."""
     group_by_length: bool = True
     """Batch examples of similar length together (less padding), in seeded random batch order."""
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"

@@ -33,6 +33,7 @@ from tunelab.modeling import Arch, base_model
 from tunelab.models.precision import autocast_dtype, resolve_precision
 from tunelab.testing import fault_point
 from tunelab.training.attention import check_matmul_attention, matmul_attention
+from tunelab.training.dropout import decide_fast_dropout, fast_dropout_masks
 from tunelab.training.compiling import compiled_for_training, decide_compile
 from tunelab.training.checkpoint import (
     TrainingState,
@@ -77,6 +78,7 @@ class TrainResult:
     compiled: bool = False  # training.compile as configured, or as `auto` chose
     frozen_weights: str = "fp32"  # how frozen linear weights were stored while training (training/frozen.py)
     matmul_attention: bool = False  # training.matmul_attention (training/attention.py)
+    fast_dropout: bool = False  # training.fast_dropout as configured, or as `auto` chose (training/dropout.py)
 
     @property
     def tokens_per_second(self) -> float:
@@ -227,7 +229,10 @@ def train_model(
         if resume_from is not None:
             _restore(state, resume_from)
         _start_logging(state, log_dir, resumed=resume_from is not None, show_progress=show_progress)
-        with matmul_attention(state.model, state.result.matmul_attention):
+        with (
+            matmul_attention(state.model, state.result.matmul_attention),
+            fast_dropout_masks(state.model, state.result.fast_dropout),
+        ):
             while state.step < state.total_steps:
                 _train_epoch(state)
         return _finish(state)
@@ -329,6 +334,7 @@ def _set_up(
         gradient_checkpointing=checkpointing,
         compiled=compiled,
         matmul_attention=cfg.matmul_attention,
+        fast_dropout=decide_fast_dropout(cfg.fast_dropout, device),
     )
     return LoopState(
         cfg,
