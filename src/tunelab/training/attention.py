@@ -22,7 +22,7 @@ run only: evaluation, generation and saving see the model as it was.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -76,22 +76,14 @@ def matmul_causal_attention(
     return out.view(batch, heads, length, head_dim).transpose(1, 2).contiguous(), None
 
 
-def _register() -> None:
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
-
-    AttentionInterface.register(IMPLEMENTATION, matmul_causal_attention)
-    AttentionMaskInterface.register(IMPLEMENTATION, sdpa_mask)  # masks exactly as sdpa's, so fallbacks are exact
-
-
-def _implementation(model: torch.nn.Module) -> str | None:
+def attention_implementation(model: torch.nn.Module) -> str | None:
     config = getattr(base_model(model), "config", None)
     return getattr(config, "_attn_implementation", None)
 
 
 def check_matmul_attention(model: torch.nn.Module, arch: Arch) -> None:
     """`training.matmul_attention: true` where it cannot apply is an error naming why."""
-    implementation = _implementation(model)
+    implementation = attention_implementation(model)
     problem = None
     if arch != "causal":
         problem = "it applies to causal models (a seq2seq model's attention is not causal self-attention only)"
@@ -102,16 +94,28 @@ def check_matmul_attention(model: torch.nn.Module, arch: Arch) -> None:
 
 
 @contextlib.contextmanager
+def attending_through(model: torch.nn.Module, name: str, function: Callable[..., Any]) -> Iterator[None]:
+    """Inside the block, `model` attends through `function` (transformers' attention-function interface, registered
+    as `name`, its masks built as sdpa's); after it, through what it attended through before."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(name, function)
+    AttentionMaskInterface.register(name, sdpa_mask)
+    hf_model = base_model(model)
+    before = attention_implementation(model)
+    hf_model.set_attn_implementation(name)
+    try:
+        yield
+    finally:
+        hf_model.set_attn_implementation(before)
+
+
+@contextlib.contextmanager
 def matmul_attention(model: torch.nn.Module, enabled: bool) -> Iterator[None]:
     """The model attends through `matmul_causal_attention` inside the block, as before after it."""
     if not enabled:
         yield
         return
-    _register()
-    hf_model = base_model(model)
-    before = _implementation(model)
-    hf_model.set_attn_implementation(IMPLEMENTATION)
-    try:
+    with attending_through(model, IMPLEMENTATION, matmul_causal_attention):
         yield
-    finally:
-        hf_model.set_attn_implementation(before)

@@ -25,6 +25,8 @@ from typing import Any, Literal
 
 import torch
 
+from tunelab.training.attention import attending_through, attention_implementation
+
 IMPLEMENTATION = "tunelab_fast_dropout"
 _LEVELS = 1 << 16  # a draw is 16 bits: four per 64-bit word
 
@@ -131,36 +133,21 @@ def decide_fast_dropout(setting: bool | Literal["auto"], device: torch.device) -
     return device.type == "cpu" if setting == "auto" else setting
 
 
-def _register() -> None:
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
-
-    AttentionInterface.register(IMPLEMENTATION, fast_dropout_attention)
-    AttentionMaskInterface.register(IMPLEMENTATION, sdpa_mask)  # masks exactly as sdpa's
-
-
 @contextlib.contextmanager
 def fast_dropout_masks(model: torch.nn.Module, enabled: bool) -> Iterator[None]:
     """Inside the block, `model`'s dropout (its Dropout modules; its attention, if it attends through sdpa) draws
     its masks by `keep_mask`; after it, the model is as it was."""
-    from tunelab.modeling import base_model
-
     if not enabled:
         yield
         return
     swapped = [m for m in model.modules() if type(m) is torch.nn.Dropout]
     for module in swapped:
         module.__class__ = FastDropout
-    hf_model = base_model(model)
-    config = getattr(hf_model, "config", None)
-    attends_by_sdpa = getattr(config, "_attn_implementation", None) == "sdpa"
-    if attends_by_sdpa:
-        _register()
-        hf_model.set_attn_implementation(IMPLEMENTATION)
     try:
-        yield
+        with contextlib.ExitStack() as attention:
+            if attention_implementation(model) == "sdpa":
+                attention.enter_context(attending_through(model, IMPLEMENTATION, fast_dropout_attention))
+            yield
     finally:
         for module in swapped:
             module.__class__ = torch.nn.Dropout
-        if attends_by_sdpa:
-            hf_model.set_attn_implementation("sdpa")
