@@ -13,7 +13,9 @@ both visible, the whole run's seconds, peak RSS and the logged losses.
 
 `--setting matmul_attention` compares `training.matmul_attention` off and on, both compiled (tunelab's default for
 real runs). `--arch seq2seq` trains a random T5 of flan-t5-small's shape (its own dropout, 0.1; SmolLM2's tokenizer,
-as bench/throughput.py does) instead, e.g. `--arch seq2seq --setting fast_dropout --methods full,lora`. Prints a
+as bench/throughput.py does) instead, e.g. `--arch seq2seq --setting fast_dropout --methods full,lora`.
+`--setting padding_free` compares padded and padding-free causal batches; `--examples N --batch B` change the data
+(400 examples, batch 8 by default) and `--ungrouped` draws random batches (`group_by_length: false`). Prints a
 Markdown table (bench/results/compile.md, attention.md, dropout.md) and writes the JSON (`--out`).
 """
 
@@ -38,7 +40,17 @@ MODEL_NAMES = {"causal": "SmolLM2-135M-Instruct", "seq2seq": "T5 of flan-t5-smal
 STEADY_FROM = 4  # steps before this one may still compile (the first shape, then the dynamic recompile)
 
 
-def worker(method: str, setting: str, on: bool, steps: int, precision: str, arch: str) -> dict:
+def worker(
+    method: str,
+    setting: str,
+    on: bool,
+    steps: int,
+    precision: str,
+    arch: str,
+    examples_n: int,
+    batch: int,
+    ungrouped: bool = False,
+) -> dict:
     import torch
 
     import tunelab
@@ -54,10 +66,11 @@ def worker(method: str, setting: str, on: bool, steps: int, precision: str, arch
     cfg = tunelab.build_config(
         {
             "method": method_cfg,
-            "data": {"max_train_samples": 400},
+            "data": {"max_train_samples": examples_n},
             "training": {
                 "max_steps": steps,
-                "batch_size": 8,
+                "batch_size": batch,
+                "group_by_length": not ungrouped,
                 "lr": lr,
                 "warmup_ratio": 0.1,
                 "scheduler": "cosine",
@@ -78,7 +91,7 @@ def worker(method: str, setting: str, on: bool, steps: int, precision: str, arch
 
         tokenizer, base, source, chat = throughput.smol_tokenizer(), throughput.make_model("seq2seq"), "", False
     encoder = PromptEncoder(tokenizer, arch, chat, 320, 64)
-    examples = load_split(cfg.data, "train")[:400]
+    examples = load_split(cfg.data, "train")[:examples_n]
     train = encode_training_set(encoder, examples, ts.for_training(len(examples), cfg.seed))
     model = m.prepare(base, cfg.method, ModelContext(arch, source, ts.eval.instruction))
     stamps: list[float] = []
@@ -101,6 +114,8 @@ def worker(method: str, setting: str, on: bool, steps: int, precision: str, arch
         "compiled": result.compiled,
         "matmul_attention": result.matmul_attention,
         "fast_dropout": result.fast_dropout,
+        "padding_free": result.padding_free,
+        "padded_tokens": result.padded_tokens,
         "gradient_checkpointing": result.gradient_checkpointing,
         "precision": result.precision,
         "steps": result.steps,
@@ -119,14 +134,33 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--precision", default="auto")
-    ap.add_argument("--setting", default="compile", choices=["compile", "matmul_attention", "fast_dropout"])
+    ap.add_argument(
+        "--setting", default="compile", choices=["compile", "matmul_attention", "fast_dropout", "padding_free"]
+    )
     ap.add_argument("--arch", default="causal", choices=["causal", "seq2seq"])
+    ap.add_argument("--examples", type=int, default=400, help="training examples batches are drawn from")
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--ungrouped", action="store_true", help="training.group_by_length: false (random batches)")
     ap.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "compile.json"))
     args = ap.parse_args()
     if args.worker:
         method, on = args.worker
-        print(json.dumps(worker(method, args.setting, on == "on", args.steps, args.precision, args.arch)))
+        print(
+            json.dumps(
+                worker(
+                    method,
+                    args.setting,
+                    on == "on",
+                    args.steps,
+                    args.precision,
+                    args.arch,
+                    args.examples,
+                    args.batch,
+                    args.ungrouped,
+                )
+            )
+        )
         return
     rows = []
     for repeat in range(args.repeats):
@@ -134,6 +168,8 @@ def main() -> None:
             for on in ("off", "on"):
                 cmd = [sys.executable, __file__, "--worker", method, on, "--steps", str(args.steps)]
                 cmd += ["--precision", args.precision, "--setting", args.setting, "--arch", args.arch]
+                cmd += ["--examples", str(args.examples), "--batch", str(args.batch)]
+                cmd += ["--ungrouped"] if args.ungrouped else []
                 proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
                 if proc.returncode != 0:
                     sys.exit(f"{method} {args.setting} {on} failed:\n{proc.stderr[-3000:]}")
@@ -146,7 +182,8 @@ def main() -> None:
 
     env = describe_environment(torch.device("cpu"))
     print(
-        f"\n{MODEL_NAMES[args.arch]}, {rows[0]['steps']} optimizer steps of batch 8 (DialogSum, inputs <= 320 tokens), "
+        f"\n{MODEL_NAMES[args.arch]}, {rows[0]['steps']} optimizer steps of batch {args.batch} (DialogSum, "
+        f"{args.examples} examples{', random batches' if args.ungrouped else ''}, inputs <= 320 tokens), "
         f"precision {rows[0]['precision']}; {env['cpu']['model']} ({', '.join(env['cpu']['isa'])}), "
         f"{env['torch_threads']} threads, torch {torch.__version__}; steady step = median of steps "
         f"{STEADY_FROM}-{rows[0]['steps']}; medians over {args.repeats} round(s)\n"
@@ -182,7 +219,7 @@ def main() -> None:
     Path(args.out).write_text(
         json.dumps(
             {"date": time.strftime("%Y-%m-%d"), "environment": env, "arch": args.arch, "setting": args.setting,
-             "steps": args.steps,
+             "steps": args.steps, "examples": args.examples, "batch_size": args.batch, "grouped": not args.ungrouped,
              "rows": rows, "summary": summary},
             indent=2,
         )

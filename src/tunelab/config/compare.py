@@ -36,6 +36,7 @@ EXECUTION_SETTINGS = (
     ("training", "frozen_weights"),
     ("training", "matmul_attention"),
     ("training", "fast_dropout"),
+    ("training", "padding_free"),
 )
 
 

@@ -187,6 +187,13 @@ class TrainingConfig(Strict):
     fraction of the cost, for the model's Dropout modules (T5's, LoRA's) and its attention dropout through sdpa.
     `auto`: on a CPU, where the draws are what dropout costs (bench/results/dropout.md). metrics.json records the
     choice."""
+    padding_free: bool | Literal["auto"] = "auto"
+    """Causal batches without padding: a batch's examples end to end in one row, positions restarting at 0 for
+    each, attending example by example through the model's own attention (training/packing.py). The same examples,
+    losses and gradients as padded batches (up to summation order), without the padding's matrix products and
+    attention. `auto`: on for single-process training of causal models that attend as plain causal
+    self-attention through sdpa (Llama, Mistral, Qwen2/3) with a method that keeps the input sequence (not prompt,
+    p- or prefix tuning); `true` where it cannot apply is an error naming why. metrics.json records the choice."""
     group_by_length: bool = True
     """Batch examples of similar length together (less padding), in seeded random batch order."""
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"

@@ -29,22 +29,34 @@ def position_ids_from_mask(mask: torch.Tensor) -> torch.Tensor:
 
 
 class TrainCollator:
-    """Pads input ids (pad id) and labels (-100) to the batch's longest sequence.
+    """Pads input ids (pad id) and labels (-100) to the batch's longest sequence, or packs them (`padding_free`).
 
     Causal batches are right-padded and carry no attention mask. Under causal attention a real token only
     sees positions before it, all real under right padding, so no mask is needed: the loss and gradients are
     those of a masked batch (tested), and the attention kernel takes its causal path, which skips the
     blocks above the diagonal, instead of applying a padding mask over every block (bench/throughput.py).
     Positions then count from 0 in every row without explicit position ids.
+    Padding-free causal batches (training/packing.py) are one row: the examples end to end, position ids
+    restarting at 0 for each, and no label on each example's first token (so no example's last position learns to
+    predict the next example's start).
     Seq2seq batches are right-padded with an attention mask (the encoder attends both ways).
     """
 
-    def __init__(self, pad_token_id: int, arch: Arch):
+    def __init__(self, pad_token_id: int, arch: Arch, padding_free: bool = False):
+        if padding_free and arch != "causal":
+            raise ValueError("padding-free batches are for causal models")
         self.pad = pad_token_id
         self.arch = arch
+        self.padding_free = padding_free
 
     def __call__(self, batch: Sequence[Encoded]) -> dict[str, torch.Tensor]:
         ids = [e.input_ids for e in batch]
+        if self.padding_free:
+            return {
+                "input_ids": torch.tensor([[t for s in ids for t in s]]),
+                "labels": torch.tensor([[x for e in batch for x in (IGNORE_INDEX, *e.labels[1:])]]),
+                "position_ids": torch.tensor([[p for s in ids for p in range(len(s))]]),
+            }
         out = {
             "input_ids": pad_sequences(ids, self.pad),
             "labels": pad_sequences([e.labels for e in batch], IGNORE_INDEX),

@@ -32,7 +32,7 @@ from tunelab.modeling import Arch, base_model
 
 IMPLEMENTATION = "tunelab_matmul_causal"
 # Keyword arguments that change what attention computes; with any of them set, sdpa computes it.
-_SDPA_ONLY = ("position_bias", "softcap", "sliding_window", "s_aux")
+SDPA_ONLY = ("position_bias", "softcap", "sliding_window", "s_aux")
 
 
 def matmul_causal_attention(
@@ -58,7 +58,7 @@ def matmul_causal_attention(
         and getattr(module, "is_causal", True)
         and key.shape[2] == length > 1
         and not dropout
-        and all(kwargs.get(name) is None for name in _SDPA_ONLY)
+        and all(kwargs.get(name) is None for name in SDPA_ONLY)
     )
     if not plain_causal:
         return sdpa_attention_forward(
@@ -94,14 +94,16 @@ def check_matmul_attention(model: torch.nn.Module, arch: Arch) -> None:
 
 
 @contextlib.contextmanager
-def attending_through(model: torch.nn.Module, name: str, function: Callable[..., Any]) -> Iterator[None]:
+def attending_through(
+    model: torch.nn.Module, name: str, function: Callable[..., Any], mask: Callable[..., Any] | None = None
+) -> Iterator[None]:
     """Inside the block, `model` attends through `function` (transformers' attention-function interface, registered
-    as `name`, its masks built as sdpa's); after it, through what it attended through before."""
+    as `name`, its masks built by `mask`, by default as sdpa's); after it, through what it attended through before."""
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
     AttentionInterface.register(name, function)
-    AttentionMaskInterface.register(name, sdpa_mask)
+    AttentionMaskInterface.register(name, mask or sdpa_mask)
     hf_model = base_model(model)
     before = attention_implementation(model)
     hf_model.set_attn_implementation(name)

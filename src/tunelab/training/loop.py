@@ -34,6 +34,7 @@ from tunelab.models.precision import autocast_dtype, resolve_precision
 from tunelab.testing import fault_point
 from tunelab.training.attention import check_matmul_attention, matmul_attention
 from tunelab.training.dropout import decide_fast_dropout, fast_dropout_masks
+from tunelab.training.packing import decide_padding_free, padding_free_attention
 from tunelab.training.compiling import compiled_for_training, decide_compile
 from tunelab.training.checkpoint import (
     TrainingState,
@@ -79,6 +80,7 @@ class TrainResult:
     frozen_weights: str = "fp32"  # how frozen linear weights were stored while training (training/frozen.py)
     matmul_attention: bool = False  # training.matmul_attention (training/attention.py)
     fast_dropout: bool = False  # training.fast_dropout as configured, or as `auto` chose (training/dropout.py)
+    padding_free: bool = False  # training.padding_free as configured, or as `auto` chose (training/packing.py)
 
     @property
     def tokens_per_second(self) -> float:
@@ -232,6 +234,7 @@ def train_model(
         with (
             matmul_attention(state.model, state.result.matmul_attention),
             fast_dropout_masks(state.model, state.result.fast_dropout),
+            padding_free_attention(state.model, state.result.padding_free),
         ):
             while state.step < state.total_steps:
                 _train_epoch(state)
@@ -299,7 +302,8 @@ def _set_up(
     if enable_fsdp(accelerator, amp):
         check_fsdp_supported(model, regularizer is not None)
         share_embedding_modules(model)
-    collator = TrainCollator(tokenizer.pad_token_id, arch)
+    padding_free = decide_padding_free(cfg.padding_free, model, arch, accelerator.num_processes)
+    collator = TrainCollator(tokenizer.pad_token_id, arch, padding_free)
     # split_batches: `batch_size` is the global batch; under DDP each process takes its slice of it.
     batches = LengthGroupedBatches([e.length for e in train_set], cfg.batch_size, seed, cfg.group_by_length)
     loader: DataLoader = DataLoader(as_dataset(train_set), batch_sampler=batches, collate_fn=collator)
@@ -335,6 +339,7 @@ def _set_up(
         compiled=compiled,
         matmul_attention=cfg.matmul_attention,
         fast_dropout=decide_fast_dropout(cfg.fast_dropout, device),
+        padding_free=padding_free,
     )
     return LoopState(
         cfg,
