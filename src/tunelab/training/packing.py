@@ -61,7 +61,7 @@ def _by_example(
         flash(query[:, :, s:e], key[:, :, s:e], value[:, :, s:e], 0.0, True, scale=scale)
         for s, e in pairwise(example_bounds(position_ids))
     ]
-    # the kernel writes (batch, length, heads, head_dim) memory: the output is laid out so, as the interface returns it
+    # (batch, length, heads, head_dim), as transformers' attention interface returns it
     outputs = torch.cat([out.transpose(1, 2) for out, _ in pieces], dim=1)
     return outputs, torch.cat([lse for _, lse in pieces], dim=2)
 
@@ -86,20 +86,11 @@ def _by_example_backward(
     backward = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
     # Given strided slices (an offset into a longer row), the kernel's backward returned wrong gradients (torch 2.13):
     # each example's tensors go in dense.
-    pieces = [
-        backward(
-            *(
-                t.contiguous()
-                for t in (grad[:, s:e].transpose(1, 2), query[:, :, s:e], key[:, :, s:e], value[:, :, s:e])
-            ),
-            out[:, s:e].transpose(1, 2).contiguous(),
-            lse[:, :, s:e].contiguous(),
-            0.0,
-            True,
-            scale=scale,
-        )  # fmt: skip
-        for s, e in pairwise(example_bounds(position_ids))
-    ]
+    pieces = []
+    for s, e in pairwise(example_bounds(position_ids)):
+        example = (grad[:, s:e].transpose(1, 2), query[:, :, s:e], key[:, :, s:e], value[:, :, s:e])
+        saved = (out[:, s:e].transpose(1, 2), lse[:, :, s:e])
+        pieces.append(backward(*(t.contiguous() for t in (*example, *saved)), 0.0, True, scale=scale))
     return tuple(torch.cat([piece[i] for piece in pieces], dim=2) for i in range(3))  # type: ignore[return-value]
 
 
