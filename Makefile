@@ -40,10 +40,12 @@ demo-lora: setup
 	$(BIN)/tunelab train configs/dialogsum_lora.yaml --set name=dialogsum-lora-$(RUN_ID)
 
 ## The study (configs/study_dialogsum.yaml): every claim of the design on the full DialogSum test set with paired
-## CIs, into results/dialogsum-study/ (hours on 2 cores: run it in the background; it resumes where it stopped).
+## CIs, into results/dialogsum-study/ (hours on 2 cores: run it in the background; it resumes where it stopped);
+## then the README's study table.
 study: setup
 	$(BIN)/tunelab models pull smollm2-135m-instruct
 	$(BIN)/tunelab compare configs/study_dialogsum.yaml
+	$(BIN)/python bench/readme_numbers.py --collect-study
 
 ## Lint (bug-catching rules), format check and type check, then the whole test suite, the real-model tests included (pulls
 ## smollm2-135m-instruct once).

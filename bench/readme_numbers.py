@@ -3,6 +3,7 @@
 Each generated region of README.md sits between `<!-- numbers:NAME -->` and `<!-- /numbers:NAME -->` and is
 rendered from bench/results/ (each result names the machine it was measured on):
 
+    study    bench/results/study.json    (collected from results/dialogsum-study by --collect-study; make study)
     demo     bench/results/demo.json     (collected from runs/dialogsum-compare by --collect-demo)
     demo_lora  bench/results/demo_lora.json  (collected from the newest runs/dialogsum-lora-* by --collect-demo-lora)
     serve    bench/results/serve.json    (python bench/serve.py)
@@ -13,7 +14,7 @@ rendered from bench/results/ (each result names the machine it was measured on):
     throughput  bench/results/throughput.json  (python bench/throughput.py)
     startup  bench/results/startup.json  (python bench/startup.py)
 
-    python bench/readme_numbers.py [--collect-demo]   # rewrite the regions (make readme-numbers runs it all)
+    python bench/readme_numbers.py [--collect-study] [--collect-demo]   # rewrite the regions (make readme-numbers runs it all)
     python bench/readme_numbers.py --check            # exit 1 if README.md differs from the results
 """
 
@@ -57,6 +58,84 @@ def collect_demo(directory: Path) -> dict:
         "precision": env.get("precision"),
         "date": time.strftime("%Y-%m-%d", time.gmtime(finished)),
     }
+
+
+STUDY = ROOT / "results" / "dialogsum-study"
+LAB_FULL_FINE_TUNING_ROUGE1 = 42.16  # the course lab's full-fine-tuned FLAN-T5-base, one reference per test row
+
+
+def collect_study(directory: Path, claims: bool = True) -> dict:
+    """The study's headline table (every arm of its config, pending ones marked), its claims as judged in its
+    report (judged again from the predictions: ~30 s; `claims=False` leaves them out), the best PEFT arm on the lab's
+    protocol, and the machines and wall time, from its committed results."""
+    from tunelab.reporting.claims import CLAIM_HEADERS, claim_rows, judge_claims
+    from tunelab.reporting.html import ARM_ORDER_FILE, HEADLINE_HEADERS, headline_rows, load_arms
+    from tunelab.reporting.tables import markdown_table
+
+    arms = load_arms(directory)
+    order = json.loads((directory / ARM_ORDER_FILE).read_text())
+    pending = [name for name in order if name not in {a.name for a in arms}]
+    trained = [a for a in arms if a.training]
+    machines: dict[str, list[str]] = {}  # a long study can span sessions on different machines
+    for a in arms:
+        if "environment" in a.metrics:
+            machines.setdefault(machine_line(a.metrics["environment"]), []).append(a.name)
+    env = next((a.metrics["environment"] for a in trained if "environment" in a.metrics), {})
+    peft = [a for a in trained if a.method != "full" and a.after.get("rouge_single_reference")]
+    best = max(peft, key=lambda a: a.after["rouge_single_reference"]["rouge1"]["f1"], default=None)
+    timing = json.loads((directory / "timing.json").read_text())
+    finished = [timing[a.name]["finished"][:10] for a in arms if a.name in timing]
+    study = {
+        "table": markdown_table(HEADLINE_HEADERS, headline_rows(arms, pending)),
+        "finished": len(arms),
+        "arms": len(order),
+        "pending": pending,
+        "test_examples": arms[0].after.get("examples"),
+        "best_peft": None
+        if best is None
+        else {"arm": best.name, **{k: best.after["rouge_single_reference"]["rouge1"][k] for k in ("f1", "f1_ci95")}},
+        "hours": sum(t["seconds"] for t in timing.values()) / 3600,
+        "dates": [min(finished), max(finished)] if finished else [],
+        "machines": machines,
+        "precision": env.get("precision"),
+    }
+    if claims:
+        study["claims"] = markdown_table(CLAIM_HEADERS, claim_rows(judge_claims(directory, arms)))
+    return study
+
+
+def render_study() -> str:
+    study = json.loads((RESULTS / "study.json").read_text())
+    precision = study.get("precision") or {}
+    progress = (
+        f"{study['finished']} of {study['arms']} arms finished; not finished yet: {', '.join(study['pending'])} "
+        f"(`make study` continues where it stopped)."
+        if study["pending"]
+        else f"All {study['arms']} arms finished."
+    )
+    best = study["best_peft"]
+    target = (
+        f"Best PEFT arm on the lab's protocol (ROUGE-1, one reference per row): {best['arm']} {best['f1']:.2f} "
+        f"[{best['f1_ci95'][0]:.2f}, {best['f1_ci95'][1]:.2f}], against {LAB_FULL_FINE_TUNING_ROUGE1} for the course "
+        f"lab's full-fine-tuned FLAN-T5-base ({'above' if best['f1'] > LAB_FULL_FINE_TUNING_ROUGE1 else 'not above'} "
+        "it)."
+        if best
+        else ""
+    )
+    first, last = study["dates"] or ["?", "?"]
+    machines = "; ".join(f"{', '.join(names)} on {machine}" for machine, names in study["machines"].items())
+    return (
+        f"{study['table'].rstrip()}\n\n{progress} {target}\n\n"
+        "ROUGE is F1 x100 with 95% CIs over the test dialogues: best of the three references (tunelab's protocol) "
+        "and the mean over single references (the lab's, which scores each reference as its own row). MMLU change: "
+        "after - before training on 1,000 questions, with its paired 95% CI (negative = forgetting); benchmark "
+        "change: the mean change over MMLU, BoolQ, SST-2 and SAMSum (a neighbouring summarization task, where "
+        "gains are expected). Learning rates were chosen by a sweep on the validation split.\n\n"
+        f"{study['claims'].rstrip()}\n\n"
+        f"`make study` ({study['test_examples']} test dialogues), {first} to {last}, {study['hours']:.1f} h of the arms' wall time; "
+        f"{machines}; training in {precision.get('training', '?')}, generation in "
+        f"{precision.get('generation', '?')}."
+    )
 
 
 def collect_demo_lora(runs: Path) -> dict:
@@ -342,6 +421,7 @@ def render_startup() -> str:
 
 
 RENDERERS: dict[str, Callable[[], str]] = {
+    "study": render_study,
     "demo": render_demo,
     "demo_lora": render_demo_lora,
     "demo_memory": render_demo_memory,
@@ -376,11 +456,14 @@ def main() -> int:
         metavar="DIR",
         help="first read the demo's comparison (default runs/dialogsum-compare)",
     )
+    parser.add_argument("--collect-study", action="store_true", help="first read results/dialogsum-study (make study)")
     parser.add_argument("--collect-demo-lora", action="store_true", help="first read the newest runs/dialogsum-lora-*")
     parser.add_argument("--check", action="store_true", help="only compare; exit 1 on a difference")
     args = parser.parse_args()
     if args.collect_demo:
         (RESULTS / "demo.json").write_text(json.dumps(collect_demo(Path(args.collect_demo)), indent=2) + "\n")
+    if args.collect_study:
+        (RESULTS / "study.json").write_text(json.dumps(collect_study(STUDY), indent=2) + "\n")
     if args.collect_demo_lora:
         (RESULTS / "demo_lora.json").write_text(json.dumps(collect_demo_lora(ROOT / "runs"), indent=2) + "\n")
     text = README.read_text(encoding="utf-8")

@@ -446,6 +446,13 @@ def test_study_features_sweep_claims_single_reference_and_wall_time(
     assert judged[0]["ci95_low"] <= judged[0]["delta"] <= judged[0]["ci95_high"]
     assert [c["verdict"] for c in judged[1:]] == ["reproduced", "not reproduced", "reproduced"]
     assert judged[3]["n"] == 6
+    from tunelab.reporting.html import headline_rows
+
+    headline = {row[0]: row for row in headline_rows(load_arms(directory), pending=["ia3"])}
+    assert [headline[arm][2] for arm in ("zero-shot", "lora", "full")] == ["-", f"{best:g}", "0.005"]
+    assert headline["lora"][3].startswith(f"{lora['after']['rouge']['rouge1']['f1']:.2f} [")
+    assert headline["lora"][4].startswith(f"{single['rouge1']['f1']:.2f} [")
+    assert headline["ia3"][1:3] == ["pending", "-"]
     report = (directory / "report.md").read_text()
     assert "### Claims" in report and "### Single-reference protocol" in report and "Wall time:" in report
     timing = json.loads((directory / "timing.json").read_text())

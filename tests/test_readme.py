@@ -10,6 +10,7 @@ tests named in SKIP. Afterwards no file the demo wrote into an arm's folder has 
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import shlex
 import shutil
@@ -144,14 +145,32 @@ def test_readme_commands_work_as_written_and_change_no_earlier_result(dialogsum_
         assert not changed, f"README commands changed {arm}'s {changed}"
 
 
-def test_readme_numbers_are_rendered_from_the_committed_results():
-    """The generated regions of README.md equal what bench/readme_numbers.py renders from bench/results/."""
+def _readme_numbers():
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("readme_numbers", ROOT / "bench" / "readme_numbers.py")
     numbers = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(numbers)
+    return numbers
+
+
+def test_readme_numbers_are_rendered_from_the_committed_results():
+    """The generated regions of README.md equal what bench/readme_numbers.py renders from bench/results/."""
+    numbers = _readme_numbers()
     text = README.read_text(encoding="utf-8")
     regions = re.findall(r"<!-- numbers:(\w+) -->", text)
     assert set(regions) == set(numbers.RENDERERS), regions
     assert numbers.rendered_readme(text) == text, "README numbers drifted: run python bench/readme_numbers.py"
+
+
+def test_the_readme_study_table_is_the_committed_studys():
+    """bench/results/study.json (the README's first table) holds what results/dialogsum-study holds: the headline
+    rows rebuilt from the arms' metrics, the claims as the study's own report judged them."""
+    numbers = _readme_numbers()
+    collected = json.loads((ROOT / "bench" / "results" / "study.json").read_text())
+    claims = collected.pop("claims")
+    assert numbers.collect_study(numbers.STUDY, claims=False) == collected, (
+        "run bench/readme_numbers.py --collect-study"
+    )
+    report = (numbers.STUDY / "report.md").read_text()
+    assert claims.splitlines()[2:] and all(row in report for row in claims.splitlines()[2:])

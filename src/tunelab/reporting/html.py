@@ -154,6 +154,72 @@ SUMMARY_HEADERS = [
 ]
 
 
+HEADLINE_HEADERS = [
+    "arm",
+    "method",
+    "learning rate",
+    "ROUGE-1, best of refs",
+    "ROUGE-1, one ref",
+    "ROUGE-L",
+    "BLEU",
+    "MMLU change",
+    "benchmark change",
+    "trainable",
+    "artefact",
+    "peak memory",
+    "train time",
+]
+
+
+def learning_rate(arm: ArmSummary) -> float | None:
+    """The arm's learning rate: its sweep's choice, else its config's; None for a prompting arm."""
+    if arm.is_prompting:
+        return None
+    chosen = (arm.metrics.get("sweep") or {}).get("chosen") or {}
+    if "training.lr" in chosen:
+        return float(chosen["training.lr"])
+    import yaml
+
+    lr = ((yaml.safe_load(arm.config_text) or {}).get("training") or {}).get("lr")
+    return None if lr is None else float(lr)
+
+
+def _with_ci(value: float, ci: Sequence[float], spec: str = ".2f") -> str:
+    return f"{value:{spec}} [{ci[0]:{spec}}, {ci[1]:{spec}}]"
+
+
+def headline_rows(arms: Sequence[ArmSummary], pending: Sequence[str] = ()) -> list[list[str]]:
+    """A study's one table: per finished arm its learning rate, ROUGE-1 under both protocols with 95% CIs, MMLU's
+    change with its paired CI, the mean benchmark change and the costs; then a row per arm still `pending`."""
+    rows = []
+    for a in arms:
+        single = (a.after.get("rouge_single_reference") or {}).get("rouge1")
+        mmlu = (a.metrics.get("forgetting") or {}).get("mmlu")
+        cost = a.metrics.get("cost", {})
+        lr = learning_rate(a)
+        rows.append(
+            [
+                a.name,
+                a.method,
+                "-" if lr is None else f"{lr:g}",
+                _with_ci(a.rouge("rouge1"), a.rouge_ci("rouge1")),
+                _with_ci(single["f1"], single["f1_ci95"]) if single else "-",
+                f"{a.rouge('rougeL'):.2f}",
+                f"{a.after.get('bleu', {}).get('score', 0):.2f}",
+                _with_ci(mmlu["delta"], (mmlu["ci95_low"], mmlu["ci95_high"]), "+.1f")
+                if mmlu and not a.is_prompting
+                else "-",
+                _fmt_opt(a.forgetting),
+                f"{cost.get('trainable_percent', 0):.3f}%",
+                human_bytes(cost.get("artefact_bytes", 0)),
+                human_bytes(a.peak_memory) if a.peak_memory else "-",
+                f"{a.training.get('seconds', 0) / 60:.0f} min" if a.training else "-",
+            ]
+        )
+    rows += [[name, "pending", *["-"] * (len(HEADLINE_HEADERS) - 2)] for name in pending]
+    return rows
+
+
 LATER_KINDS = {"eval-": "task evaluation", "benchmarks-": "benchmarks", "forgetting-": "forgetting"}
 
 
