@@ -31,6 +31,7 @@ import throughput  # noqa: E402  (bench/, the script's folder)
 from tunelab.data import PromptEncoder, TemplateSet  # noqa: E402
 from tunelab.data.encoding import encode_training_set  # noqa: E402
 from tunelab.environment import describe_environment  # noqa: E402
+from tunelab.io import atomic_write_text  # noqa: E402
 from tunelab.training.attention import matmul_causal_attention  # noqa: E402
 from tunelab.training.packing import _by_example, example_bounds  # noqa: E402
 
@@ -113,9 +114,7 @@ def main() -> None:
         "lengths": lengths,
         "rows": rows,
     }
-    tmp = Path(args.out).with_suffix(".tmp")
-    tmp.write_text(json.dumps(out, indent=2) + "\n")
-    tmp.replace(args.out)
+    atomic_write_text(args.out, json.dumps(out, indent=2) + "\n")
 
 
 if __name__ == "__main__":

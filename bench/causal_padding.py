@@ -24,6 +24,7 @@ import tunelab  # noqa: E402
 from tunelab.data import PromptEncoder, TemplateSet  # noqa: E402
 from tunelab.data.collate import TrainCollator, pad_sequences, padding_mask, position_ids_from_mask  # noqa: E402
 from tunelab.data.encoding import IGNORE_INDEX, encode_training_set  # noqa: E402
+from tunelab.io import atomic_write_text  # noqa: E402
 from tunelab.data.sources import load_split  # noqa: E402
 from tunelab.environment import describe_environment  # noqa: E402
 from tunelab.methods import ModelContext, get_method  # noqa: E402
@@ -102,9 +103,7 @@ def main() -> None:
     out = Path(__file__).parent / "results" / "causal_padding.json"
     kept = json.loads(out.read_text()) if out.exists() else {}
     kept[f"{args.method} {args.precision}"] = result
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(kept, indent=2))
-    tmp.replace(out)
+    atomic_write_text(out, json.dumps(kept, indent=2))
 
 
 if __name__ == "__main__":

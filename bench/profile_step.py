@@ -38,6 +38,7 @@ from tunelab.data import PromptEncoder, TemplateSet  # noqa: E402
 from tunelab.data.collate import TrainCollator  # noqa: E402
 from tunelab.data.encoding import encode_training_set  # noqa: E402
 from tunelab.environment import describe_environment  # noqa: E402
+from tunelab.io import atomic_write_text  # noqa: E402
 from tunelab.methods import ModelContext, get_method  # noqa: E402
 from tunelab.training.compiling import compiled_for_training  # noqa: E402
 from tunelab.training.loss import completion_loss  # noqa: E402
@@ -172,9 +173,7 @@ def main() -> None:
         "gemm_peak_tflops": peak / 1e12,
         "rows": rows,
     }
-    tmp = Path(args.out).with_suffix(".tmp")
-    tmp.write_text(json.dumps(out, indent=2) + "\n")
-    tmp.replace(args.out)
+    atomic_write_text(args.out, json.dumps(out, indent=2) + "\n")
 
 
 if __name__ == "__main__":
