@@ -12,6 +12,8 @@ rendered from bench/results/ (each result names the machine it was measured on):
     methods  bench/results/methods.json  (python bench/methods.py)
     demo_memory  bench/results/demo_memory.json  (python bench/demo_memory.py)
     throughput  bench/results/throughput.json  (python bench/throughput.py)
+    throughput_amd  bench/results/throughput_{causal,seq2seq}_amd.json  (python bench/throughput.py --parts train
+                    --archs causal|seq2seq --out ...)
     startup  bench/results/startup.json  (python bench/startup.py)
 
     python bench/readme_numbers.py [--collect-study] [--collect-demo]   # rewrite the regions (make readme-numbers runs it all)
@@ -314,7 +316,19 @@ TRAIN_LABELS = {"causal": "SmolLM2-135M (causal)", "seq2seq": "T5, flan-t5-small
 
 
 def render_throughput() -> str:
-    data = json.loads((RESULTS / "throughput.json").read_text())
+    return throughput_table(json.loads((RESULTS / "throughput.json").read_text()), "`make throughput`")
+
+
+def render_throughput_amd() -> str:
+    """The same table from the two part runs on the AMD EPYC (causal after padding-free, seq2seq after fast dropout)."""
+    causal, seq2seq = (json.loads((RESULTS / f"throughput_{arch}_amd.json").read_text()) for arch in TRAIN_LABELS)
+    repeats = f"{causal['train_setup']['repeats']} (causal) and {seq2seq['train_setup']['repeats']} (seq2seq)"
+    merged = {**causal, "train": causal["train"] + seq2seq["train"]}
+    merged["train_setup"] = {**causal["train_setup"], "repeats": repeats}
+    return throughput_table(merged, "`python bench/throughput.py --parts train --archs causal|seq2seq`")
+
+
+def throughput_table(data: dict, command: str) -> str:
     rows = {(r["arch"], r["method"], r["side"]): r for r in data["train"]}
     lines = [
         "| model | method | vs course recipe, fp32 | vs course recipe, bf16 | vs TRL SFTTrainer, fp32 | "
@@ -351,7 +365,7 @@ def render_throughput() -> str:
     setup = data["train_setup"]
     lines += [
         "",
-        f"(`make throughput`, {data['date']}, {machine_line(data['environment'])}, TRL {data.get('trl')}; "
+        f"({command}, {data['date']}, {machine_line(data['environment'])}, TRL {data.get('trl')}; "
         f"{setup['examples']} DialogSum examples, batch {setup['batch_size']}, the second epoch "
         f"({setup['timed_steps']} steps) timed, median of {setup['repeats']} interleaved repeats; cells with two "
         "ratios: tunelab eager / **compiled** (`training.compile`); compilation = the compiled side's first epoch "
@@ -432,6 +446,7 @@ RENDERERS: dict[str, Callable[[], str]] = {
     "lm_eval": render_lm_eval,
     "methods": render_methods,
     "throughput": render_throughput,
+    "throughput_amd": render_throughput_amd,
     "generation": render_generation,
     "bound": render_bound,
     "mfu": render_mfu,
