@@ -270,9 +270,7 @@ def single_reference_rows(arms: Sequence[ArmSummary]) -> list[list[str]]:
         single = a.after.get("rouge_single_reference")
         if not single:
             continue
-        cells = [
-            f"{single[k]['f1']:.2f} [{single[k]['f1_ci95'][0]:.2f}, {single[k]['f1_ci95'][1]:.2f}]" for k in ROUGE_KEYS
-        ]
+        cells = [_with_ci(single[k]["f1"], single[k]["f1_ci95"]) for k in ROUGE_KEYS]
         rows.append([a.name, *cells, str(single["rouge1"].get("pairs", "-"))])
     return rows
 
