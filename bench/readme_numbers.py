@@ -35,6 +35,8 @@ RESULTS = ROOT / "bench" / "results"
 README = ROOT / "README.md"
 sys.path.insert(0, str(ROOT / "src"))
 
+from tunelab.io import atomic_write_text  # noqa: E402  (light: no torch)
+
 
 def machine_line(env: dict) -> str:
     cpu = env.get("cpu") or {}
@@ -478,11 +480,11 @@ def main() -> int:
     parser.add_argument("--check", action="store_true", help="only compare; exit 1 on a difference")
     args = parser.parse_args()
     if args.collect_demo:
-        (RESULTS / "demo.json").write_text(json.dumps(collect_demo(Path(args.collect_demo)), indent=2) + "\n")
+        atomic_write_text(RESULTS / "demo.json", json.dumps(collect_demo(Path(args.collect_demo)), indent=2) + "\n")
     if args.collect_study:
-        (RESULTS / "study.json").write_text(json.dumps(collect_study(STUDY), indent=2) + "\n")
+        atomic_write_text(RESULTS / "study.json", json.dumps(collect_study(STUDY), indent=2) + "\n")
     if args.collect_demo_lora:
-        (RESULTS / "demo_lora.json").write_text(json.dumps(collect_demo_lora(ROOT / "runs"), indent=2) + "\n")
+        atomic_write_text(RESULTS / "demo_lora.json", json.dumps(collect_demo_lora(ROOT / "runs"), indent=2) + "\n")
     text = README.read_text(encoding="utf-8")
     new = rendered_readme(text)
     if args.check:
@@ -491,7 +493,7 @@ def main() -> int:
             return 1
         return 0
     if new != text:
-        README.write_text(new, encoding="utf-8")
+        atomic_write_text(README, new)
     print("README.md numbers " + ("updated" if new != text else "already current"))
     return 0
 
