@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from html import escape
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from tunelab.errors import RunDirError
 from tunelab.io import atomic_write_text
@@ -356,6 +356,44 @@ SOFT_PROMPT_NOTE = (
 )
 
 
+SINGLE_REFERENCE_NOTE = (
+    "The same predictions scored against each reference alone and averaged over all (prediction, reference) pairs, "
+    "as tables that score a multi-reference test set one reference row at a time (F1 x100, 95% CI)."
+)
+CLAIMS_NOTE = (
+    "Each claim's difference is taken example by example on the same examples, with a paired 95% BCa bootstrap CI: "
+    "reproduced when the CI lies above the threshold, not reproduced when below, inconclusive when it contains it."
+)
+LATER_NOTE = "Run on the finished arms afterwards, each in its own folder inside the arm's run directory."
+
+
+class TableSection(NamedTuple):
+    table_id: str
+    heading: str
+    note: str
+    headers: Sequence[str]
+    rows: list[list[str]]
+
+
+def table_sections(arms: Sequence[ArmSummary], claims: Sequence[dict[str, Any]] = ()) -> dict[str, TableSection]:
+    """The report's tables beside the summary, by id, for both the markdown and the HTML report; a table with no
+    rows is left out."""
+    sections = [
+        TableSection(
+            "single-reference",
+            "Single-reference protocol",
+            SINGLE_REFERENCE_NOTE,
+            SINGLE_REFERENCE_HEADERS,
+            single_reference_rows(arms),
+        ),
+        TableSection("soft-prompts", "Soft prompts", SOFT_PROMPT_NOTE, SOFT_PROMPT_HEADERS, soft_prompt_rows(arms)),
+        TableSection("sweeps", "Chosen settings", SWEEP_NOTE, SWEEP_HEADERS, sweep_rows(arms)),
+        TableSection("claims", "Claims", CLAIMS_NOTE, CLAIM_HEADERS, claim_rows(claims)),
+        TableSection("later", "Later evaluations", LATER_NOTE, LATER_HEADERS, later_evaluations(arms)),
+    ]
+    return {s.table_id: s for s in sections if s.rows}
+
+
 def markdown_report(arms: Sequence[ArmSummary], claims: Sequence[dict[str, Any]] = ()) -> str:
     first = arms[0].metrics
     lines = [
@@ -377,40 +415,10 @@ def markdown_report(arms: Sequence[ArmSummary], claims: Sequence[dict[str, Any]]
                 f"\n{a.name}: {ctx['prompts_over_window']} prompts longer than the model's "
                 f"{ctx['window']}-token window were cut (mean prompt {ctx['mean_prompt_tokens']:.0f} tokens)."
             )
-    if single := single_reference_rows(arms):
-        lines += [
-            "",
-            "### Single-reference protocol",
-            "",
-            "The same predictions scored against each reference alone and averaged over all (prediction, reference)",
-            "pairs, as tables that score a multi-reference test set one reference row at a time (F1 x100, 95% CI):",
-            "",
-            markdown_table(SINGLE_REFERENCE_HEADERS, single),
-        ]
-    if soft := soft_prompt_rows(arms):
-        lines += ["", "### Soft prompts", "", SOFT_PROMPT_NOTE, "", markdown_table(SOFT_PROMPT_HEADERS, soft)]
-    if sweeps := sweep_rows(arms):
-        lines += ["", "### Chosen settings", "", SWEEP_NOTE, "", markdown_table(SWEEP_HEADERS, sweeps)]
-    if claims:
-        lines += [
-            "",
-            "### Claims",
-            "",
-            "Each claim's difference is taken example by example on the same examples, with a paired 95% BCa "
-            "bootstrap CI: reproduced when the CI lies above the threshold, not reproduced when below, "
-            "inconclusive when it contains it.",
-            "",
-            markdown_table(CLAIM_HEADERS, claim_rows(claims)),
-        ]
-    if later := later_evaluations(arms):
-        lines += [
-            "",
-            "### Later evaluations",
-            "",
-            "Run on the finished arms afterwards, each in its own folder inside the arm's run directory:",
-            "",
-            markdown_table(LATER_HEADERS, later),
-        ]
+    sections = table_sections(arms, claims)
+    for table_id in ("single-reference", "soft-prompts", "sweeps", "claims", "later"):
+        if section := sections.get(table_id):
+            lines += ["", f"### {section.heading}", "", section.note, "", markdown_table(section.headers, section.rows)]
     return "\n".join(lines) + "\n"
 
 
@@ -444,6 +452,12 @@ def _html_table(table_id: str, headers: Sequence[str], rows: Sequence[Sequence[s
         + "</tr>"
         + "".join("<tr>" + "".join(f"<td>{escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
         + "</table>"
+    )
+
+
+def _html_section(section: TableSection) -> str:
+    return f"<h2>{escape(section.heading)}</h2><p class='note'>{escape(section.note)}</p>" + _html_table(
+        section.table_id, section.headers, section.rows
     )
 
 
@@ -542,62 +556,25 @@ def html_report(
     configs = "".join(
         f"<details><summary>{escape(a.name)}</summary><pre>{escape(a.config_text)}</pre></details>" for a in arms
     )
-    later = later_evaluations(arms)
-    later_html = (
-        ""
-        if not later
-        else (
-            "<h2>Later evaluations</h2><p class='note'>Run on the finished arms afterwards, each in its own folder inside "
-            "the arm's run directory.</p><table id='later'><tr>"
-            + "".join(f"<th>{h}</th>" for h in LATER_HEADERS)
-            + "</tr>"
-            + "".join("<tr>" + "".join(f"<td>{escape(c)}</td>" for c in row) + "</tr>" for row in later)
-            + "</table>"
-        )
-    )
-    single = single_reference_rows(arms)
-    single_html = (
-        "<h2>Single-reference protocol</h2><p class='note'>The same predictions scored against each reference alone, "
-        "averaged over all (prediction, reference) pairs (F1 x100, 95% CI).</p>"
-        + _html_table("single-reference", SINGLE_REFERENCE_HEADERS, single)
-        if single
-        else ""
-    )
-    soft = soft_prompt_rows(arms)
-    soft_html = (
-        f"<h2>Soft prompts</h2><p class='note'>{escape(SOFT_PROMPT_NOTE)}</p>"
-        + _html_table("soft-prompts", SOFT_PROMPT_HEADERS, soft)
-        if soft
-        else ""
-    )
-    sweeps = sweep_rows(arms)
-    sweeps_html = (
-        f"<h2>Chosen settings</h2><p class='note'>{escape(SWEEP_NOTE)}</p>"
-        + _html_table("sweeps", SWEEP_HEADERS, sweeps)
-        if sweeps
-        else ""
-    )
-    claims_html = (
-        "<h2>Claims</h2><p class='note'>Differences taken example by example, paired 95% BCa bootstrap CI: "
-        "reproduced when the CI lies above the threshold, not reproduced when below, inconclusive otherwise.</p>"
-        + _html_table("claims", CLAIM_HEADERS, claim_rows(claims))
-        if claims
-        else ""
-    )
+    sections = table_sections(arms, claims)
+
+    def section(table_id: str) -> str:
+        return _html_section(sections[table_id]) if table_id in sections else ""
+
     first = arms[0].metrics
     return f"""<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>
 <style>{_CSS}</style></head><body>{_SELF_CHECK}
 <h1>{escape(title)}</h1>
 <p class="note">{escape(str(first.get("model")))} · {escape(str(first.get("dataset")))} ·
 {arms[0].after.get("examples")} {escape(str(first.get("evaluation_split")))} examples · same data, evaluation and seed for every arm</p>
-<h2>Summary</h2>{table}{claims_html}
+<h2>Summary</h2>{table}{section("claims")}
 <p class="note">ROUGE: F1 x100 ({escape(first.get("protocol", {}).get("rouge", ""))}). Gain: against the zero-shot arm.
 Forgetting: mean change over the benchmark suite, after minus before (0 for prompting: weights unchanged).
 {escape(wall_time_note(arms[0].path.parent, arms))}</p>
-<h2>Task quality</h2>{rouge_chart}{single_html}{soft_html}{sweeps_html}
+<h2>Task quality</h2>{rouge_chart}{section("single-reference")}{section("soft-prompts")}{section("sweeps")}
 <h2>Gain vs forgetting</h2>{scatter}{forgetting_html}
 <h2>Cost</h2><div class="cost">{"".join(cost)}</div>
-{later_html}
+{section("later")}
 <h2>Predictions side by side</h2>{preds}
 <h2>Run configs</h2>{configs}
 </body></html>
