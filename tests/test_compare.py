@@ -446,6 +446,12 @@ def test_study_features_sweep_claims_single_reference_and_wall_time(
     assert judged[0]["ci95_low"] <= judged[0]["delta"] <= judged[0]["ci95_high"]
     assert [c["verdict"] for c in judged[1:]] == ["reproduced", "not reproduced", "reproduced"]
     assert judged[3]["n"] == 6
+    record = directory / "lora" / "forgetting.json"
+    forgetting = json.loads(record.read_text())
+    forgetting["tasks"]["sst2"].update(delta=-1.5, ci95_low=-2.5, ci95_high=-0.5)  # an interval no rerun would draw
+    record.write_text(json.dumps(forgetting))
+    against_base = judge_claims(directory, load_arms(directory))[3]  # the arm's own change, as its forgetting table
+    assert (against_base["delta"], against_base["ci95_low"], against_base["ci95_high"]) == (-1.5, -2.5, -0.5)
     from tunelab.reporting.html import headline_rows
 
     headline = {row[0]: row for row in headline_rows(load_arms(directory), pending=["ia3"])}

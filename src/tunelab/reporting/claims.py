@@ -9,7 +9,8 @@ arm has not finished.
 Task metrics are recomputed from each arm's predictions.jsonl (predictions and references), so a claim needs
 no state beyond what a finished arm keeps: `rouge1`... is the best-of-references protocol, `single_reference:
 rouge1`... the mean over single references; `benchmark:<task>` compares the suite's per-document scores after
-training (`versus: base` takes the arm's own scores before training, i.e. its forgetting on that task).
+training; `versus: base` is the arm's own change on that task, read from its forgetting record (forgetting.json), so
+the claim shows the same difference and CI as the arm's forgetting table.
 `soft_prompt:task_words` against `chance` compares the share of a prompt-tuning arm's virtual tokens with a
 task word among their nearest vocabulary tokens with the share for random vocabulary tokens (a fixed rate
 measured on 2,000 tokens); the CI is the bootstrap over the virtual tokens.
@@ -45,14 +46,10 @@ def _task_scores(arm: ArmSummary, metric: str) -> dict[str, float]:
     return {i: s[metric]["f1"] for i, s in zip(ids, rouge_per_example(preds, refs), strict=True)}
 
 
-def _benchmark_results(arm: ArmSummary, when: str, arms: Sequence[ArmSummary]) -> dict[str, Any] | None:
-    """benchmarks_after.json (or _before) of an arm; a prompting arm's weights are the base's, so its scores are
-    the base's before training, found in any fine-tuning arm."""
-    if arm.is_prompting:
-        when = "before"
-        sources = [a for a in arms if not a.is_prompting]
-    else:
-        sources = [arm]
+def _benchmark_results(arm: ArmSummary, arms: Sequence[ArmSummary]) -> dict[str, Any] | None:
+    """The suite's scores with the arm's weights: benchmarks_after.json of a fine-tuning arm; a prompting arm's
+    weights are the base's, so its scores are the base's before training, found in any fine-tuning arm."""
+    when, sources = ("before", [a for a in arms if not a.is_prompting]) if arm.is_prompting else ("after", [arm])
     for source in sources:
         path = source.path / f"benchmarks_{when}.json"
         if path.is_file():
@@ -69,19 +66,24 @@ def _benchmark_scores(results: Mapping[str, Any], task: str) -> dict[str, float]
     return {str(i): float(v) for i, v in enumerate(main_metric_per_example(result))}
 
 
-def _paired(claim: Mapping[str, Any], arm: ArmSummary, versus: ArmSummary | None, arms: Sequence[ArmSummary]):
+def _paired(claim: Mapping[str, Any], arm: ArmSummary, versus: ArmSummary, arms: Sequence[ArmSummary]):
     metric = claim["metric"]
     if metric.startswith("benchmark:"):
         task = metric.split(":", 1)[1]
-        mine = _benchmark_results(arm, "after", arms)
-        theirs = (
-            _benchmark_results(arm, "before", arms) if versus is None else _benchmark_results(versus, "after", arms)
-        )
+        mine, theirs = _benchmark_results(arm, arms), _benchmark_results(versus, arms)
         if mine is None or theirs is None or task not in mine or task not in theirs:
             raise KeyError(f"benchmark {task} was not run on both sides")
         return _benchmark_scores(mine, task), _benchmark_scores(theirs, task)
-    assert versus is not None
     return _task_scores(arm, metric), _task_scores(versus, metric)
+
+
+def _own_change(arm: ArmSummary, task: str, claim: Mapping[str, Any]) -> dict[str, Any]:
+    """The arm's change on a benchmark task as its forgetting record holds it (after - before, paired CI)."""
+    path = arm.path / "forgetting.json"
+    change = json.loads(path.read_text())["tasks"].get(task) if path.is_file() else None
+    if change is None:
+        return {"verdict": "pending", "note": f"{arm.name} has no forgetting record for {task}"}
+    return {**_verdict(claim, change["delta"], change["ci95_low"], change["ci95_high"]), "n": change["n"]}
 
 
 def judge(claim: Mapping[str, Any], arms: Sequence[ArmSummary], samples: int = 1000, seed: int = 0) -> dict[str, Any]:
@@ -100,15 +102,17 @@ def judge(claim: Mapping[str, Any], arms: Sequence[ArmSummary], samples: int = 1
         share = sum(hits) / len(hits)
         low, high = (bound - chance for bound in wilson_interval(sum(hits), len(hits)))
         return {**claim, **_verdict(claim, share - chance, low, high), "n": len(hits)}
-    else:
-        try:
-            mine, theirs = _paired(claim, arm, versus, arms)
-        except KeyError as e:
-            return {**claim, "verdict": "pending", "note": str(e).strip("'\"")}
-        shared = [i for i in mine if i in theirs]
-        if len(shared) != len(mine) or len(shared) != len(theirs):
-            return {**claim, "verdict": "pending", "note": "the two sides were scored on different examples"}
-        a, b = [mine[i] for i in shared], [theirs[i] for i in shared]
+    if claim["metric"].startswith("benchmark:") and versus is None:
+        return {**claim, **_own_change(arm, claim["metric"].split(":", 1)[1], claim)}
+    assert versus is not None  # the config pairs `base` and `chance` with their own metrics (config/compare.py)
+    try:
+        mine, theirs = _paired(claim, arm, versus, arms)
+    except KeyError as e:
+        return {**claim, "verdict": "pending", "note": str(e).strip("'\"")}
+    shared = [i for i in mine if i in theirs]
+    if len(shared) != len(mine) or len(shared) != len(theirs):
+        return {**claim, "verdict": "pending", "note": "the two sides were scored on different examples"}
+    a, b = [mine[i] for i in shared], [theirs[i] for i in shared]
     low, high = paired_difference_ci(b, a, samples, seed)
     return {**claim, **_verdict(claim, float(np.mean(a) - np.mean(b)), low, high), "n": len(a)}
 
