@@ -438,7 +438,7 @@ def test_study_features_sweep_claims_single_reference_and_wall_time(
 
     mine, theirs = rouge1("lora"), rouge1("zero-shot")
     expected = float(np.mean([mine[i] - theirs[i] for i in mine]))
-    from tunelab.reporting.claims import judge_claims
+    from tunelab.reporting.claims import gain_rows, judge_claims
     from tunelab.reporting.html import load_arms
 
     judged = judge_claims(directory, load_arms(directory))
@@ -446,6 +446,9 @@ def test_study_features_sweep_claims_single_reference_and_wall_time(
     assert judged[0]["ci95_low"] <= judged[0]["delta"] <= judged[0]["ci95_high"]
     assert [c["verdict"] for c in judged[1:]] == ["reproduced", "not reproduced", "reproduced"]
     assert judged[3]["n"] == 6
+    gains = {row[0]: row for row in gain_rows(load_arms(directory))}  # every arm against zero-shot, paired
+    assert set(gains) == {"lora", "full"} and gains["lora"][-1] == "5"
+    assert gains["lora"][1] == f"{expected:+.2f} [{judged[0]['ci95_low']:+.2f}, {judged[0]['ci95_high']:+.2f}]"
     record = directory / "lora" / "forgetting.json"
     forgetting = json.loads(record.read_text())
     forgetting["tasks"]["sst2"].update(delta=-1.5, ci95_low=-2.5, ci95_high=-0.5)  # an interval no rerun would draw
@@ -461,6 +464,7 @@ def test_study_features_sweep_claims_single_reference_and_wall_time(
     assert headline["ia3"][1:3] == ["pending", "-"]
     report = (directory / "report.md").read_text()
     assert "### Claims" in report and "### Single-reference protocol" in report and "Wall time:" in report
+    assert "### Against zero-shot, paired" in report
     timing = json.loads((directory / "timing.json").read_text())
     assert set(timing) == {"zero-shot", "lora", "full"} and all(t["seconds"] > 0 for t in timing.values())
 

@@ -32,18 +32,25 @@ CLAIMS_FILE = "claims.json"  # the comparison config's claims, so `tunelab repor
 VERDICTS = ("reproduced", "not reproduced", "inconclusive", "pending", "not applicable")
 
 
-def _task_scores(arm: ArmSummary, metric: str) -> dict[str, float]:
-    """Per test example id: the arm's score on a ROUGE metric (recomputed from its predictions)."""
+def _task_scores(arm: ArmSummary, metrics: Sequence[str]) -> dict[str, dict[str, float]]:
+    """Per ROUGE metric, per test example id: the arm's score (recomputed from its predictions; each protocol's
+    scoring done once for all its metrics)."""
     from tunelab.evaluation.metrics import rouge_per_example, rouge_per_reference
 
     ids = [p["id"] for p in arm.predictions]
     preds = [p["prediction"] for p in arm.predictions]
     refs = [list(p["references"]) for p in arm.predictions]
-    if metric.startswith("single_reference:"):
-        key = metric.split(":", 1)[1]
+    scores: dict[str, dict[str, float]] = {}
+    if single := [m for m in metrics if m.startswith("single_reference:")]:
         per_ref = rouge_per_reference(preds, refs)
-        return {i: float(np.mean([r[key]["f1"] for r in rs])) for i, rs in zip(ids, per_ref, strict=True)}
-    return {i: s[metric]["f1"] for i, s in zip(ids, rouge_per_example(preds, refs), strict=True)}
+        for metric in single:
+            key = metric.split(":", 1)[1]
+            scores[metric] = {i: float(np.mean([r[key]["f1"] for r in rs])) for i, rs in zip(ids, per_ref, strict=True)}
+    if best := [m for m in metrics if m not in single]:
+        per_example = rouge_per_example(preds, refs)
+        for metric in best:
+            scores[metric] = {i: s[metric]["f1"] for i, s in zip(ids, per_example, strict=True)}
+    return scores
 
 
 def _benchmark_results(arm: ArmSummary, arms: Sequence[ArmSummary]) -> dict[str, Any] | None:
@@ -74,7 +81,7 @@ def _paired(claim: Mapping[str, Any], arm: ArmSummary, versus: ArmSummary, arms:
         if mine is None or theirs is None or task not in mine or task not in theirs:
             raise KeyError(f"benchmark {task} was not run on both sides")
         return _benchmark_scores(mine, task), _benchmark_scores(theirs, task)
-    return _task_scores(arm, metric), _task_scores(versus, metric)
+    return _task_scores(arm, [metric])[metric], _task_scores(versus, [metric])[metric]
 
 
 def _own_change(arm: ArmSummary, task: str, claim: Mapping[str, Any]) -> dict[str, Any]:
@@ -115,6 +122,42 @@ def judge(claim: Mapping[str, Any], arms: Sequence[ArmSummary], samples: int = 1
     a, b = [mine[i] for i in shared], [theirs[i] for i in shared]
     low, high = paired_difference_ci(b, a, samples, seed)
     return {**claim, **_verdict(claim, float(np.mean(a) - np.mean(b)), low, high), "n": len(a)}
+
+
+GAIN_METRICS = ("rouge1", "rouge2", "rougeL", "rougeLsum", "single_reference:rouge1")
+GAIN_HEADERS = ["arm", "ROUGE-1", "ROUGE-2", "ROUGE-L", "ROUGE-Lsum", "ROUGE-1, one ref", "n"]
+GAIN_NOTE = (
+    "Each arm minus the zero-shot arm, example by example on the same test examples: the mean difference in F1 x100 "
+    "with its paired 95% BCa bootstrap CI; best of the references, and in the last column the mean over single "
+    "references (the lab's protocol)."
+)
+
+
+def gain_rows(arms: Sequence[ArmSummary], samples: int = 1000, seed: int = 0) -> list[list[str]]:
+    """Every arm against the zero-shot arm on each ROUGE metric, paired (none without a zero-shot arm)."""
+    from tunelab.evaluation.metrics import paired_difference_ci
+    from tunelab.reporting.html import baseline_arm
+
+    base = baseline_arm(arms)
+    if base is None:
+        return []
+    theirs = _task_scores(base, GAIN_METRICS)
+    rows = []
+    for arm in arms:
+        if arm is base:
+            continue
+        mine = _task_scores(arm, GAIN_METRICS)
+        ids = list(mine["rouge1"])
+        if sorted(ids) != sorted(theirs["rouge1"]):
+            rows.append([arm.name, *["scored on other examples"] * len(GAIN_METRICS), "-"])
+            continue
+        cells = []
+        for metric in GAIN_METRICS:
+            a, b = [mine[metric][i] for i in ids], [theirs[metric][i] for i in ids]
+            low, high = paired_difference_ci(b, a, samples, seed)
+            cells.append(f"{np.mean(a) - np.mean(b):+.2f} [{low:+.2f}, {high:+.2f}]")
+        rows.append([arm.name, *cells, str(len(ids))])
+    return rows
 
 
 def _verdict(claim: Mapping[str, Any], delta: float, low: float, high: float) -> dict[str, Any]:

@@ -7,7 +7,7 @@ forgetting.json), so `tunelab report DIR` rebuilds it at any time.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from html import escape
 from pathlib import Path
@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 from tunelab.errors import RunDirError
 from tunelab.io import atomic_write_text
 from tunelab.reporting import svg
-from tunelab.reporting.claims import CLAIM_HEADERS, claim_rows, judge_claims
+from tunelab.reporting.claims import CLAIM_HEADERS, GAIN_HEADERS, GAIN_NOTE, claim_rows, gain_rows, judge_claims
 from tunelab.reporting.tables import human_bytes, markdown_table
 
 ROUGE_KEYS = ("rouge1", "rouge2", "rougeL", "rougeLsum")
@@ -95,9 +95,13 @@ def load_arms(directory: Path, names: Sequence[str] | None = None) -> list[ArmSu
     return arms
 
 
+def baseline_arm(arms: Sequence[ArmSummary]) -> ArmSummary | None:
+    """The zero-shot arm: the reference for every arm's gain (without one, each arm's own 'before')."""
+    return next((a for a in arms if a.method == "0-shot"), None)
+
+
 def baseline_scores(arms: Sequence[ArmSummary]) -> dict[str, float] | None:
-    """The zero-shot arm's ROUGE, the reference for every arm's gain (else each arm's own 'before')."""
-    zero = next((a for a in arms if a.method == "0-shot"), None)
+    zero = baseline_arm(arms)
     return {k: zero.rouge(k) for k in ROUGE_KEYS} if zero else None
 
 
@@ -386,6 +390,7 @@ def table_sections(arms: Sequence[ArmSummary], claims: Sequence[dict[str, Any]] 
             SINGLE_REFERENCE_HEADERS,
             single_reference_rows(arms),
         ),
+        TableSection("gains", "Against zero-shot, paired", GAIN_NOTE, GAIN_HEADERS, gain_rows(arms)),
         TableSection("soft-prompts", "Soft prompts", SOFT_PROMPT_NOTE, SOFT_PROMPT_HEADERS, soft_prompt_rows(arms)),
         TableSection("sweeps", "Chosen settings", SWEEP_NOTE, SWEEP_HEADERS, sweep_rows(arms)),
         TableSection("claims", "Claims", CLAIMS_NOTE, CLAIM_HEADERS, claim_rows(claims)),
@@ -394,7 +399,7 @@ def table_sections(arms: Sequence[ArmSummary], claims: Sequence[dict[str, Any]] 
     return {s.table_id: s for s in sections if s.rows}
 
 
-def markdown_report(arms: Sequence[ArmSummary], claims: Sequence[dict[str, Any]] = ()) -> str:
+def markdown_report(arms: Sequence[ArmSummary], sections: Mapping[str, TableSection]) -> str:
     first = arms[0].metrics
     lines = [
         f"## Comparison: {first.get('model')} on {first.get('dataset')} "
@@ -415,8 +420,7 @@ def markdown_report(arms: Sequence[ArmSummary], claims: Sequence[dict[str, Any]]
                 f"\n{a.name}: {ctx['prompts_over_window']} prompts longer than the model's "
                 f"{ctx['window']}-token window were cut (mean prompt {ctx['mean_prompt_tokens']:.0f} tokens)."
             )
-    sections = table_sections(arms, claims)
-    for table_id in ("single-reference", "soft-prompts", "sweeps", "claims", "later"):
+    for table_id in ("single-reference", "gains", "soft-prompts", "sweeps", "claims", "later"):
         if section := sections.get(table_id):
             lines += ["", f"### {section.heading}", "", section.note, "", markdown_table(section.headers, section.rows)]
     return "\n".join(lines) + "\n"
@@ -462,7 +466,7 @@ def _html_section(section: TableSection) -> str:
 
 
 def html_report(
-    arms: Sequence[ArmSummary], title: str, n_examples: int = 5, claims: Sequence[dict[str, Any]] = ()
+    arms: Sequence[ArmSummary], title: str, sections: Mapping[str, TableSection], n_examples: int = 5
 ) -> str:
     names = [a.name for a in arms]
     base = baseline_scores(arms)
@@ -556,7 +560,6 @@ def html_report(
     configs = "".join(
         f"<details><summary>{escape(a.name)}</summary><pre>{escape(a.config_text)}</pre></details>" for a in arms
     )
-    sections = table_sections(arms, claims)
 
     def section(table_id: str) -> str:
         return _html_section(sections[table_id]) if table_id in sections else ""
@@ -571,7 +574,7 @@ def html_report(
 <p class="note">ROUGE: F1 x100 ({escape(first.get("protocol", {}).get("rouge", ""))}). Gain: against the zero-shot arm.
 Forgetting: mean change over the benchmark suite, after minus before (0 for prompting: weights unchanged).
 {escape(wall_time_note(arms[0].path.parent, arms))}</p>
-<h2>Task quality</h2>{rouge_chart}{section("single-reference")}{section("soft-prompts")}{section("sweeps")}
+<h2>Task quality</h2>{rouge_chart}{section("single-reference")}{section("gains")}{section("soft-prompts")}{section("sweeps")}
 <h2>Gain vs forgetting</h2>{scatter}{forgetting_html}
 <h2>Cost</h2><div class="cost">{"".join(cost)}</div>
 {section("later")}
@@ -585,8 +588,8 @@ def write_report(directory: str | Path, names: Sequence[str] | None = None) -> P
     """Write report.html and report.md into a comparison directory; returns the HTML path."""
     directory = Path(directory)
     arms = load_arms(directory, names)
-    claims = judge_claims(directory, arms)
-    atomic_write_text(directory / "report.md", markdown_report(arms, claims))
+    sections = table_sections(arms, judge_claims(directory, arms))
+    atomic_write_text(directory / "report.md", markdown_report(arms, sections))
     return atomic_write_text(
-        directory / "report.html", html_report(arms, f"tunelab comparison: {directory.name}", claims=claims)
+        directory / "report.html", html_report(arms, f"tunelab comparison: {directory.name}", sections)
     )
