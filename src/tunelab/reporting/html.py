@@ -420,9 +420,8 @@ def markdown_report(arms: Sequence[ArmSummary], sections: Mapping[str, TableSect
                 f"\n{a.name}: {ctx['prompts_over_window']} prompts longer than the model's "
                 f"{ctx['window']}-token window were cut (mean prompt {ctx['mean_prompt_tokens']:.0f} tokens)."
             )
-    for table_id in ("single-reference", "gains", "soft-prompts", "sweeps", "claims", "later"):
-        if section := sections.get(table_id):
-            lines += ["", f"### {section.heading}", "", section.note, "", markdown_table(section.headers, section.rows)]
+    for section in sections.values():  # in table_sections' order
+        lines += ["", f"### {section.heading}", "", section.note, "", markdown_table(section.headers, section.rows)]
     return "\n".join(lines) + "\n"
 
 
