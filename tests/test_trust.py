@@ -72,16 +72,23 @@ def test_resume_is_exact_before_at_and_after_an_epoch_boundary(launcher, tiny_t5
     assert done.returncode == 0, done.stderr[-3000:]
     expected = _losses(tmp_path / "runs" / "uninterrupted")
     assert [s for s, _ in expected] == list(range(1, 13))
-    for kill_at in (3, 4, 5):  # inside epoch 0, at its end, inside epoch 1
-        cfg = _epoch_config(tmp_path, tiny_t5_dir, dialogue_files, f"killed-{kill_at}")
-        killed = _cli("train", cfg, fault=f"after-checkpoint:{kill_at}", launcher=launch, cwd=tmp_path)
-        assert killed.returncode != 0
-        resumed = _cli("train", cfg, "--resume", launcher=launch, cwd=tmp_path)
-        assert resumed.returncode == 0, resumed.stderr[-3000:]
-        got = _losses(tmp_path / "runs" / f"killed-{kill_at}")
-        assert [s for s, _ in got] == [s for s, _ in expected]
-        for (step, a), (_, b) in zip(expected, got):
-            assert a == pytest.approx(b, rel=1e-6, abs=1e-7), f"kill at {kill_at}: step {step} differs"
+    # One run killed three times: inside epoch 0, at its end, inside epoch 1. Each process after the first resumes
+    # from the checkpoint its predecessor wrote (the later ones from a resumed run's checkpoint), so the first
+    # step each one trains is the step after a resume point.
+    cfg = _epoch_config(tmp_path, tiny_t5_dir, dialogue_files, "killed")
+    first = _cli("train", cfg, fault="after-checkpoint:3", launcher=launch, cwd=tmp_path)
+    assert first.returncode != 0
+    for kill_at in (4, 5):
+        killed = _cli("train", cfg, "--resume", fault=f"after-checkpoint:{kill_at}", launcher=launch, cwd=tmp_path)
+        assert killed.returncode != 0 and not (tmp_path / "runs" / "killed" / "COMPLETE").exists()
+    resumed = _cli("train", cfg, "--resume", launcher=launch, cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    metrics = json.loads((tmp_path / "runs" / "killed" / "metrics.json").read_text())
+    assert metrics["training"]["resumed_from"] == "step-5"
+    got = _losses(tmp_path / "runs" / "killed")
+    assert [s for s, _ in got] == [s for s, _ in expected]
+    for (step, a), (_, b) in zip(expected, got):
+        assert a == pytest.approx(b, rel=1e-6, abs=1e-7), f"step {step} differs (resumed after steps 3, 4 and 5)"
 
 
 class _NanGradient(__import__("torch").autograd.Function):
