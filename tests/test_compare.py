@@ -405,6 +405,11 @@ def test_study_features_sweep_claims_single_reference_and_wall_time(
         {"claim": "impossible", "arm": "lora", "versus": "full", "metric": "rouge1", "at_least": 100},
         {"claim": "forgets at most 100", "arm": "lora", "versus": "base", "metric": "benchmark:sst2",
          "at_least": -100},
+        {"claim": "LoRA trains < 50% of full's parameters", "arm": "lora", "versus": "full",
+         "metric": "cost:trainable_parameters", "at_most": 0.5},
+        {"claim": "LoRA's adapter is larger than the checkpoint", "arm": "lora", "versus": "full",
+         "metric": "cost:artefact_bytes", "at_least": 1},
+        {"claim": "LoRA's peak memory", "arm": "lora", "versus": "full", "metric": "cost:peak_memory", "at_most": 100},
     ]  # fmt: skip
     path = tmp_path / "study.yaml"
     tree = {"name": "study", "output_dir": str(tmp_path / "runs"), "experiment": base, "arms": arms, "claims": claims}
@@ -438,14 +443,31 @@ def test_study_features_sweep_claims_single_reference_and_wall_time(
 
     mine, theirs = rouge1("lora"), rouge1("zero-shot")
     expected = float(np.mean([mine[i] - theirs[i] for i in mine]))
-    from tunelab.reporting.claims import gain_rows, judge_claims
+    from tunelab.reporting.claims import claim_rows, gain_rows, judge_claims
     from tunelab.reporting.html import load_arms
 
     judged = judge_claims(directory, load_arms(directory))
     assert judged[0]["delta"] == pytest.approx(expected) and judged[0]["n"] == 5
     assert judged[0]["ci95_low"] <= judged[0]["delta"] <= judged[0]["ci95_high"]
-    assert [c["verdict"] for c in judged[1:]] == ["reproduced", "not reproduced", "reproduced"]
+    assert [c["verdict"] for c in judged[1:]] == ["reproduced", "not reproduced", "reproduced"] + [
+        "reproduced",
+        "not reproduced",
+        "reproduced",
+    ]
     assert judged[3]["n"] == 6
+    full = json.loads((directory / "full" / "metrics.json").read_text())
+    for claim, quantity in zip(judged[4:6], ("trainable_parameters", "artefact_bytes"), strict=True):
+        assert claim["ratio"] == pytest.approx(lora["cost"][quantity] / full["cost"][quantity])
+    trainable = claim_rows(judged)[4]
+    assert trainable[3] == (
+        f"x{judged[4]['ratio']:.3g} ({lora['cost']['trainable_parameters']:,} / {full['cost']['trainable_parameters']:,})"
+    )
+    assert trainable[4:] == ["<= x0.5", "1", "reproduced"]
+    assert "different machines" not in claim_rows(judged)[6][3]
+    full["environment"]["cpu"]["model"] = "another CPU"  # memory and time depend on the machine; parameters do not
+    (directory / "full" / "metrics.json").write_text(json.dumps(full))
+    rows = claim_rows(judge_claims(directory, load_arms(directory)))
+    assert rows[6][3].endswith(", measured on different machines") and "machines" not in rows[4][3]
     gains = {row[0]: row for row in gain_rows(load_arms(directory))}  # every arm against zero-shot, paired
     assert set(gains) == {"lora", "full"} and gains["lora"][-1] == "5"
     assert gains["lora"][1] == f"{expected:+.2f} [{judged[0]['ci95_low']:+.2f}, {judged[0]['ci95_high']:+.2f}]"

@@ -95,6 +95,8 @@ def test_comparison_claims_and_sweeps_are_validated(tmp_path):
     assert cfg.claims[0].at_least == 0.0 and cfg.claims[0].metric == "rouge1"
     soft = {"claim": "x", "arm": "lora", "versus": "chance", "metric": "soft_prompt:task_words"}
     assert load(claims=[soft]).claims[0].versus == "chance"
+    cost = {"claim": "x", "arm": "lora", "versus": "zero", "metric": "cost:peak_memory", "at_most": 1}
+    assert load(claims=[cost]).claims[0].at_most == 1
     bad = [
         ({"claims": [{"claim": "x", "arm": "lora", "versus": "fulll"}]}, r"claims\[0\]: versus 'fulll' is not an arm"),
         ({"claims": [{"claim": "x", "arm": "lora", "versus": "zero", "metric": "bleu"}]}, "metric 'bleu'"),
@@ -106,6 +108,12 @@ def test_comparison_claims_and_sweeps_are_validated(tmp_path):
             {"claims": [{"claim": "x", "arm": "lora", "versus": "zero", "metric": "soft_prompt:task_words"}]},
             "soft_prompt:task_words goes with versus: chance",
         ),
+        (
+            {"claims": [{**cost, "at_most": None}]},
+            r"claims\[0\]: a cost:peak_memory claim bounds the ratio lora / zero",
+        ),
+        ({"claims": [{**cost, "metric": "cost:flops"}]}, r"metric 'cost:flops'.*trainable_parameters"),
+        ({"claims": [{**cost, "versus": "base"}]}, "versus: base goes with a benchmark"),
     ]
     for extra, message in bad:
         with pytest.raises(ConfigError, match=message):

@@ -23,7 +23,7 @@ _SLUG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 SWEEP_METRICS = ("eval_loss", "rouge1", "rouge2", "rougeL", "rougeLsum")  # as recipes/sweeping.py scores trials
 CLAIM_METRIC = re.compile(
     r"^(rouge1|rouge2|rougeL|rougeLsum|single_reference:(rouge1|rouge2|rougeL|rougeLsum)|benchmark:\w+"
-    r"|soft_prompt:task_words)$"
+    r"|soft_prompt:task_words|cost:(trainable_parameters|artefact_bytes|peak_memory|train_seconds))$"
 )
 
 
@@ -95,7 +95,8 @@ class Claim(BaseModel):
     """rouge1/rouge2/rougeL/rougeLsum (best of the references), single_reference:<rouge type> (the mean over
     single references), benchmark:<task> (a benchmark of the suite, after training), or soft_prompt:task_words
     (the share of a prompt-tuning arm's virtual tokens with a task word among their nearest vocabulary tokens;
-    evaluation/soft_prompt.py)."""
+    evaluation/soft_prompt.py), or cost:<trainable_parameters|artefact_bytes|peak_memory|train_seconds>: then the
+    threshold bounds the ratio arm / versus of one measurement each (no CI), and must be given."""
     at_least: float | None = None
     at_most: float | None = None
 
@@ -223,7 +224,8 @@ def _claims_of(path: Path, tree: dict[str, Any], arm_names: list[str]) -> list[C
         if not CLAIM_METRIC.match(claim.metric):
             raise ConfigError(
                 f"{path}: claims[{i}]: metric {claim.metric!r}: use rouge1/rouge2/rougeL/rougeLsum, "
-                "single_reference:<rouge type>, benchmark:<task> or soft_prompt:task_words"
+                "single_reference:<rouge type>, benchmark:<task>, soft_prompt:task_words or cost:<quantity> "
+                "(trainable_parameters, artefact_bytes, peak_memory, train_seconds)"
             )
         for role, name in (("arm", claim.arm), ("versus", claim.versus)):
             if name not in arm_names and not (role == "versus" and name in ("base", "chance")):
@@ -232,5 +234,10 @@ def _claims_of(path: Path, tree: dict[str, Any], arm_names: list[str]) -> list[C
             raise ConfigError(f"{path}: claims[{i}]: versus: base goes with a benchmark:<task> metric")
         if (claim.versus == "chance") != claim.metric.startswith("soft_prompt:"):
             raise ConfigError(f"{path}: claims[{i}]: soft_prompt:task_words goes with versus: chance, and only it")
+        if claim.metric.startswith("cost:") and raw.get("at_least") is None and raw.get("at_most") is None:
+            raise ConfigError(
+                f"{path}: claims[{i}]: a {claim.metric} claim bounds the ratio {claim.arm} / {claim.versus}: "
+                "give at_most (e.g. 0.05 for 'a few %') or at_least"
+            )
         claims.append(claim)
     return claims

@@ -14,6 +14,9 @@ the claim shows the same difference and CI as the arm's forgetting table.
 `soft_prompt:task_words` against `chance` compares the share of a prompt-tuning arm's virtual tokens with a
 task word among their nearest vocabulary tokens with the share for random vocabulary tokens (a fixed rate
 measured on 2,000 tokens); the CI is the bootstrap over the virtual tokens.
+`cost:<quantity>` compares one measurement per arm (trainable parameters, artefact bytes, peak training memory,
+training seconds) as the ratio arm / versus, which the threshold bounds: there is no CI, so the verdict is
+reproduced or not reproduced. Memory and time are measured on whatever machine ran each arm.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from tunelab.reporting.tables import human_bytes
 
 if TYPE_CHECKING:
     from tunelab.reporting.html import ArmSummary
@@ -109,6 +114,8 @@ def judge(claim: Mapping[str, Any], arms: Sequence[ArmSummary], samples: int = 1
         share = sum(hits) / len(hits)
         low, high = (bound - chance for bound in wilson_interval(sum(hits), len(hits)))
         return {**claim, **_verdict(claim, share - chance, low, high), "n": len(hits)}
+    if claim["metric"].startswith("cost:") and versus is not None:
+        return {**claim, **_cost_ratio(claim, arm, versus)}
     if claim["metric"].startswith("benchmark:") and versus is None:
         return {**claim, **_own_change(arm, claim["metric"].split(":", 1)[1], claim)}
     assert versus is not None  # the config pairs `base` and `chance` with their own metrics (config/compare.py)
@@ -122,6 +129,43 @@ def judge(claim: Mapping[str, Any], arms: Sequence[ArmSummary], samples: int = 1
     a, b = [mine[i] for i in shared], [theirs[i] for i in shared]
     low, high = paired_difference_ci(b, a, samples, seed)
     return {**claim, **_verdict(claim, float(np.mean(a) - np.mean(b)), low, high), "n": len(a)}
+
+
+def cost_of(arm: ArmSummary, quantity: str) -> float | None:
+    """One arm's trainable_parameters, artefact_bytes, peak_memory (bytes) or train_seconds; None if unrecorded."""
+    cost = arm.metrics.get("cost") or {}
+    value = {
+        "trainable_parameters": cost.get("trainable_parameters"),
+        "artefact_bytes": cost.get("artefact_bytes"),
+        "peak_memory": arm.peak_memory or None,
+        "train_seconds": arm.training.get("seconds"),
+    }[quantity]
+    return None if value is None else float(value)
+
+
+def _cost_ratio(claim: Mapping[str, Any], arm: ArmSummary, versus: ArmSummary) -> dict[str, Any]:
+    quantity = claim["metric"].split(":", 1)[1]
+    mine, theirs = cost_of(arm, quantity), cost_of(versus, quantity)
+    if not mine or not theirs:
+        missing = arm.name if not mine else versus.name
+        return {"verdict": "not applicable", "note": f"{missing} has no {quantity} record"}
+    ratio = mine / theirs
+    if claim.get("at_most") is not None:
+        holds = ratio < float(claim["at_most"])
+    else:
+        holds = ratio > float(claim["at_least"])
+    judged = {"ratio": ratio, "values": [mine, theirs], "verdict": "reproduced" if holds else "not reproduced", "n": 1}
+    if quantity in MACHINE_DEPENDENT and _machine(arm) != _machine(versus):
+        judged["caveat"] = "measured on different machines"
+    return judged
+
+
+MACHINE_DEPENDENT = ("peak_memory", "train_seconds")
+
+
+def _machine(arm: ArmSummary) -> tuple[Any, Any]:
+    env = arm.metrics.get("environment") or {}
+    return (env.get("cpu") or {}).get("model"), env.get("gpu")
 
 
 GAIN_METRICS = ("rouge1", "rouge2", "rougeL", "rougeLsum", "single_reference:rouge1")
@@ -185,14 +229,32 @@ def judge_claims(directory: Path, arms: Sequence[ArmSummary]) -> list[dict[str, 
     return [judge(c, arms) for c in json.loads(path.read_text())]
 
 
+def _cost_text(metric: str, value: float) -> str:
+    quantity = metric.split(":", 1)[1]
+    if quantity in ("artefact_bytes", "peak_memory"):
+        return human_bytes(int(value))
+    return f"{value / 60:.0f} min" if quantity == "train_seconds" else f"{value:,.0f}"
+
+
 CLAIM_HEADERS = ["claim", "arm - versus", "metric", "difference (95% CI)", "needs", "n", "verdict"]
 
 
 def claim_rows(judged: Sequence[Mapping[str, Any]]) -> list[list[str]]:
     rows = []
     for c in judged:
-        measured = (
-            f"{c['delta']:+.2f} [{c['ci95_low']:+.2f}, {c['ci95_high']:+.2f}]" if "delta" in c else c.get("note", "-")
+        if "ratio" in c:
+            measured = f"x{c['ratio']:.3g} ({_cost_text(c['metric'], c['values'][0])} / " + (
+                f"{_cost_text(c['metric'], c['values'][1])})"
+            )
+            measured += f", {c['caveat']}" if "caveat" in c else ""
+        elif "delta" in c:
+            measured = f"{c['delta']:+.2f} [{c['ci95_low']:+.2f}, {c['ci95_high']:+.2f}]"
+        else:
+            measured = c.get("note", "-")
+        ratio = c["metric"].startswith("cost:")
+        threshold = c["at_most"] if c.get("at_most") is not None else c["at_least"]
+        needs = ("<= " if c.get("at_most") is not None else ">= ") + (
+            f"x{threshold:g}" if ratio else f"{threshold:+.2f}"
         )
         rows.append(
             [
@@ -200,7 +262,7 @@ def claim_rows(judged: Sequence[Mapping[str, Any]]) -> list[list[str]]:
                 f"{c['arm']} - {c['versus']}",
                 c["metric"],
                 measured,
-                f"<= {c['at_most']:+.2f}" if c.get("at_most") is not None else f">= {c['at_least']:+.2f}",
+                needs,
                 str(c.get("n", "-")),
                 c["verdict"],
             ]

@@ -366,7 +366,8 @@ SINGLE_REFERENCE_NOTE = (
 )
 CLAIMS_NOTE = (
     "Each claim's difference is taken example by example on the same examples, with a paired 95% BCa bootstrap CI: "
-    "reproduced when the CI lies above the threshold, not reproduced when below, inconclusive when it contains it."
+    "reproduced when the CI lies above the threshold, not reproduced when below, inconclusive when it contains it. "
+    "A cost claim compares one measurement per arm as a ratio (x), with no CI."
 )
 LATER_NOTE = "Run on the finished arms afterwards, each in its own folder inside the arm's run directory."
 
