@@ -38,23 +38,17 @@ VERDICTS = ("reproduced", "not reproduced", "inconclusive", "pending", "not appl
 
 
 def _task_scores(arm: ArmSummary, metrics: Sequence[str]) -> dict[str, dict[str, float]]:
-    """Per ROUGE metric, per test example id: the arm's score (recomputed from its predictions; each protocol's
-    scoring done once for all its metrics)."""
-    from tunelab.evaluation.metrics import rouge_per_example, rouge_per_reference
-
+    """Per ROUGE metric, per test example id: the arm's score (recomputed from its predictions once per arm and
+    protocol: ArmSummary caches them)."""
     ids = [p["id"] for p in arm.predictions]
-    preds = [p["prediction"] for p in arm.predictions]
-    refs = [list(p["references"]) for p in arm.predictions]
     scores: dict[str, dict[str, float]] = {}
-    if single := [m for m in metrics if m.startswith("single_reference:")]:
-        per_ref = rouge_per_reference(preds, refs)
-        for metric in single:
+    for metric in metrics:
+        if metric.startswith("single_reference:"):
             key = metric.split(":", 1)[1]
+            per_ref = arm.rouge_per_reference
             scores[metric] = {i: float(np.mean([r[key]["f1"] for r in rs])) for i, rs in zip(ids, per_ref, strict=True)}
-    if best := [m for m in metrics if m not in single]:
-        per_example = rouge_per_example(preds, refs)
-        for metric in best:
-            scores[metric] = {i: s[metric]["f1"] for i, s in zip(ids, per_example, strict=True)}
+        else:
+            scores[metric] = {i: s[metric]["f1"] for i, s in zip(ids, arm.rouge_per_example, strict=True)}
     return scores
 
 

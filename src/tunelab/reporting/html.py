@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from html import escape
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -57,6 +58,23 @@ class ArmSummary:
     @property
     def training(self) -> dict[str, Any]:
         return self.metrics.get("training") or {}
+
+    @cached_property
+    def rouge_per_example(self) -> list[dict[str, dict[str, float]]]:
+        """Each prediction's ROUGE against the best of its references, scored once for every table and claim."""
+        from tunelab.evaluation.metrics import rouge_per_example
+
+        return rouge_per_example(*self._predictions_and_references())
+
+    @cached_property
+    def rouge_per_reference(self) -> list[list[dict[str, dict[str, float]]]]:
+        """Each prediction's ROUGE against each of its references alone (the single-reference protocol)."""
+        from tunelab.evaluation.metrics import rouge_per_reference
+
+        return rouge_per_reference(*self._predictions_and_references())
+
+    def _predictions_and_references(self) -> tuple[list[str], list[list[str]]]:
+        return [p["prediction"] for p in self.predictions], [list(p["references"]) for p in self.predictions]
 
     @property
     def peak_memory(self) -> int:
