@@ -125,7 +125,7 @@ def judge(claim: Mapping[str, Any], arms: Sequence[ArmSummary], samples: int = 1
     return {**claim, **_verdict(claim, float(np.mean(a) - np.mean(b)), low, high), "n": len(a)}
 
 
-def cost_of(arm: ArmSummary, quantity: str) -> float | None:
+def _cost_of(arm: ArmSummary, quantity: str) -> float | None:
     """One arm's trainable_parameters, artefact_bytes, peak_memory (bytes) or train_seconds; None if unrecorded."""
     cost = arm.metrics.get("cost") or {}
     value = {
@@ -137,9 +137,17 @@ def cost_of(arm: ArmSummary, quantity: str) -> float | None:
     return None if value is None else float(value)
 
 
+MACHINE_DEPENDENT = ("peak_memory", "train_seconds")
+
+
+def _machine(arm: ArmSummary) -> tuple[Any, Any]:
+    env = arm.metrics.get("environment") or {}
+    return (env.get("cpu") or {}).get("model"), env.get("gpu")
+
+
 def _cost_ratio(claim: Mapping[str, Any], arm: ArmSummary, versus: ArmSummary) -> dict[str, Any]:
     quantity = claim["metric"].split(":", 1)[1]
-    mine, theirs = cost_of(arm, quantity), cost_of(versus, quantity)
+    mine, theirs = _cost_of(arm, quantity), _cost_of(versus, quantity)
     if not mine or not theirs:
         missing = arm.name if not mine else versus.name
         return {"verdict": "not applicable", "note": f"{missing} has no {quantity} record"}
@@ -152,14 +160,6 @@ def _cost_ratio(claim: Mapping[str, Any], arm: ArmSummary, versus: ArmSummary) -
     if quantity in MACHINE_DEPENDENT and _machine(arm) != _machine(versus):
         judged["caveat"] = "measured on different machines"
     return judged
-
-
-MACHINE_DEPENDENT = ("peak_memory", "train_seconds")
-
-
-def _machine(arm: ArmSummary) -> tuple[Any, Any]:
-    env = arm.metrics.get("environment") or {}
-    return (env.get("cpu") or {}).get("model"), env.get("gpu")
 
 
 GAIN_METRICS = ("rouge1", "rouge2", "rougeL", "rougeLsum", "single_reference:rouge1")
@@ -234,31 +234,31 @@ CLAIM_HEADERS = ["claim", "arm - versus", "metric", "difference (95% CI)", "need
 
 
 def claim_rows(judged: Sequence[Mapping[str, Any]]) -> list[list[str]]:
-    rows = []
-    for c in judged:
-        if "ratio" in c:
-            measured = f"x{c['ratio']:.3g} ({_cost_text(c['metric'], c['values'][0])} / " + (
-                f"{_cost_text(c['metric'], c['values'][1])})"
-            )
-            measured += f", {c['caveat']}" if "caveat" in c else ""
-        elif "delta" in c:
-            measured = f"{c['delta']:+.2f} [{c['ci95_low']:+.2f}, {c['ci95_high']:+.2f}]"
-        else:
-            measured = c.get("note", "-")
-        ratio = c["metric"].startswith("cost:")
-        threshold = c["at_most"] if c.get("at_most") is not None else c["at_least"]
-        needs = ("<= " if c.get("at_most") is not None else ">= ") + (
-            f"x{threshold:g}" if ratio else f"{threshold:+.2f}"
-        )
-        rows.append(
-            [
-                c["claim"],
-                f"{c['arm']} - {c['versus']}",
-                c["metric"],
-                measured,
-                needs,
-                str(c.get("n", "-")),
-                c["verdict"],
-            ]
-        )
-    return rows
+    return [
+        [
+            c["claim"],
+            f"{c['arm']} - {c['versus']}",
+            c["metric"],
+            _measured(c),
+            _needs(c),
+            str(c.get("n", "-")),
+            c["verdict"],
+        ]
+        for c in judged
+    ]
+
+
+def _measured(c: Mapping[str, Any]) -> str:
+    if "ratio" in c:
+        values = " / ".join(_cost_text(c["metric"], v) for v in c["values"])
+        return f"x{c['ratio']:.3g} ({values})" + (f", {c['caveat']}" if "caveat" in c else "")
+    if "delta" in c:
+        return f"{c['delta']:+.2f} [{c['ci95_low']:+.2f}, {c['ci95_high']:+.2f}]"
+    return c.get("note", "-")
+
+
+def _needs(c: Mapping[str, Any]) -> str:
+    at_most = c.get("at_most") is not None
+    threshold = float(c["at_most"] if at_most else c["at_least"])
+    shown = f"x{threshold:g}" if c["metric"].startswith("cost:") else f"{threshold:+.2f}"
+    return ("<= " if at_most else ">= ") + shown
