@@ -230,7 +230,7 @@ def _cost_text(metric: str, value: float) -> str:
     return f"{value / 60:.0f} min" if quantity == "train_seconds" else f"{value:,.0f}"
 
 
-CLAIM_HEADERS = ["claim", "arm - versus", "metric", "difference (95% CI)", "needs", "n", "verdict"]
+CLAIM_HEADERS = ["claim", "arm - versus", "metric", "difference (95% CI) or ratio", "needs", "n", "verdict"]
 
 
 def claim_rows(judged: Sequence[Mapping[str, Any]]) -> list[list[str]]:
