@@ -298,8 +298,10 @@ def _train_losses(model_dir, method, training, compile_setting):
         ("llama", {"name": "lora", "r": 4, "dropout": 0.0, "target_modules": "all-linear"}),
         ("llama", {"name": "prompt_tuning", "num_virtual_tokens": 4, "init": "random"}),
         ("llama", {"name": "ia3"}),
+        # T5 full fine-tuning compiles the same blocks as LoRA less the first of each stack (its trainable
+        # position-bias table keeps it eager: test_t5_blocks_with_a_trainable_position_bias_table_stay_eager);
+        # at ~50 s of compilation a run it is left to that test and to llama-full.
         ("t5", {"name": "lora", "r": 4, "dropout": 0.0, "target_modules": "all-linear"}),
-        ("t5", {"name": "full"}),
     ],
     ids=lambda am: f"{am[0]}-{am[1]['name']}",
 )
