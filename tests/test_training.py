@@ -381,19 +381,22 @@ def test_matmul_attention_equals_sdpa_and_hands_everything_else_to_it():
 def test_matmul_attention_trains_as_sdpa_without_calling_it_and_leaves_the_model_on_sdpa(
     compile_setting, tiny_llama_dir, monkeypatch
 ):
-    """`training.matmul_attention: true`: the same losses as sdpa's (fp32), sdpa's kernel never called while
-    training, the record says so, and the model attends through sdpa again afterwards."""
+    """`training.matmul_attention: true`: the same losses as eager sdpa's (fp32; compiled, up to the fused kernels'
+    rounding), sdpa's kernel never called while training, the record says so, and the model attends through sdpa
+    again afterwards."""
     import torch.nn.functional as F
 
     lora = {"name": "lora", "r": 4, "dropout": 0.0, "target_modules": "all-linear"}
-    plain, _, _, _ = _train_losses(tiny_llama_dir, lora, {"matmul_attention": False}, compile_setting)
+    plain, _, _, _ = _train_losses(tiny_llama_dir, lora, {"matmul_attention": False}, False)
     kernel_calls = []
     sdpa = F.scaled_dot_product_attention
     monkeypatch.setattr(F, "scaled_dot_product_attention", lambda *a, **kw: kernel_calls.append(1) or sdpa(*a, **kw))
     matmul, model, loaded, held = _train_losses(tiny_llama_dir, lora, {"matmul_attention": True}, compile_setting)
     assert not kernel_calls
     assert plain.matmul_attention is False and matmul.matmul_attention is True
-    assert [x for _, x in matmul.train_loss] == pytest.approx([x for _, x in plain.train_loss], rel=1e-5)
+    assert [x for _, x in matmul.train_loss] == pytest.approx(
+        [x for _, x in plain.train_loss], rel=1e-4 if compile_setting else 1e-5
+    )
     assert model.get_base_model().config._attn_implementation == "sdpa"
     assert math.isfinite(_held_loss(model, loaded, held))
     assert kernel_calls  # evaluation attends through sdpa
