@@ -24,6 +24,17 @@ def test_switching_method_drops_the_old_methods_keys():
     assert cfg.method.name == "full"
 
 
+def test_a_runs_regularization_record_holds_only_the_settings_its_kind_uses():
+    def record(**regularization):
+        return build_config({"training": {"regularization": regularization}}).training.regularization.record()
+
+    assert record() == {"kind": "none"}
+    assert record(kind="l2sp", strength=0.01, fisher_samples=8) == {"kind": "l2sp", "strength": 0.01}
+    assert record(kind="ewc", strength=5.0, fisher_samples=8) == {
+        "kind": "ewc", "strength": 5.0, "fisher_source": "samsum", "fisher_split": "validation", "fisher_samples": 8
+    }  # fmt: skip
+
+
 def test_unknown_key_is_named():
     with pytest.raises(ConfigError, match=r"training\.lrr: unknown key"):
         build_config({"training": {"lrr": 1}})

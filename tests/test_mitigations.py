@@ -137,6 +137,8 @@ def test_finetune_with_mixture_ewc_and_forgetting_report(tiny_llama_dir, dialogu
     result = tunelab.finetune(build_config(tree), show_progress=False, echo=None)
     m = result.metrics
     assert set(m["training"]["mixture"]) == {"files:train", "task:sst2", "samsum:validation"}
+    assert m["training"]["regularization"] == {"kind": "ewc", "strength": 10.0, "fisher_source": "samsum",
+                                               "fisher_split": "validation", "fisher_samples": 8}  # fmt: skip
     assert sum(c["drawn"] for c in m["training"]["mixture"].values()) == 80
     assert set(m["forgetting"]) == {"boolq", "sst2"}
     report = json.loads((result.run_dir / "forgetting.json").read_text())

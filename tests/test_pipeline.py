@@ -48,6 +48,7 @@ def test_finetune_writes_a_complete_run_directory(lora_run):
     losses = [loss for _, loss in metrics["training"]["train_loss"]]
     assert losses[-1] < losses[0]
     assert len(metrics["training"]["eval_loss"]) == 3  # steps 10, 20 and the end
+    assert metrics["training"]["regularization"] == {"kind": "none"}
     assert metrics["cost"]["trainable_parameters"] < metrics["cost"]["total_parameters"]
     assert metrics["cost"]["artefact_bytes"] < metrics["cost"]["full_checkpoint_bytes"]
     preds = [json.loads(line) for line in (run / "predictions.jsonl").read_text().splitlines()]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -125,6 +125,12 @@ class RegularizationConfig(Strict):
     """EWC: built-in dataset whose examples estimate the Fisher information (general, non-target data)."""
     fisher_split: str = "validation"
     fisher_samples: int = Field(64, gt=0)
+
+    def record(self) -> dict[str, Any]:
+        """What a run's record says of its regularization: the settings its kind uses (no Fisher for L2-SP)."""
+        if self.kind == "none":
+            return {"kind": "none"}
+        return self.model_dump(include=None if self.kind == "ewc" else {"kind", "strength"})
 
 
 class TemplateConfig(Strict):

@@ -288,7 +288,7 @@ def _train(state: RunState, train_set: list[Encoded], eval_set: list[Encoded] | 
         "examples": len(train_set),
         "truncation": state.train_truncation,
         **({"mixture": state.mixture_stats} if state.mixture_stats else {}),
-        "regularization": cfg.training.regularization.model_dump(),
+        "regularization": cfg.training.regularization.record(),
         **({"resumed_from": state.latest.name} if state.latest is not None else {}),
     }
     state.metrics["cost"] = {
