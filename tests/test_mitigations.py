@@ -49,24 +49,35 @@ def test_mixture_proportions_match_the_rates_within_sampling_error(strategy):
     assert len({e.id for e in small}) == 50  # a small component cycles through all its examples
 
 
-def test_l2sp_gradient_and_zero_strength():
-    p = torch.nn.Parameter(torch.tensor([1.0, 2.0]))
-    pen = AnchoredPenalty([p], strength=0.5)
-    with torch.no_grad():
-        p += torch.tensor([0.2, -0.4])
-    pen().backward()
-    assert torch.allclose(p.grad, 0.5 * torch.tensor([0.2, -0.4]))
-    assert float(AnchoredPenalty([p], 0.0)()) == 0.0
+def _penalty(params, anchors, strength, weights=None):
+    """strength/2 * sum w * (theta - theta0)^2, as the formula reads."""
+    weights = weights or [torch.ones_like(p) for p in params]
+    return 0.5 * strength * sum((w * (p - a).pow(2)).sum() for p, a, w in zip(params, anchors, weights))
 
 
-def test_ewc_gradient_is_fisher_weighted():
-    p = torch.nn.Parameter(torch.zeros(3))
-    fisher = {p: torch.tensor([0.0, 1.0, 4.0])}
-    pen = AnchoredPenalty([p], strength=2.0, weights=fisher)
+@pytest.mark.parametrize("kind", ["l2sp", "ewc"])
+def test_the_penalty_adds_its_own_gradient_to_the_loss_gradient(kind):
+    """What `add_to_gradients` adds is autograd's gradient of the penalty: onto a gradient already there, onto a
+    parameter without one, times a loss scaler's factor; frozen parameters are left alone."""
+    torch.manual_seed(0)
+    a, b, frozen = (torch.nn.Parameter(torch.randn(n)) for n in (3, 4, 2))
+    frozen.requires_grad_(False)
+    fisher = {a: torch.rand(3), b: torch.rand(4), frozen: torch.rand(2)} if kind == "ewc" else None
+    penalty = AnchoredPenalty([a, b, frozen], strength=0.7, weights=fisher)
+    anchors = [a.detach().clone(), b.detach().clone()]
     with torch.no_grad():
-        p += 1.0
-    pen().backward()
-    assert torch.allclose(p.grad, 2.0 * torch.tensor([0.0, 1.0, 4.0]))
+        a.add_(torch.randn(3))
+        b.add_(torch.randn(4))
+    a.grad = torch.randn(3)
+    loss_gradient = a.grad.clone()
+    penalty.add_to_gradients(scale=4.0)
+    weights = [fisher[a], fisher[b]] if fisher else None
+    expected_a, expected_b = torch.autograd.grad(_penalty([a, b], anchors, 0.7, weights), (a, b))
+    torch.testing.assert_close(a.grad, loss_gradient + 4.0 * expected_a)
+    torch.testing.assert_close(b.grad, 4.0 * expected_b)
+    assert frozen.grad is None
+    AnchoredPenalty([a], strength=0.0).add_to_gradients()
+    torch.testing.assert_close(a.grad, loss_gradient + 4.0 * expected_a)
 
 
 def _distance_after_training(model_dir, regularizer_factory):

@@ -59,6 +59,7 @@ from tunelab.training.distributed import (
 )
 from tunelab.training.loss import completion_loss
 from tunelab.training.memory import PeakMemory, checkpointing_pays, release_freed_memory
+from tunelab.training.regularization import AnchoredPenalty
 
 
 @dataclass
@@ -179,7 +180,7 @@ class LoopState:
     eval_loader: DataLoader | None
     params: list[torch.nn.Parameter]
     total_steps: int
-    regularizer: Callable[[], torch.Tensor] | None
+    regularizer: AnchoredPenalty | None
     checkpoint_dir: Path | None
     result: TrainResult
     memory: PeakMemory
@@ -211,7 +212,7 @@ def train_model(
     log_dir: Path | None = None,
     checkpoint_dir: Path | None = None,
     resume_from: Path | None = None,
-    regularizer: Callable[[], torch.Tensor] | None = None,
+    regularizer: AnchoredPenalty | None = None,
     show_progress: bool = True,
     validate: Callable[[torch.nn.Module], dict[str, float]] | None = None,
     base_checkpoint: str | Path | None = None,
@@ -285,7 +286,7 @@ def _set_up(
     seed: int,
     device: torch.device,
     checkpoint_dir: Path | None,
-    regularizer: Callable[[], torch.Tensor] | None,
+    regularizer: AnchoredPenalty | None,
 ) -> LoopState:
     """Accelerator, length-grouped data loaders, optimizer and schedule, all prepared by accelerate."""
     if not train_set:
@@ -425,10 +426,11 @@ def _micro_step(state: LoopState, batch: dict[str, torch.Tensor]) -> None:
             raise TrainingError(
                 stop_message(f"non-finite training loss ({loss.item()})", step + 1, state.checkpoint_dir)
             )
-        total = loss + state.regularizer() if state.regularizer is not None else loss
-        accelerator.backward(total)
+        accelerator.backward(loss)
         state.memory.sample()
         if accelerator.sync_gradients:
+            if state.regularizer is not None:  # its gradient once per optimizer step, before clipping
+                state.regularizer.add_to_gradients(accelerator.scaler.get_scale() if accelerator.scaler else 1.0)
             # a non-finite gradient would turn every weight it touches into NaN: stop before the step
             if cfg.max_grad_norm:
                 norm = accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
