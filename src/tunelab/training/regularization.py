@@ -21,8 +21,8 @@ class AnchoredPenalty:
     """strength/2 * sum w * (theta - theta0)^2, with w = 1 (L2-SP) or the Fisher diagonal (EWC).
 
     Its gradient, strength * w * (theta - theta0), is added to the parameters' gradients in place once per
-    optimizer step (`add_to_gradients`), as decoupled weight decay is applied, rather than differentiated through
-    the loss: a penalty in the autograd graph keeps theta - theta0 of every weight for the backward pass and
+    optimizer step (`add_to_gradients`), as torch's Adam adds `weight_decay * theta`, rather than differentiated
+    through the loss: a penalty in the autograd graph keeps theta - theta0 of every weight for the backward pass and
     allocates more such copies to compute it (a SmolLM2-135M full-fine-tuning step: 1.15x the time and +0.28 GiB
     peak memory through autograd, 1.00x and -0.05 GiB in place; bench/results/regularization.md)."""
 
