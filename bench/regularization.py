@@ -6,11 +6,11 @@
 - `direct`: its gradient strength * (theta - theta0) added to the gradients in place once per step
   (`AnchoredPenalty.add_to_gradients`, tunelab now).
 
-Each form runs in a process of its own: the real model and a copy of its starting weights (the anchors), fused AdamW,
-bf16 autocast, one seeded batch of 8 x 256 tokens (loss on the second half), one untimed step, then `--steps` timed
-ones. Memory is the steps' peak resident memory above the memory at their start (the kernel's high-water mark, as
-tunelab's run records measure it). The two penalty forms must train alike: their losses and the weights' distance from the start
-after the steps are compared.
+Each form runs in a process of its own: the real model and a copy of its starting weights (the anchors), fused
+AdamW, bf16 autocast, one seeded batch of 8 x 256 tokens (loss on the second half), one untimed step, then `--steps`
+timed ones. Memory is the steps' peak resident memory above the memory at their start (the kernel's high-water mark,
+as tunelab's run records measure it). The two penalty forms must train alike: their losses and the weights' distance
+from the start after the steps are compared.
 
     python bench/regularization.py [--steps 8] [--strength 0.01]
 
@@ -92,8 +92,17 @@ def main() -> None:
 
     rows = []
     for form in FORMS:
-        command = [sys.executable, __file__, "--form", form, "--steps", str(args.steps)]
-        done = subprocess.run([*command, "--strength", str(args.strength)], capture_output=True, text=True, check=True)
+        command = [
+            sys.executable,
+            __file__,
+            "--form",
+            form,
+            "--steps",
+            str(args.steps),
+            "--strength",
+            str(args.strength),
+        ]
+        done = subprocess.run(command, capture_output=True, text=True, check=True)
         rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
     by = {r["form"]: r for r in rows}
     same_losses = max(abs(a - b) for a, b in zip(by["autograd"]["losses"], by["direct"]["losses"]))

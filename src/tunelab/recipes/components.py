@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -22,6 +23,9 @@ from tunelab.modeling import Model
 from tunelab.models.loading import LoadedModel, load_model, pick_device
 from tunelab.runs import RunDir
 from tunelab.training.finite import non_finite_names
+
+if TYPE_CHECKING:
+    from tunelab.training.regularization import AnchoredPenalty
 
 
 @dataclass
@@ -134,7 +138,7 @@ def training_examples(session: Session) -> tuple[list[Example], list, dict]:
     return examples, templates, stats
 
 
-def build_regularizer(session: Session, model: torch.nn.Module):
+def build_regularizer(session: Session, model: torch.nn.Module) -> AnchoredPenalty | None:
     """L2-SP or EWC anchored at the weights the method starts training from (None when off)."""
     from torch.utils.data import DataLoader
 
